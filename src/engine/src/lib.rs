@@ -1,0 +1,24 @@
+//! # aiodebug-engine
+//!
+//! Everything `aiodebug-watch` does to another process, as a library without
+//! CLI concerns (no argument parsing, no printing, no metrics):
+//! - [`proc`]: pure parsers of `/proc/PID/{maps,status,stat,timens_offsets}`;
+//! - [`elf`]: find heartbeat registries in the ELF files a process maps, and
+//!   their load bias;
+//! - [`memory`]: read the target's memory with `process_vm_readv`;
+//! - [`heartbeat`]: decode registry bytes (pure, untrusted input);
+//! - [`target`]: the glue — open a PID, locate its registries, read loops.
+//!
+//! Every value read from a target is untrusted: sizes, counts and strings are
+//! bounds-checked, nothing is allocated from a count without a cap.
+
+#![warn(missing_docs)]
+
+pub mod elf;
+pub mod error;
+pub mod heartbeat;
+pub mod memory;
+pub mod proc;
+pub mod target;
+
+pub use error::{Error, ErrorKind, Result};

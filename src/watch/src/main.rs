@@ -1,0 +1,32 @@
+//! `aiodebug-watch`: the command-line shell over `aiodebug-engine`.
+
+mod cli;
+mod demo;
+mod dump;
+mod exit;
+mod generate;
+mod status;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match &cli.command {
+        cli::Command::Status(a) => status::status(a),
+        cli::Command::List(a) => status::list(a),
+        cli::Command::Dump(a) => dump::run(a),
+        cli::Command::Demo(a) => demo::run(a),
+        cli::Command::DemoTarget => demo::target(),
+        cli::Command::Generate(a) => {
+            let mut out = std::io::stdout().lock();
+            match generate::render(a.what, &mut out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("aiodebug-watch: {e}");
+                    ExitCode::from(exit::OTHER)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! `status` and `list`: read heartbeats from outside and print them.
+
+use crate::cli::{ListArgs, StatusArgs};
+use crate::exit;
+use aiodebug_engine::elf::ModuleCache;
+use aiodebug_engine::heartbeat::{Loop, LoopStats};
+use aiodebug_engine::target::{Reading, Target};
+use aiodebug_engine::{proc, Error, ErrorKind};
+use serde_json::json;
+use std::process::ExitCode;
+
+/// Process state letters that mean "stopped on purpose", not hung.
+pub fn is_stopped(state: char) -> bool {
+    matches!(state, 'T' | 't')
+}
+
+/// Milliseconds with microsecond precision, for JSON.
+pub fn ms(ns: u64) -> f64 {
+    (ns / 1_000) as f64 / 1_000.0
+}
+
+/// A duration for humans: `12.3ms`, `1.502s`.
+pub fn human(ns: u64) -> String {
+    if ns >= 1_000_000_000 {
+        format!("{:.3}s", ns as f64 / 1e9)
+    } else if ns >= 1_000_000 {
+        format!("{:.1}ms", ns as f64 / 1e6)
+    } else {
+        format!("{}µs", ns / 1_000)
+    }
+}
+
+fn opt(ns: Option<u64>) -> String {
+    ns.map(human).unwrap_or_else(|| "-".into())
+}
+
+/// One loop with its derived figures.
+pub struct Row<'a> {
+    /// The loop.
+    pub lp: &'a Loop,
+    /// Its figures now.
+    pub st: LoopStats,
+    /// Whether it is stalled past the threshold (never for a stopped process).
+    pub stalled: bool,
+}
+
+/// Rows of a reading, the stalled ones marked.
+pub fn rows(reading: &Reading, threshold_ns: u64, state: char) -> Vec<Row<'_>> {
+    reading
+        .loops()
+        .map(|lp| {
+            let st = lp.stats(reading.now_ns);
+            Row {
+                lp,
+                st,
+                stalled: !is_stopped(state) && st.stall_ns > threshold_ns,
+            }
+        })
+        .collect()
+}
+
+/// Seconds (validated by the parser) to ns.
+pub fn secs_to_ns(s: f64) -> u64 {
+    (s * 1e9) as u64
+}
+
+fn loop_json(pid: i32, state: char, r: &Row<'_>) -> serde_json::Value {
+    json!({
+        "event": "loop",
+        "pid": pid,
+        "process_state": state.to_string(),
+        "loop": r.lp.name,
+        "tid": r.lp.tid,
+        "ticks": r.lp.ticks,
+        "period_ms": ms(r.lp.period_ns),
+        "age_ms": ms(r.st.age_ns),
+        "stall_ms": ms(r.st.stall_ns),
+        "stalled": r.stalled,
+        "last_lag_ms": r.st.last_lag_ns.map(ms),
+        "p50_ms": r.st.p50_ns.map(ms),
+        "p99_ms": r.st.p99_ns.map(ms),
+        "max_ms": r.st.max_ns.map(ms),
+        "lag_samples": r.lp.lags.len(),
+    })
+}
+
+/// `aiodebug-watch status PID`.
+pub fn status(args: &StatusArgs) -> ExitCode {
+    let threshold = secs_to_ns(args.threshold);
+    let target = match Target::open(args.pid) {
+        Ok(t) => t,
+        Err(e) => return exit::report(&e),
+    };
+    let reading = match target.read() {
+        Ok(r) => r,
+        Err(e) => return exit::report(&e),
+    };
+    let stat = proc::read_stat(args.pid).ok().flatten();
+    let state = stat.as_ref().map(|s| s.state).unwrap_or('?');
+    let comm = stat.map(|s| s.comm).unwrap_or_default();
+    let rows = rows(&reading, threshold, state);
+    let unsettled: u32 = reading.registries.iter().map(|(_, r)| r.unsettled_slots).sum();
+    if args.json {
+        for r in &rows {
+            println!("{}", loop_json(args.pid, state, r));
+        }
+        println!(
+            "{}",
+            json!({
+                "event": "process",
+                "pid": args.pid,
+                "comm": comm,
+                "process_state": state.to_string(),
+                "stopped": is_stopped(state),
+                "loops": rows.len(),
+                "stalled_loops": rows.iter().filter(|r| r.stalled).count(),
+                "refused_registrations": reading.refused(),
+                "unsettled_slots": unsettled,
+                "rejected_registries": reading.rejected.iter().map(|(_, r)| r.reason.clone()).collect::<Vec<_>>(),
+            })
+        );
+    } else {
+        let stopped_note = if is_stopped(state) {
+            " — stopped (job control or debugger): loops cannot run, this is not a hang"
+        } else {
+            ""
+        };
+        println!(
+            "PID {} ({comm}) state {state} ({}){stopped_note}",
+            args.pid,
+            proc::state_name(state)
+        );
+        println!(
+            "{:<20} {:>8} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "LOOP", "TID", "TICKS", "PERIOD", "STALL", "LAST LAG", "P50", "P99", "MAX"
+        );
+        for r in &rows {
+            println!(
+                "{:<20} {:>8} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}{}",
+                r.lp.name,
+                r.lp.tid,
+                r.lp.ticks,
+                human(r.lp.period_ns),
+                human(r.st.stall_ns),
+                opt(r.st.last_lag_ns),
+                opt(r.st.p50_ns),
+                opt(r.st.p99_ns),
+                opt(r.st.max_ns),
+                if r.stalled { "  STALLED" } else { "" }
+            );
+        }
+        if rows.is_empty() {
+            println!("(no loop registered right now)");
+        }
+        if reading.refused() > 0 {
+            println!(
+                "note: {} registrations were refused because the registry was full",
+                reading.refused()
+            );
+        }
+        for (m, rej) in &reading.rejected {
+            eprintln!(
+                "warning: ignored an invalid registry in {}: {}",
+                m.module.display(),
+                rej.reason
+            );
+        }
+    }
+    if rows.iter().any(|r| r.stalled) {
+        ExitCode::from(exit::STALLED)
+    } else {
+        ExitCode::from(exit::OK)
+    }
+}
+
+/// `aiodebug-watch list`.
+pub fn list(args: &ListArgs) -> ExitCode {
+    let threshold = secs_to_ns(args.threshold);
+    let me = std::process::id() as i32;
+    let mut cache = ModuleCache::default();
+    let mut denied = 0usize;
+    let mut found = 0usize;
+    if !args.json {
+        println!("{:>8}  {:<16} {:<5} LOOPS", "PID", "COMMAND", "STATE");
+    }
+    for pid in proc::list_pids() {
+        if pid == me {
+            continue;
+        }
+        let reading = match Target::open_with_cache(pid, &mut cache).and_then(|t| t.read()) {
+            Ok(r) => r,
+            Err(e) => {
+                if e.kind() == ErrorKind::Permission {
+                    denied += 1;
+                }
+                continue;
+            }
+        };
+        let stat = proc::read_stat(pid).ok().flatten();
+        let state = stat.as_ref().map(|s| s.state).unwrap_or('?');
+        let comm = stat.map(|s| s.comm).unwrap_or_default();
+        let rows = rows(&reading, threshold, state);
+        found += 1;
+        if args.json {
+            let loops: Vec<_> = rows.iter().map(|r| loop_json(pid, state, r)).collect();
+            println!(
+                "{}",
+                json!({"event": "process", "pid": pid, "comm": comm, "process_state": state.to_string(),
+                       "stopped": is_stopped(state), "loops": loops})
+            );
+        } else {
+            let loops: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} (tid {}, stall {}{})",
+                        r.lp.name,
+                        r.lp.tid,
+                        human(r.st.stall_ns),
+                        if r.stalled { ", STALLED" } else { "" }
+                    )
+                })
+                .collect();
+            let loops = if loops.is_empty() { "-".to_string() } else { loops.join(", ") };
+            println!("{pid:>8}  {comm:<16} {state:<5} {loops}");
+        }
+    }
+    if denied > 0 {
+        eprintln!(
+            "note: {denied} processes could not be read (permission); run as root with CAP_SYS_PTRACE to see them"
+        );
+    }
+    if found == 0 && !args.json {
+        println!("(no process exports an aiodebug heartbeat)");
+    }
+    ExitCode::from(exit::OK)
+}
+
+/// Whether an error means the process is gone.
+pub fn is_gone(e: &Error) -> bool {
+    e.kind() == ErrorKind::Gone
+}
