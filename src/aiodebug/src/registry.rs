@@ -197,7 +197,10 @@ fn truncate_utf8(s: &str, cap: usize) -> &[u8] {
     s.as_bytes().get(..end).unwrap_or_default()
 }
 
-#[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 #[used]
 #[link_section = "aiodebug_hb"]
 #[export_name = "aiodebug_registry_0_1"]
@@ -205,11 +208,17 @@ static REGISTRY: Registry = Registry::new();
 
 /// The process's registry, where the platform has one.
 pub(crate) fn registry() -> Option<&'static Registry> {
-    #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+    #[cfg(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
     {
         Some(&REGISTRY)
     }
-    #[cfg(not(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64"))))]
+    #[cfg(not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )))]
     {
         None
     }
@@ -237,6 +246,18 @@ pub(crate) fn claim() -> Option<&'static Slot> {
 }
 
 #[cfg(test)]
+impl Slot {
+    pub(crate) fn ticks_for_test(&self) -> u64 {
+        self.ticks.load(Ordering::Relaxed)
+    }
+    pub(crate) fn lag_for_test(&self, t: u64) -> u64 {
+        let e = &self.ring[(t % abi::RING_LEN as u64) as usize];
+        assert_eq!(e.tick.load(Ordering::Relaxed), t);
+        e.lag_ns.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -256,18 +277,9 @@ mod tests {
         } else {
             v[0].to_string()
         };
-        assert_eq!(format!("aiodebug_registry_{compat}"), "aiodebug_registry_0_1");
-    }
-}
-
-#[cfg(test)]
-impl Slot {
-    pub(crate) fn ticks_for_test(&self) -> u64 {
-        self.ticks.load(Ordering::Relaxed)
-    }
-    pub(crate) fn lag_for_test(&self, t: u64) -> u64 {
-        let e = &self.ring[(t % abi::RING_LEN as u64) as usize];
-        assert_eq!(e.tick.load(Ordering::Relaxed), t);
-        e.lag_ns.load(Ordering::Relaxed)
+        assert_eq!(
+            format!("aiodebug_registry_{compat}"),
+            "aiodebug_registry_0_1"
+        );
     }
 }

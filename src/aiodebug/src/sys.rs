@@ -13,7 +13,10 @@ pub(crate) fn monotonic_ns() -> u64 {
         fn clock_gettime(clk: i32, ts: *mut Timespec) -> i32;
     }
     const CLOCK_MONOTONIC: i32 = 1;
-    let mut ts = Timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, exclusively borrowed timespec with the C layout
     // of 64-bit Linux targets; clock_gettime only writes into it.
     let rc = unsafe { clock_gettime(CLOCK_MONOTONIC, &mut ts) };

@@ -67,7 +67,12 @@ fn bench_tick() {
     println!("{:<44} {:>10}", "operation", "median");
     println!("{:<44} {:>8.1} ns", "Heartbeat::tick()", tick);
     println!("{:<44} {:>8.1} ns", "Heartbeat::tick_with_lag()", lag);
-    println!("{:<44} {:>8.1} ns  (tick = {:.2}x a clock read)", "reference: Instant::now()", clk, tick / clk);
+    println!(
+        "{:<44} {:>8.1} ns  (tick = {:.2}x a clock read)",
+        "reference: Instant::now()",
+        clk,
+        tick / clk
+    );
 }
 
 fn bench_read() {

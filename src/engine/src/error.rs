@@ -39,7 +39,9 @@ pub enum Error {
         hint: String,
     },
     /// Another tracer holds the process (debugger, strace, another watcher).
-    #[error("process {pid} is already traced by PID {tracer_pid} ({tracer_name}); detach it first")]
+    #[error(
+        "process {pid} is already traced by PID {tracer_pid} ({tracer_name}); detach it first"
+    )]
     AlreadyTraced {
         /// The PID.
         pid: i32,
@@ -49,7 +51,10 @@ pub enum Error {
         tracer_name: String,
     },
     /// No valid heartbeat registry was found in the process.
-    #[error("process {pid} exports no aiodebug heartbeat{}", rejected_suffix(rejected))]
+    #[error(
+        "process {pid} exports no aiodebug heartbeat{}",
+        rejected_suffix(rejected)
+    )]
     NoHeartbeat {
         /// The PID.
         pid: i32,
@@ -80,10 +85,7 @@ fn rejected_suffix(rejected: &[String]) -> String {
         " (link the `aiodebug` crate and register a loop; `aiodebug-watch dump` works without it)"
             .to_string()
     } else {
-        format!(
-            " that can be trusted; rejected: {}",
-            rejected.join("; ")
-        )
+        format!(" that can be trusted; rejected: {}", rejected.join("; "))
     }
 }
 

@@ -162,7 +162,9 @@ fn validate_header(c1: &[u8], c2: &[u8], off: usize) -> Result<Geometry, String>
         ));
     }
     if !(1..=MAX_SLOTS).contains(&slot_count) {
-        return Err(format!("slot count {slot_count} out of range (1..={MAX_SLOTS})"));
+        return Err(format!(
+            "slot count {slot_count} out of range (1..={MAX_SLOTS})"
+        ));
     }
     // All factors are capped above, so this cannot overflow.
     let total = header_size as usize + slot_size as usize * slot_count as usize;
@@ -286,7 +288,10 @@ pub fn decode_section(copy1: &[u8], copy2: &[u8]) -> Scan {
         }
         match validate_header(copy1, copy2, off) {
             Err(reason) => {
-                scan.rejected.push(Rejected { offset: off, reason });
+                scan.rejected.push(Rejected {
+                    offset: off,
+                    reason,
+                });
                 off += abi::ALIGN;
             }
             Ok(g) => {
@@ -300,8 +305,10 @@ pub fn decode_section(copy1: &[u8], copy2: &[u8]) -> Scan {
 
 fn decode_registry(c1: &[u8], c2: &[u8], off: usize, g: &Geometry) -> Registry {
     let version_at = off + abi::header::CRATE_VERSION;
-    let crate_version =
-        sanitize_name(c2.get(version_at..version_at + abi::header::CRATE_VERSION_LEN).unwrap_or_default());
+    let crate_version = sanitize_name(
+        c2.get(version_at..version_at + abi::header::CRATE_VERSION_LEN)
+            .unwrap_or_default(),
+    );
     let mut reg = Registry {
         offset: off,
         abi_minor: u16_at(c2, off + abi::header::ABI_MINOR).unwrap_or(0),
@@ -416,7 +423,7 @@ mod tests {
                 }
                 let e = s + o::RING + (t % 64) as usize * 16;
                 self.put64(e, t);
-                self.put64(e + 8, t * 1000);
+                self.put64(e + 8, t.wrapping_mul(1000));
             }
             self
         }
@@ -433,7 +440,10 @@ mod tests {
         assert_eq!(r.crate_version, "0.1.0");
         assert_eq!(r.loops.len(), 2);
         let main = &r.loops[0];
-        assert_eq!((main.name.as_str(), main.tid, main.ticks), ("main", 4242, 100));
+        assert_eq!(
+            (main.name.as_str(), main.tid, main.ticks),
+            ("main", 4242, 100)
+        );
         assert_eq!(main.lags.len(), 64);
         assert_eq!(main.lags.first().map(|l| l.tick), Some(37));
         assert!(main.lags.iter().all(|l| l.lag_ns == l.tick * 1000));
@@ -453,7 +463,7 @@ mod tests {
         assert_eq!(st.last_lag_ns, Some(100_000));
         assert_eq!(st.max_ns, Some(100_000));
         assert_eq!(st.p50_ns, Some(68_000)); // ticks 37..=100, rank 32
-        // A tick "in the future" (clock skew, garbage) is no stall.
+                                             // A tick "in the future" (clock skew, garbage) is no stall.
         assert_eq!(l.stats(0).stall_ns, 0);
     }
 
@@ -484,7 +494,7 @@ mod tests {
         b[Image::slot(0) + o::TICKS..][..8].copy_from_slice(&101u64.to_le_bytes());
         let scan = decode_section(&a.0, &b);
         let l = &scan.registries[0].loops[0];
-        assert!(l.lags.iter().all(|x| x.lag_ns == x.tick * 1000));
+        assert!(l.lags.iter().all(|x| x.lag_ns == x.tick.wrapping_mul(1000)));
         assert!(!l.lags.iter().any(|x| x.tick == 101));
     }
 

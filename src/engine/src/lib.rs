@@ -14,11 +14,17 @@
 
 #![warn(missing_docs)]
 
+pub mod attach;
+pub mod dump;
 pub mod elf;
 pub mod error;
 pub mod heartbeat;
+pub mod mapped;
 pub mod memory;
 pub mod proc;
+pub mod snapshot;
+pub mod symbols;
 pub mod target;
+pub mod unwind;
 
 pub use error::{Error, ErrorKind, Result};

@@ -118,7 +118,12 @@ impl Target {
                     .rejected
                     .iter()
                     .map(|(m, r)| {
-                        format!("{} at 0x{:x}: {}", m.module.display(), m.addr + r.offset as u64, r.reason)
+                        format!(
+                            "{} at 0x{:x}: {}",
+                            m.module.display(),
+                            m.addr + r.offset as u64,
+                            r.reason
+                        )
                     })
                     .collect(),
             });
@@ -141,6 +146,6 @@ pub fn monotonic_ns() -> u64 {
 /// The target's CLOCK_MONOTONIC minus ours (time namespaces).
 fn clock_offset_ns(pid: i32) -> i64 {
     let theirs = proc::read_timens_offsets(pid);
-    let ours = proc::read_timens_offsets(0);
+    let ours = proc::read_own_timens_offsets();
     theirs.monotonic_ns.saturating_sub(ours.monotonic_ns)
 }

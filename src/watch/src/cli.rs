@@ -100,6 +100,9 @@ pub enum Generated {
 pub struct GenerateArgs {
     /// What to generate.
     pub what: Generated,
+    /// With `man`: write every page (main and per subcommand) into this directory.
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
 }
 
 /// Parses a non-negative, finite number of seconds.
@@ -107,7 +110,7 @@ pub fn parse_secs(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    if !v.is_finite() || v < 0.0 || v > 86_400.0 * 365.0 {
+    if !v.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&v) {
         return Err(format!("`{s}` is not a duration between 0 and one year"));
     }
     Ok(v)

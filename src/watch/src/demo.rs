@@ -72,7 +72,8 @@ pub fn run(args: &DemoArgs) -> ExitCode {
     let threshold = secs_to_ns(args.threshold);
     let bar = ProgressBar::new_spinner();
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     let say = |line: String| {
         if bar.is_hidden() {
@@ -95,7 +96,6 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         reads += 1;
         let state = aiodebug_engine::proc::read_stat(pid)
             .ok()
-            .flatten()
             .map(|s| s.state)
             .unwrap_or('?');
         for r in rows(&reading, threshold, state) {
@@ -150,7 +150,10 @@ pub fn run(args: &DemoArgs) -> ExitCode {
 
 /// The demo service: runs until its stdin closes.
 pub fn target() -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("demo-target: cannot start tokio: {e}");
@@ -160,7 +163,11 @@ pub fn target() -> ExitCode {
     // Exit when the watcher goes away, however it goes.
     std::thread::spawn(|| {
         let mut sink = String::new();
-        while std::io::stdin().read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {}
+        while std::io::stdin()
+            .read_line(&mut sink)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {}
         std::process::exit(0);
     });
     rt.block_on(async {

@@ -1,16 +1,383 @@
-//! `dump` (being written for issue 3; this stub only keeps the crate building).
+//! `dump PID`: the native stacks of every thread of any process, captured in
+//! one stop of about a millisecond, then unwound and symbolized offline.
+//! Rendering (text and JSON) lives here; the engine does the rest.
 
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aiodebug_engine::dump::{Dump, DumpOptions, Dumper, Frame, ThreadDump};
+use aiodebug_engine::proc;
+use aiodebug_engine::snapshot::StopKind;
+use aiodebug_engine::unwind::{FrameKind, StackEnd};
+use serde_json::json;
+
+use crate::exit;
 
 /// Arguments of `dump`.
 #[derive(clap::Args, Debug)]
 pub struct DumpArgs {
-    /// Process id of the target.
+    /// Process id of the target (any process, heartbeat or not). It is
+    /// stopped for about a millisecond and never left stopped.
     pub pid: i32,
+    /// Write the dump to FILE instead of stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// One JSON object per dump, on one line (schema: docs/dump-json.md).
+    #[arg(long)]
+    pub json: bool,
+    /// Sanity cap on frames per thread.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_frames: u32,
+    /// Take this many dumps in one process (caches stay warm after the first).
+    #[arg(long, default_value_t = 1, hide = true, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub repeat: u32,
+    /// Print where the time of each dump went on stderr.
+    #[arg(long, hide = true)]
+    pub timings: bool,
 }
 
 /// Runs `dump`.
-pub fn run(_args: &DumpArgs) -> ExitCode {
-    eprintln!("aiodebug-watch: dump is not implemented yet");
-    ExitCode::from(crate::exit::OTHER)
+pub fn run(args: &DumpArgs) -> ExitCode {
+    run_with_loops(args, None)
+}
+
+/// Runs `dump`, naming the event loop of each thread in `loops` (tid → loop
+/// name, from the heartbeat) and listing those threads first.
+pub fn run_with_loops(args: &DumpArgs, loops: Option<&HashMap<i32, String>>) -> ExitCode {
+    let mut dumper = Dumper::with_options(DumpOptions {
+        max_frames: args.max_frames as usize,
+        ..DumpOptions::default()
+    });
+    let mut rendered: Vec<u8> = Vec::new();
+    let mut code = exit::OK;
+    for i in 0..args.repeat {
+        let dump = match dumper.dump(args.pid, loops) {
+            Ok(d) => d,
+            Err(e) => return exit::report(&e),
+        };
+        if args.timings {
+            eprintln!("{}", timings_line(i + 1, &dump));
+        }
+        if args.json {
+            rendered.extend_from_slice(dump_json(&dump).to_string().as_bytes());
+            rendered.push(b'\n');
+        } else {
+            if i > 0 {
+                rendered.push(b'\n');
+            }
+            render_text(&dump, &mut rendered);
+        }
+        if let Some(e) = dump.exit_error() {
+            eprintln!("aiodebug-watch: {e}: the dump above is partial");
+            code = exit::code_for(&e);
+            break;
+        }
+    }
+    let written = match &args.output {
+        Some(path) => std::fs::write(path, &rendered)
+            .map_err(|e| format!("cannot write {}: {e}", path.display())),
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&rendered)
+                .and_then(|()| out.flush())
+                .map_err(|e| format!("cannot write the dump: {e}"))
+        }
+    };
+    if let Err(e) = written {
+        eprintln!("aiodebug-watch: {e}");
+        return ExitCode::from(exit::OTHER);
+    }
+    ExitCode::from(code)
+}
+
+fn timings_line(n: u32, d: &Dump) -> String {
+    let ms = |x: Duration| x.as_secs_f64() * 1e3;
+    format!(
+        "dump {n}: threads={} freeze_ms={:.3} capture_ms={:.3} unwind_ms={:.3} symbolize_ms={:.3} total_ms={:.3}",
+        d.threads.len(),
+        ms(d.timings.freeze),
+        ms(d.timings.capture),
+        ms(d.timings.unwind),
+        ms(d.timings.symbolize),
+        ms(d.timings.total)
+    )
+}
+
+// ---------------------------------------------------------------------------
+// text
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {sig}"))
+}
+
+fn stop_text(stop: &StopKind) -> Option<String> {
+    match stop {
+        StopKind::Interrupted => None,
+        StopKind::JobControl(sig) => Some(format!(
+            "stopped by {} (job control; left stopped)",
+            signal_name(*sig)
+        )),
+        StopKind::NotStopped(why) => Some(format!("not captured: {why}")),
+    }
+}
+
+/// One frame as text: `#N 0xADDR in function (inlined) at file:line [module]`.
+pub fn frame_line(n: usize, f: &Frame) -> String {
+    let mut s = format!("#{n:<3} 0x{:016x} in ", f.address);
+    let module = f.module.as_deref();
+    if f.kind == FrameKind::SignalTrampoline {
+        s.push_str("<signal handler called>");
+    } else {
+        match (&f.function, module, f.module_offset) {
+            (Some(func), _, _) => s.push_str(func),
+            (None, Some(m), Some(off)) => s.push_str(&format!("{}+0x{off:x}", basename(m))),
+            _ => s.push_str("??"),
+        }
+    }
+    if f.inlined {
+        s.push_str(" (inlined)");
+    }
+    if let Some(file) = &f.file {
+        s.push_str(" at ");
+        s.push_str(file);
+        if let Some(line) = f.line {
+            s.push_str(&format!(":{line}"));
+        }
+    }
+    if let Some(m) = module {
+        s.push_str(&format!(" [{}]", basename(m)));
+    }
+    s
+}
+
+fn thread_header(t: &ThreadDump) -> String {
+    let mut s = format!(
+        "Thread {} \"{}\" state {} ({}), cpu {:.3}s",
+        t.tid,
+        t.name,
+        t.state,
+        proc::state_name(t.state),
+        t.cpu_time.as_secs_f64()
+    );
+    if let Some(l) = &t.event_loop {
+        s.push_str(&format!(", event loop \"{l}\""));
+    }
+    if let Some(stop) = stop_text(&t.stop) {
+        s.push_str(&format!(", {stop}"));
+    }
+    s
+}
+
+/// Renders a dump as text.
+pub fn render_text(d: &Dump, out: &mut Vec<u8>) {
+    let mut w = |line: String| {
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    };
+    w(format!(
+        "Process {} \"{}\": {} threads, stopped for {:.3} ms at {}",
+        d.pid,
+        d.name,
+        d.threads.len(),
+        d.timings.freeze.as_secs_f64() * 1e3,
+        rfc3339(d.taken_at)
+    ));
+    if d.exited {
+        w("Warning: the process exited during the dump; what follows is partial".to_string());
+    }
+    if !d.vanished.is_empty() {
+        w(format!(
+            "Threads that exited during the capture: {}",
+            d.vanished
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    for p in &d.module_problems {
+        w(format!("Module without symbols: {p}"));
+    }
+    for t in &d.threads {
+        w(String::new());
+        w(thread_header(t));
+        for (i, f) in t.frames.iter().enumerate() {
+            w(frame_line(i, f));
+        }
+        if t.end != StackEnd::Complete && t.end != StackEnd::NotCaptured {
+            w(format!("     (stack ends early: {})", t.end));
+        }
+        if t.stack_truncated && t.end != StackEnd::TruncatedCopy {
+            w("     (stack copy truncated at the cap)".to_string());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// JSON (schema: docs/dump-json.md)
+
+fn kind_str(k: FrameKind) -> &'static str {
+    match k {
+        FrameKind::Pc => "pc",
+        FrameKind::Return => "return",
+        FrameKind::SignalTrampoline => "signal-trampoline",
+        FrameKind::Interrupted => "signal-interrupted",
+    }
+}
+
+fn end_json(e: &StackEnd) -> serde_json::Value {
+    let address = match e {
+        StackEnd::NoUnwindInfo(a) | StackEnd::OutsideCode(a) | StackEnd::UnreadableStack(a) => {
+            Some(format!("0x{a:x}"))
+        }
+        _ => None,
+    };
+    json!({"reason": e.code(), "message": e.to_string(), "address": address})
+}
+
+fn stop_json(s: &StopKind) -> serde_json::Value {
+    match s {
+        StopKind::Interrupted => json!({"kind": "interrupted"}),
+        StopKind::JobControl(sig) => {
+            json!({"kind": "job-control", "signal": sig, "signal_name": signal_name(*sig)})
+        }
+        StopKind::NotStopped(why) => json!({"kind": "not-stopped", "reason": why}),
+    }
+}
+
+fn frame_json(n: usize, f: &Frame) -> serde_json::Value {
+    json!({
+        "index": n,
+        "address": format!("0x{:x}", f.address),
+        "kind": kind_str(f.kind),
+        "function": f.function,
+        "inlined": f.inlined,
+        "file": f.file,
+        "line": f.line,
+        "module": f.module,
+        "module_offset": f.module_offset.map(|o| format!("0x{o:x}")),
+    })
+}
+
+/// The JSON object of a dump.
+pub fn dump_json(d: &Dump) -> serde_json::Value {
+    let ms = |x: Duration| (x.as_micros() as f64) / 1e3;
+    let threads: Vec<serde_json::Value> = d
+        .threads
+        .iter()
+        .map(|t| {
+            json!({
+                "tid": t.tid,
+                "name": t.name,
+                "state": t.state.to_string(),
+                "state_name": proc::state_name(t.state),
+                "cpu_time_ms": ms(t.cpu_time),
+                "event_loop": t.event_loop,
+                "stop": stop_json(&t.stop),
+                "stack_bytes": t.stack_bytes,
+                "stack_truncated": t.stack_truncated,
+                "end": end_json(&t.end),
+                "frames": t.frames.iter().enumerate().map(|(i, f)| frame_json(i, f)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let taken_ms = d
+        .taken_at
+        .duration_since(UNIX_EPOCH)
+        .map(|x| x.as_millis() as u64)
+        .unwrap_or(0);
+    json!({
+        "event": "dump",
+        "pid": d.pid,
+        "name": d.name,
+        "taken_at": rfc3339(d.taken_at),
+        "taken_at_unix_ms": taken_ms,
+        "freeze_ms": ms(d.timings.freeze),
+        "exited": d.exited,
+        "vanished_tids": d.vanished,
+        "module_problems": d.module_problems,
+        "threads": threads,
+    })
+}
+
+/// UTC time as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aiodebug_engine::Error;
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(rfc3339(t), "2023-11-14T22:13:20.123Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn frame_lines() {
+        let f = Frame {
+            address: 0x1234,
+            kind: FrameKind::Return,
+            function: Some("main".into()),
+            inlined: true,
+            file: Some("a.c".into()),
+            line: Some(3),
+            module: Some("/bin/x".into()),
+            module_offset: Some(0x34),
+        };
+        assert_eq!(
+            frame_line(2, &f),
+            "#2   0x0000000000001234 in main (inlined) at a.c:3 [x]"
+        );
+        let unknown = Frame {
+            function: None,
+            inlined: false,
+            file: None,
+            line: None,
+            ..f
+        };
+        assert_eq!(
+            frame_line(0, &unknown),
+            "#0   0x0000000000001234 in x+0x34 [x]"
+        );
+    }
+
+    #[test]
+    fn errors_map_to_exit_codes() {
+        assert_eq!(exit::code_for(&Error::NoSuchProcess { pid: 1 }), 5);
+        assert_eq!(exit::code_for(&Error::Exited { pid: 1 }), 5);
+    }
 }

@@ -19,8 +19,11 @@ fn main() -> ExitCode {
         cli::Command::Demo(a) => demo::run(a),
         cli::Command::DemoTarget => demo::target(),
         cli::Command::Generate(a) => {
-            let mut out = std::io::stdout().lock();
-            match generate::render(a.what, &mut out) {
+            let result = match (&a.dir, a.what) {
+                (Some(dir), cli::Generated::Man) => generate::write_man_pages(dir).map(|_| ()),
+                _ => generate::render(a.what, &mut std::io::stdout().lock()),
+            };
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("aiodebug-watch: {e}");

@@ -5,7 +5,7 @@ use crate::exit;
 use aiodebug_engine::elf::ModuleCache;
 use aiodebug_engine::heartbeat::{Loop, LoopStats};
 use aiodebug_engine::target::{Reading, Target};
-use aiodebug_engine::{proc, Error, ErrorKind};
+use aiodebug_engine::{proc, ErrorKind};
 use serde_json::json;
 use std::process::ExitCode;
 
@@ -95,11 +95,15 @@ pub fn status(args: &StatusArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return exit::report(&e),
     };
-    let stat = proc::read_stat(args.pid).ok().flatten();
+    let stat = proc::read_stat(args.pid).ok();
     let state = stat.as_ref().map(|s| s.state).unwrap_or('?');
     let comm = stat.map(|s| s.comm).unwrap_or_default();
     let rows = rows(&reading, threshold, state);
-    let unsettled: u32 = reading.registries.iter().map(|(_, r)| r.unsettled_slots).sum();
+    let unsettled: u32 = reading
+        .registries
+        .iter()
+        .map(|(_, r)| r.unsettled_slots)
+        .sum();
     if args.json {
         for r in &rows {
             println!("{}", loop_json(args.pid, state, r));
@@ -196,7 +200,7 @@ pub fn list(args: &ListArgs) -> ExitCode {
                 continue;
             }
         };
-        let stat = proc::read_stat(pid).ok().flatten();
+        let stat = proc::read_stat(pid).ok();
         let state = stat.as_ref().map(|s| s.state).unwrap_or('?');
         let comm = stat.map(|s| s.comm).unwrap_or_default();
         let rows = rows(&reading, threshold, state);
@@ -221,7 +225,11 @@ pub fn list(args: &ListArgs) -> ExitCode {
                     )
                 })
                 .collect();
-            let loops = if loops.is_empty() { "-".to_string() } else { loops.join(", ") };
+            let loops = if loops.is_empty() {
+                "-".to_string()
+            } else {
+                loops.join(", ")
+            };
             println!("{pid:>8}  {comm:<16} {state:<5} {loops}");
         }
     }
@@ -234,9 +242,4 @@ pub fn list(args: &ListArgs) -> ExitCode {
         println!("(no process exports an aiodebug heartbeat)");
     }
     ExitCode::from(exit::OK)
-}
-
-/// Whether an error means the process is gone.
-pub fn is_gone(e: &Error) -> bool {
-    e.kind() == ErrorKind::Gone
 }

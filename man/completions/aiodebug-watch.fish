@@ -1,0 +1,60 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_aiodebug_watch_global_optspecs
+    string join \n h/help V/version
+end
+
+function __fish_aiodebug_watch_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_aiodebug_watch_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_aiodebug_watch_using_subcommand
+    set -l cmd (__fish_aiodebug_watch_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -s h -l help -d 'Print help'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -s V -l version -d 'Print version'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "status" -d 'Show every event loop of a process: lag, stall, thread'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "list" -d 'List every process on this host that exports a heartbeat, with its loops'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "dump" -d 'Print the stacks of every thread of a process (any process, heartbeat or not)'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "demo" -d 'Run the bundled demo: a service whose loop hangs, watched live'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "generate" -d 'Generate the man page or shell completions on stdout (for packagers)'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "demo-target" -d 'The bundled demo service (started by `demo`)'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand status" -l threshold -d 'A loop whose next tick is overdue by more than this many seconds is stalled (exit 1)' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand status" -l json -d 'One JSON object per line on stdout'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand status" -s h -l help -d 'Print help'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand list" -l threshold -d 'A loop overdue by more than this many seconds is shown as stalled' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand list" -l json -d 'One JSON object per line on stdout'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand list" -s h -l help -d 'Print help'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -s o -l output -d 'Write the dump to FILE instead of stdout' -r -F
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l max-frames -d 'Sanity cap on frames per thread' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l repeat -d 'Take this many dumps in one process (caches stay warm after the first)' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l json -d 'One JSON object per dump, on one line (schema: docs/dump-json.md)'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l timings -d 'Print where the time of each dump went on stderr'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -s h -l help -d 'Print help'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand demo" -l duration -d 'How long to watch, in seconds' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand demo" -l threshold -d 'Stall threshold in seconds' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand demo" -s h -l help -d 'Print help'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand generate" -l dir -d 'With `man`: write every page (main and per subcommand) into this directory' -r -F
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand generate" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand demo-target" -s h -l help -d 'Print help'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list dump demo generate demo-target help" -f -a "status" -d 'Show every event loop of a process: lag, stall, thread'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list dump demo generate demo-target help" -f -a "list" -d 'List every process on this host that exports a heartbeat, with its loops'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list dump demo generate demo-target help" -f -a "dump" -d 'Print the stacks of every thread of a process (any process, heartbeat or not)'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list dump demo generate demo-target help" -f -a "demo" -d 'Run the bundled demo: a service whose loop hangs, watched live'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list dump demo generate demo-target help" -f -a "generate" -d 'Generate the man page or shell completions on stdout (for packagers)'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list dump demo generate demo-target help" -f -a "demo-target" -d 'The bundled demo service (started by `demo`)'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list dump demo generate demo-target help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -1,0 +1,638 @@
+//! Stopping every thread of a process for the shortest possible time.
+//!
+//! 1. `PTRACE_SEIZE` every known thread (does not stop it), then
+//!    `PTRACE_INTERRUPT` each, then collect each stop with
+//!    `waitpid(tid, __WALL)`; rescan `/proc/PID/task` until no new thread
+//!    appears. Threads that exit meanwhile are skipped; signals that arrive
+//!    meanwhile are re-injected; a job-control stop (SIGSTOP…) is reported as
+//!    such and survives the detach.
+//! 2. While stopped, only: `PTRACE_GETREGS` and one `process_vm_readv` of the
+//!    stack per thread (from the stack pointer to the end of its mapping,
+//!    capped).
+//! 3. Detach every thread: [`Attached`]'s `Drop` does it, so an early return or
+//!    a panic detaches too. `PTRACE_O_EXITKILL` is never set and
+//!    `PTRACE_ATTACH` never used: if this process dies at any moment, the
+//!    kernel detaches and the target runs on.
+//!
+//! ptrace requests must come from the thread that seized: [`Attached`] is not
+//! `Send`, and [`snapshot`] does everything on the calling thread.
+//!
+//! All of this crate's raw system calls for ptrace live here (the only other
+//! `unsafe` is the file mapping in [`crate::mapped`]).
+
+use std::collections::HashSet;
+use std::marker::PhantomData;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::libc;
+use nix::sys::ptrace;
+use nix::unistd::Pid;
+
+use crate::error::{Error, Result};
+use crate::memory;
+use crate::proc::{self, MapEntry};
+use crate::snapshot::{ProcessSnapshot, Registers, StopKind, ThreadSnapshot};
+
+/// Clock ticks per second of `/proc/PID/stat` times (`USER_HZ`, fixed at 100
+/// in the Linux ABI on x86_64).
+const USER_HZ: u64 = 100;
+
+/// Limits of one capture.
+#[derive(Debug, Clone)]
+pub struct SnapshotOptions {
+    /// Most bytes of stack copied per thread (default 1 MiB); a longer stack
+    /// is marked truncated.
+    pub stack_cap: usize,
+    /// Most bytes of stack copied for the whole process (default 256 MiB);
+    /// past it, each thread gets at most 64 KiB.
+    pub total_stack_cap: usize,
+    /// How long to wait for one thread to reach its stop (default 250 ms; a
+    /// thread in uninterruptible sleep only stops when it wakes up).
+    pub stop_timeout: Duration,
+    /// Most threads captured (default 65 536).
+    pub max_threads: usize,
+}
+
+impl Default for SnapshotOptions {
+    fn default() -> Self {
+        SnapshotOptions {
+            stack_cap: 1 << 20,
+            total_stack_cap: 256 << 20,
+            stop_timeout: Duration::from_millis(250),
+            max_threads: 1 << 16,
+        }
+    }
+}
+
+/// Most rescans of `/proc/PID/task` while new threads keep appearing.
+const MAX_ROUNDS: usize = 64;
+/// Per-thread copy once the total budget is spent.
+const SMALL_STACK: usize = 64 << 10;
+
+// ---------------------------------------------------------------------------
+// raw system calls
+
+/// `ptrace(request, tid, 0, data)` for requests whose `data` is an integer
+/// (a signal number) and whose `addr` is unused.
+fn ptrace_int(request: libc::c_uint, tid: i32, data: libc::c_long) -> nix::Result<()> {
+    // SAFETY: PTRACE_CONT and PTRACE_DETACH (the only requests passed here)
+    // read no memory of ours: `addr` is ignored and `data` is a signal number
+    // passed by value.
+    let r = unsafe {
+        libc::ptrace(
+            request,
+            tid as libc::pid_t,
+            std::ptr::null_mut::<libc::c_void>(),
+            data as *mut libc::c_void,
+        )
+    };
+    if r == -1 {
+        Err(nix::errno::Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+/// `waitpid(tid, &status, __WALL | WNOHANG)`: `Ok(None)` when nothing is
+/// reported yet. Raw, because nix cannot decode stops by real-time signals
+/// (and would lose them).
+fn waitpid_nohang(tid: i32) -> nix::Result<Option<i32>> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: `status` is a valid, writable c_int for the duration of the call.
+        let r = unsafe {
+            libc::waitpid(
+                tid as libc::pid_t,
+                &mut status,
+                libc::__WALL | libc::WNOHANG,
+            )
+        };
+        match r {
+            0 => return Ok(None),
+            -1 => match nix::errno::Errno::last() {
+                nix::errno::Errno::EINTR => continue,
+                e => return Err(e),
+            },
+            _ => return Ok(Some(status)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// tracees and the RAII guard
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TraceeState {
+    /// Seized and interrupted; stop not collected yet.
+    Pending,
+    /// In a ptrace stop (ours to detach).
+    Stopped(StopKind),
+    /// Exited (or no longer ours): nothing to detach.
+    Gone,
+    /// Did not stop in time; still seized.
+    Late,
+}
+
+#[derive(Debug)]
+struct Tracee {
+    tid: i32,
+    state: TraceeState,
+    /// `/proc` facts read just before the stop.
+    facts: Option<PreStop>,
+}
+
+/// Every thread of one process we have seized. Dropping it detaches them all
+/// (a thread still running towards its stop is waited for, briefly). Not
+/// `Send`: ptrace requests must come from the seizing thread.
+#[derive(Debug)]
+pub struct Attached {
+    tracees: Vec<Tracee>,
+    first_interrupt: Option<Instant>,
+    taken_at: Option<SystemTime>,
+    detached_at: Option<Instant>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Attached {
+    fn new() -> Attached {
+        Attached {
+            tracees: Vec::new(),
+            first_interrupt: None,
+            taken_at: None,
+            detached_at: None,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Detaches every thread (idempotent). Returns when every stopped thread
+    /// runs again (or stays in its job-control stop).
+    pub fn detach_all(&mut self) {
+        let mut late = false;
+        for t in &mut self.tracees {
+            match t.state {
+                TraceeState::Stopped(_) => {
+                    // Detaching from an interrupt stop resumes the thread; from a
+                    // group stop it re-enters the job-control stop. Errors mean it
+                    // is gone (ESRCH): nothing left to do either way.
+                    let _ = ptrace::detach(Pid::from_raw(t.tid), None);
+                    t.state = TraceeState::Gone;
+                }
+                TraceeState::Pending | TraceeState::Late => late = true,
+                TraceeState::Gone => {}
+            }
+        }
+        if late {
+            // A thread interrupted but not yet stopped cannot be detached until it
+            // stops: wait for it a little (the others already run again).
+            let deadline = Instant::now() + Duration::from_millis(500);
+            for t in &mut self.tracees {
+                if matches!(t.state, TraceeState::Pending | TraceeState::Late) {
+                    match wait_stop(t.tid, deadline) {
+                        WaitOutcome::Stopped(_) => {
+                            let _ = ptrace::detach(Pid::from_raw(t.tid), None);
+                            t.state = TraceeState::Gone;
+                        }
+                        WaitOutcome::Gone => t.state = TraceeState::Gone,
+                        // Still not stopped: the kernel detaches it when this
+                        // thread exits; nothing else can be done.
+                        WaitOutcome::Timeout => {}
+                    }
+                }
+            }
+        }
+        if self.detached_at.is_none() {
+            self.detached_at = Some(Instant::now());
+        }
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
+enum WaitOutcome {
+    Stopped(StopKind),
+    Gone,
+    Timeout,
+}
+
+fn is_job_control_signal(sig: i32) -> bool {
+    sig == libc::SIGSTOP || sig == libc::SIGTSTP || sig == libc::SIGTTIN || sig == libc::SIGTTOU
+}
+
+/// Waits until `tid` reports a ptrace stop of ours. Signal-delivery stops of
+/// other signals are resumed with the signal (re-injected), and the wait goes
+/// on for the interrupt.
+fn wait_stop(tid: i32, deadline: Instant) -> WaitOutcome {
+    let mut spins = 0u32;
+    loop {
+        match waitpid_nohang(tid) {
+            Ok(Some(status)) => {
+                if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+                    return WaitOutcome::Gone;
+                }
+                if !libc::WIFSTOPPED(status) {
+                    continue;
+                }
+                let sig = libc::WSTOPSIG(status);
+                let event = (status >> 16) & 0xff;
+                if event == libc::PTRACE_EVENT_STOP {
+                    return if is_job_control_signal(sig) {
+                        WaitOutcome::Stopped(StopKind::JobControl(sig))
+                    } else {
+                        WaitOutcome::Stopped(StopKind::Interrupted)
+                    };
+                }
+                if event != 0 {
+                    // Another ptrace event (none is requested): still a stop.
+                    return WaitOutcome::Stopped(StopKind::Interrupted);
+                }
+                // Signal-delivery stop of a signal that is not ours: deliver it
+                // and keep waiting for the interrupt, which stays pending.
+                if ptrace_int(libc::PTRACE_CONT, tid, sig as libc::c_long).is_err() {
+                    return WaitOutcome::Gone;
+                }
+            }
+            Ok(None) => {
+                if Instant::now() >= deadline {
+                    return WaitOutcome::Timeout;
+                }
+                spins += 1;
+                if spins < 64 {
+                    std::thread::yield_now();
+                } else {
+                    std::thread::sleep(Duration::from_micros(20));
+                }
+            }
+            // ECHILD: not (or no longer) our tracee; ESRCH likewise.
+            Err(_) => return WaitOutcome::Gone,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// the capture
+
+#[derive(Debug)]
+struct PreStop {
+    name: String,
+    state: char,
+    cpu_time: Duration,
+}
+
+fn read_pre_stop(pid: i32, tid: i32) -> Option<PreStop> {
+    let stat = proc::read_task_stat(pid, tid).ok()?;
+    let ticks = stat.utime_ticks.saturating_add(stat.stime_ticks);
+    Some(PreStop {
+        name: stat.comm,
+        state: stat.state,
+        cpu_time: Duration::from_millis(ticks.saturating_mul(1000 / USER_HZ)),
+    })
+}
+
+fn task_exists(pid: i32, tid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}/task/{tid}")).exists()
+}
+
+fn process_alive(pid: i32) -> bool {
+    match proc::read_stat(pid) {
+        Ok(stat) => stat.state != 'Z' && stat.state != 'X',
+        Err(_) => false,
+    }
+}
+
+fn to_registers(r: &libc::user_regs_struct) -> Registers {
+    Registers {
+        rip: r.rip,
+        rsp: r.rsp,
+        rbp: r.rbp,
+        rax: r.rax,
+        rbx: r.rbx,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        r8: r.r8,
+        r9: r.r9,
+        r10: r.r10,
+        r11: r.r11,
+        r12: r.r12,
+        r13: r.r13,
+        r14: r.r14,
+        r15: r.r15,
+        eflags: r.eflags,
+        orig_rax: r.orig_rax,
+        fs_base: r.fs_base,
+    }
+}
+
+/// Finds the mapping containing `addr` in maps sorted by start address.
+pub(crate) fn find_map(maps: &[MapEntry], addr: u64) -> Option<&MapEntry> {
+    let i = maps.partition_point(|m| m.start <= addr);
+    let m = maps.get(i.checked_sub(1)?)?;
+    m.contains(addr).then_some(m)
+}
+
+/// Why seizing the process was refused: already traced, or not allowed.
+fn refusal(pid: i32, tid: i32) -> Error {
+    if let Some((tracer_pid, tracer_name)) = proc::tracer_of(tid).or_else(|| proc::tracer_of(pid)) {
+        return Error::AlreadyTraced {
+            pid,
+            tracer_pid,
+            tracer_name,
+        };
+    }
+    Error::PermissionDenied {
+        pid,
+        hint: proc::permission_hint(pid),
+    }
+}
+
+/// Stops every thread of `pid`, captures registers and stacks, and lets it go.
+///
+/// Returns a partial snapshot with [`ProcessSnapshot::exited`] set when the
+/// process exits during the capture. Errors: [`Error::NoSuchProcess`],
+/// [`Error::Exited`] (gone before anything was captured),
+/// [`Error::AlreadyTraced`], [`Error::PermissionDenied`].
+pub fn snapshot(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnapshot> {
+    let started = Instant::now();
+    if pid <= 0 {
+        return Err(Error::NoSuchProcess { pid });
+    }
+    if pid == std::process::id() as i32 {
+        return Err(Error::PermissionDenied {
+            pid,
+            hint: "a process cannot stop itself to dump its own stacks; run the dump from another process"
+                .to_string(),
+        });
+    }
+    let status = proc::read_status(pid)?;
+    if status.tgid > 0 && status.tgid != pid {
+        // A thread id: dump its whole process.
+        return snapshot(status.tgid, opts);
+    }
+    if status.state == 'Z' || status.state == 'X' {
+        return Err(Error::Exited { pid });
+    }
+    if status.tracer_pid > 0 {
+        let (tracer_pid, tracer_name) =
+            proc::tracer_of(pid).unwrap_or((status.tracer_pid, "?".to_string()));
+        return Err(Error::AlreadyTraced {
+            pid,
+            tracer_pid,
+            tracer_name,
+        });
+    }
+    let mut maps = proc::read_maps(pid)?;
+    maps.sort_by_key(|m| m.start);
+
+    let mut att = Attached::new();
+    let mut known: HashSet<i32> = HashSet::new();
+    let mut vanished: Vec<i32> = Vec::new();
+    let mut exited = false;
+    let mut capped = false;
+
+    for _round in 0..MAX_ROUNDS {
+        let tids = match proc::list_tasks(pid) {
+            Ok(t) => t,
+            Err(Error::NoSuchProcess { .. }) => {
+                exited = true;
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        let mut fresh: Vec<i32> = Vec::new();
+        for tid in tids {
+            if known.contains(&tid) {
+                continue;
+            }
+            if known.len() >= opts.max_threads {
+                capped = true;
+                break;
+            }
+            known.insert(tid);
+            fresh.push(tid);
+        }
+        if fresh.is_empty() {
+            break;
+        }
+        // /proc facts first: a stopped thread would read as `t`.
+        let first_new = att.tracees.len();
+        let mut seized: Vec<(i32, Option<PreStop>)> = Vec::with_capacity(fresh.len());
+        let mut facts: Vec<(i32, Option<PreStop>)> = Vec::with_capacity(fresh.len());
+        for &tid in &fresh {
+            let f = read_pre_stop(pid, tid);
+            if matches!(&f, Some(p) if p.state == 'Z' || p.state == 'X') {
+                vanished.push(tid);
+                continue;
+            }
+            facts.push((tid, f));
+        }
+        // Seize (does not stop anything yet).
+        for (tid, f) in facts {
+            match ptrace::seize(Pid::from_raw(tid), ptrace::Options::empty()) {
+                Ok(()) => seized.push((tid, f)),
+                Err(nix::errno::Errno::ESRCH) => vanished.push(tid),
+                Err(nix::errno::Errno::EPERM) if !task_exists(pid, tid) => vanished.push(tid),
+                Err(nix::errno::Errno::EPERM) => {
+                    if !process_alive(pid) {
+                        exited = true;
+                        break;
+                    }
+                    return Err(refusal(pid, tid));
+                }
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("PTRACE_SEIZE of thread {tid} of process {pid}"),
+                        std::io::Error::from(e),
+                    ))
+                }
+            }
+        }
+        for (tid, facts) in seized {
+            att.tracees.push(Tracee {
+                tid,
+                state: TraceeState::Pending,
+                facts,
+            });
+        }
+        // Interrupt: the freeze starts here.
+        for t in att.tracees.iter_mut().skip(first_new) {
+            if att.first_interrupt.is_none() {
+                att.first_interrupt = Some(Instant::now());
+                att.taken_at = Some(SystemTime::now());
+            }
+            if ptrace::interrupt(Pid::from_raw(t.tid)).is_err() {
+                t.state = TraceeState::Gone;
+            }
+        }
+        // Collect each stop before rescanning.
+        let deadline = Instant::now() + opts.stop_timeout;
+        for t in att.tracees.iter_mut().skip(first_new) {
+            if t.state != TraceeState::Pending {
+                continue;
+            }
+            t.state = match wait_stop(t.tid, deadline) {
+                WaitOutcome::Stopped(kind) => TraceeState::Stopped(kind),
+                WaitOutcome::Gone => TraceeState::Gone,
+                WaitOutcome::Timeout => TraceeState::Late,
+            };
+        }
+        if exited || capped {
+            break;
+        }
+    }
+
+    // While stopped: registers and stacks only.
+    let mut threads: Vec<ThreadSnapshot> = Vec::with_capacity(att.tracees.len());
+    let mut budget = opts.total_stack_cap;
+    let mut maps_reread = false;
+    for t in att.tracees.iter_mut() {
+        let (name, state, cpu_time) = match t.facts.take() {
+            Some(p) => (p.name, p.state, p.cpu_time),
+            None => (String::new(), '?', Duration::ZERO),
+        };
+        let mut th = ThreadSnapshot {
+            tid: t.tid,
+            name,
+            state,
+            cpu_time,
+            stop: StopKind::NotStopped(String::new()),
+            regs: None,
+            stack_start: 0,
+            stack: Vec::new(),
+            stack_truncated: false,
+            stack_error: None,
+        };
+        match &t.state {
+            TraceeState::Gone => {
+                vanished.push(t.tid);
+                continue;
+            }
+            TraceeState::Late | TraceeState::Pending => {
+                th.stop = StopKind::NotStopped(format!(
+                    "did not stop within {} ms (state {})",
+                    opts.stop_timeout.as_millis(),
+                    th.state
+                ));
+                threads.push(th);
+                continue;
+            }
+            TraceeState::Stopped(kind) => th.stop = kind.clone(),
+        }
+        let regs = match ptrace::getregs(Pid::from_raw(t.tid)) {
+            Ok(r) => to_registers(&r),
+            Err(_) => {
+                // It died in its stop (SIGKILL to the process).
+                t.state = TraceeState::Gone;
+                vanished.push(t.tid);
+                continue;
+            }
+        };
+        th.regs = Some(regs);
+        th.stack_start = regs.rsp;
+        let mut map = find_map(&maps, regs.rsp).map(|m| m.end);
+        if map.is_none() && !maps_reread {
+            maps_reread = true;
+            if let Ok(mut fresh) = proc::read_maps(pid) {
+                fresh.sort_by_key(|m| m.start);
+                maps = fresh;
+            }
+            map = find_map(&maps, regs.rsp).map(|m| m.end);
+        }
+        match map {
+            None => {
+                th.stack_error = Some(format!("stack pointer 0x{:x} is in no mapping", regs.rsp))
+            }
+            Some(end) => {
+                let want = end.saturating_sub(regs.rsp);
+                let cap = if budget >= opts.stack_cap {
+                    opts.stack_cap
+                } else {
+                    SMALL_STACK.min(opts.stack_cap)
+                };
+                let len = usize::try_from(want).unwrap_or(usize::MAX).min(cap);
+                th.stack_truncated = (len as u64) < want;
+                let mut buf = vec![0u8; len];
+                match memory::read_into(pid, regs.rsp, &mut buf) {
+                    Ok(n) => {
+                        if n < len {
+                            th.stack_error = Some(format!(
+                                "stack readable only up to 0x{:x}",
+                                regs.rsp + n as u64
+                            ));
+                        }
+                        buf.truncate(n);
+                        th.stack = buf;
+                    }
+                    Err(e) => th.stack_error = Some(e.to_string()),
+                }
+                budget = budget.saturating_sub(th.stack.len());
+            }
+        }
+        threads.push(th);
+    }
+
+    att.detach_all();
+    let taken_at = att.taken_at.unwrap_or_else(SystemTime::now);
+    let freeze = match (att.first_interrupt, att.detached_at) {
+        (Some(a), Some(b)) => b.saturating_duration_since(a),
+        _ => Duration::ZERO,
+    };
+    drop(att);
+
+    if !vanished.is_empty() && !process_alive(pid) {
+        exited = true;
+    }
+    if threads.is_empty() && exited {
+        return Err(Error::Exited { pid });
+    }
+    vanished.sort_unstable();
+    vanished.dedup();
+    Ok(ProcessSnapshot {
+        pid,
+        name: status.name,
+        taken_at,
+        freeze,
+        capture: started.elapsed(),
+        threads,
+        maps,
+        vanished,
+        exited,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(start: u64, end: u64) -> MapEntry {
+        MapEntry {
+            start,
+            end,
+            read: true,
+            write: true,
+            exec: false,
+            shared: false,
+            offset: 0,
+            dev: (0, 0),
+            inode: 0,
+            path: proc::MapPath::None,
+        }
+    }
+
+    #[test]
+    fn find_map_picks_the_containing_mapping() {
+        let maps = vec![map(0x1000, 0x2000), map(0x3000, 0x5000)];
+        assert_eq!(find_map(&maps, 0x1000).map(|m| m.start), Some(0x1000));
+        assert_eq!(find_map(&maps, 0x1fff).map(|m| m.start), Some(0x1000));
+        assert!(find_map(&maps, 0x2000).is_none());
+        assert!(find_map(&maps, 0xfff).is_none());
+        assert_eq!(find_map(&maps, 0x4000).map(|m| m.start), Some(0x3000));
+        assert!(find_map(&maps, 0x5000).is_none());
+        assert!(find_map(&[], 0x5000).is_none());
+    }
+}

@@ -1,0 +1,255 @@
+//! Stack dumps of every thread of a process: capture ([`crate::attach`]),
+//! then, with the target running again, unwind ([`crate::unwind`]) and
+//! symbolize ([`crate::symbols`]).
+//!
+//! A [`Dumper`] is long-lived: module files, debug info, unwind tables and
+//! symbolized addresses are cached in it and reused by the next dump (a hang
+//! episode takes several). It is not `Send`: create it on the thread that
+//! uses it (ptrace requests must come from one thread anyway).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::attach::{self, SnapshotOptions};
+use crate::error::{Error, Result};
+use crate::snapshot::{ProcessSnapshot, StopKind};
+use crate::symbols::Symbolizer;
+use crate::unwind::{FrameKind, StackEnd, StackUnwinder, DEFAULT_MAX_FRAMES};
+
+/// Options of a [`Dumper`].
+#[derive(Debug, Clone)]
+pub struct DumpOptions {
+    /// Limits of the capture.
+    pub snapshot: SnapshotOptions,
+    /// Sanity cap on frames per thread (default 4096).
+    pub max_frames: usize,
+}
+
+impl Default for DumpOptions {
+    fn default() -> Self {
+        DumpOptions {
+            snapshot: SnapshotOptions::default(),
+            max_frames: DEFAULT_MAX_FRAMES,
+        }
+    }
+}
+
+/// One frame of a dumped stack (an inlined call is a frame of its own, at
+/// the same address as the function it was inlined into).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// The code address (for a return address, the address after the call).
+    pub address: u64,
+    /// What the address is.
+    pub kind: FrameKind,
+    /// Demangled function name; `None` if unknown.
+    pub function: Option<String>,
+    /// This function was inlined into the next frame.
+    pub inlined: bool,
+    /// Source file.
+    pub file: Option<String>,
+    /// Source line.
+    pub line: Option<u32>,
+    /// The module (file path, or `[vdso]`), if the address is in one.
+    pub module: Option<String>,
+    /// Address as stated in the module file (`module+0xoffset`).
+    pub module_offset: Option<u64>,
+}
+
+/// One thread of a dump.
+#[derive(Debug, Clone)]
+pub struct ThreadDump {
+    /// Thread id.
+    pub tid: i32,
+    /// Thread name.
+    pub name: String,
+    /// Scheduler state letter (`R`, `S`, `D`, `T`, …) just before the stop.
+    pub state: char,
+    /// CPU time used so far.
+    pub cpu_time: Duration,
+    /// The event loop running on this thread, if the caller knows one.
+    pub event_loop: Option<String>,
+    /// How the thread was held.
+    pub stop: StopKind,
+    /// Frames, innermost first.
+    pub frames: Vec<Frame>,
+    /// Why the stack ended.
+    pub end: StackEnd,
+    /// The stack copy was cut at the cap.
+    pub stack_truncated: bool,
+    /// Bytes of stack copied.
+    pub stack_bytes: usize,
+}
+
+/// Where the time of one dump went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    /// Longest time any thread was held (first interrupt to last detach).
+    pub freeze: Duration,
+    /// The whole capture, /proc reads included.
+    pub capture: Duration,
+    /// Unwinding, offline.
+    pub unwind: Duration,
+    /// Symbolizing (including loading modules and debug info).
+    pub symbolize: Duration,
+    /// Everything.
+    pub total: Duration,
+}
+
+/// A symbolized stack dump of every thread of a process.
+#[derive(Debug, Clone)]
+pub struct Dump {
+    /// Process id.
+    pub pid: i32,
+    /// Process name.
+    pub name: String,
+    /// When the target was stopped.
+    pub taken_at: SystemTime,
+    /// Threads: the ones running an event loop first, then the main thread,
+    /// then by thread id.
+    pub threads: Vec<ThreadDump>,
+    /// Threads that exited during the capture.
+    pub vanished: Vec<i32>,
+    /// The process exited during the capture: the dump is partial.
+    pub exited: bool,
+    /// Modules that could not be used (path: reason).
+    pub module_problems: Vec<String>,
+    /// Where the time went.
+    pub timings: Timings,
+}
+
+impl Dump {
+    /// The error to report for a partial dump (process exited mid-dump).
+    pub fn exit_error(&self) -> Option<Error> {
+        self.exited.then_some(Error::Exited { pid: self.pid })
+    }
+}
+
+/// Takes stack dumps; keeps every cache across dumps.
+#[derive(Debug, Default)]
+pub struct Dumper {
+    options: DumpOptions,
+    symbolizer: Symbolizer,
+    unwinder: StackUnwinder,
+}
+
+impl Dumper {
+    /// A dumper with default options.
+    pub fn new() -> Dumper {
+        Dumper::with_options(DumpOptions::default())
+    }
+
+    /// A dumper with `options`.
+    pub fn with_options(options: DumpOptions) -> Dumper {
+        let mut unwinder = StackUnwinder::new();
+        unwinder.max_frames = options.max_frames;
+        Dumper {
+            options,
+            symbolizer: Symbolizer::new(),
+            unwinder,
+        }
+    }
+
+    /// Number of module files cached so far.
+    pub fn cached_modules(&self) -> usize {
+        self.symbolizer.cached_modules()
+    }
+
+    /// Captures `pid` and symbolizes every thread. `loops` maps thread ids to
+    /// the event loop running on them (from the heartbeat), if known.
+    ///
+    /// A process exiting mid-dump gives `Ok` with [`Dump::exited`] set (see
+    /// [`Dump::exit_error`]) when anything was captured.
+    pub fn dump(&mut self, pid: i32, loops: Option<&HashMap<i32, String>>) -> Result<Dump> {
+        let start = Instant::now();
+        let snap = attach::snapshot(pid, &self.options.snapshot)?;
+        let mut dump = self.process(&snap, loops);
+        dump.timings.total = start.elapsed();
+        Ok(dump)
+    }
+
+    /// Unwinds and symbolizes a snapshot taken earlier (offline).
+    pub fn process(
+        &mut self,
+        snap: &ProcessSnapshot,
+        loops: Option<&HashMap<i32, String>>,
+    ) -> Dump {
+        let t0 = Instant::now();
+        let space = self.symbolizer.address_space(snap.pid, &snap.maps);
+        let module_problems = space
+            .modules
+            .iter()
+            .filter_map(|m| m.problem.as_ref().map(|p| format!("{}: {p}", m.name)))
+            .collect();
+        let mut unwind_time = Duration::ZERO;
+        let mut threads = Vec::with_capacity(snap.threads.len());
+        for t in &snap.threads {
+            let u0 = Instant::now();
+            let unwound = self.unwinder.unwind(&space, t);
+            unwind_time += u0.elapsed();
+            let mut frames = Vec::with_capacity(unwound.frames.len());
+            for raw in &unwound.frames {
+                let sym = self
+                    .symbolizer
+                    .symbolize(&space, raw.address, raw.kind.is_return());
+                if raw.kind == FrameKind::SignalTrampoline || sym.frames.is_empty() {
+                    frames.push(Frame {
+                        address: raw.address,
+                        kind: raw.kind,
+                        function: sym.frames.last().and_then(|f| f.function.clone()),
+                        inlined: false,
+                        file: sym.frames.last().and_then(|f| f.file.clone()),
+                        line: sym.frames.last().and_then(|f| f.line),
+                        module: sym.module,
+                        module_offset: sym.module_offset,
+                    });
+                    continue;
+                }
+                let n = sym.frames.len();
+                for (i, f) in sym.frames.into_iter().enumerate() {
+                    frames.push(Frame {
+                        address: raw.address,
+                        kind: raw.kind,
+                        function: f.function,
+                        inlined: i + 1 < n,
+                        file: f.file,
+                        line: f.line,
+                        module: sym.module.clone(),
+                        module_offset: sym.module_offset,
+                    });
+                }
+            }
+            threads.push(ThreadDump {
+                tid: t.tid,
+                name: t.name.clone(),
+                state: t.state,
+                cpu_time: t.cpu_time,
+                event_loop: loops.and_then(|l| l.get(&t.tid).cloned()),
+                stop: t.stop.clone(),
+                frames,
+                end: unwound.end,
+                stack_truncated: t.stack_truncated,
+                stack_bytes: t.stack.len(),
+            });
+        }
+        let pid = snap.pid;
+        threads.sort_by_key(|t| (t.event_loop.is_none(), t.tid != pid, t.tid));
+        let total = t0.elapsed();
+        Dump {
+            pid,
+            name: snap.name.clone(),
+            taken_at: snap.taken_at,
+            threads,
+            vanished: snap.vanished.clone(),
+            exited: snap.exited,
+            module_problems,
+            timings: Timings {
+                freeze: snap.freeze,
+                capture: snap.capture,
+                unwind: unwind_time,
+                symbolize: total.saturating_sub(unwind_time),
+                total: snap.capture + total,
+            },
+        }
+    }
+}

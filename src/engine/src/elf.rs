@@ -1,0 +1,1122 @@
+//! Find heartbeat registries in the ELF files a process maps, and where they
+//! sit in its address space.
+//!
+//! A registry is found by the section [`aiodebug::abi::SECTION_NAME`] (section
+//! headers survive `strip`), or failing that by symbols (`.symtab` and
+//! `.dynsym`) whose name starts with [`aiodebug::abi::SYMBOL_PREFIX`]. Its
+//! runtime address is its static address plus the module's load bias
+//! ([`load_bias`]).
+//!
+//! Files are read through [`object::read::ReadCache`]: only the ELF header,
+//! the program and section headers, the section-name table and (when no
+//! section matches) the symbol and string tables are read, each capped.
+//! Every file is untrusted: hostile or truncated files give `Err(reason)`.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use aiodebug::abi;
+use object::elf::{
+    FileHeader32, FileHeader64, ELFMAG, PT_LOAD, SHF_ALLOC, SHN_UNDEF, SHT_DYNSYM, SHT_STRTAB,
+    SHT_SYMTAB, STT_FILE, STT_SECTION, STT_TLS,
+};
+use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, Sym};
+use object::read::{ReadCache, ReadRef};
+use object::Endianness;
+
+use crate::proc::{MapEntry, MapPath};
+
+/// Largest registry section or symbol accepted (16 MiB).
+pub const MAX_SECTION_SIZE: u64 = 16 << 20;
+/// Largest symbol table, string table or section-name table read (256 MiB).
+pub const MAX_TABLE_SIZE: u64 = 256 << 20;
+/// Most section headers accepted.
+pub const MAX_SECTIONS: u32 = 1 << 16;
+/// Most program headers accepted.
+pub const MAX_SEGMENTS: u32 = 1 << 12;
+/// Most registry locations reported for one file.
+pub const MAX_REGISTRIES: usize = 1024;
+/// Largest distance, in bytes, between a mapping's file offset and the start
+/// of a segment beginning later in the same page (the largest Linux page, 64 KiB).
+const MAX_PAGE: u64 = 1 << 16;
+
+/// How a registry was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Via {
+    /// The section [`aiodebug::abi::SECTION_NAME`].
+    Section,
+    /// A symbol starting with [`aiodebug::abi::SYMBOL_PREFIX`].
+    Symbol,
+}
+
+/// A registry region in an ELF file, at its static (link-time) address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistryLocation {
+    /// Static virtual address (`sh_addr` or `st_value`).
+    pub svma: u64,
+    /// Size in bytes (at most [`MAX_SECTION_SIZE`]).
+    pub size: u64,
+    /// How it was found.
+    pub via: Via,
+}
+
+/// A `PT_LOAD` program header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadSegment {
+    /// `p_offset`: file offset of the segment.
+    pub offset: u64,
+    /// `p_vaddr`: static virtual address of the segment.
+    pub vaddr: u64,
+    /// `p_filesz`: bytes of the file in the segment.
+    pub filesz: u64,
+    /// `p_memsz`: bytes of memory of the segment.
+    pub memsz: u64,
+}
+
+/// What the engine needs of one ELF file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModuleInfo {
+    /// Registries in the file (empty for most files).
+    pub registries: Vec<RegistryLocation>,
+    /// The `PT_LOAD` segments; only filled when `registries` is not empty.
+    pub segments: Vec<LoadSegment>,
+}
+
+/// A registry in a running process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionInTarget {
+    /// The module's path as the target's maps name it.
+    pub module: PathBuf,
+    /// Runtime address in the target.
+    pub addr: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// How it was found.
+    pub via: Via,
+}
+
+// ---------------------------------------------------------------------------
+// pure parsing
+
+/// Finds the heartbeat registries of an ELF file held in memory: the sections
+/// named [`aiodebug::abi::SECTION_NAME`], or if there is none, the defined
+/// symbols whose name starts with [`aiodebug::abi::SYMBOL_PREFIX`] (a symbol
+/// of size 0 gets [`aiodebug::abi::REGISTRY_SIZE`]). Sorted by address.
+pub fn find_registry(data: &[u8]) -> Result<Vec<RegistryLocation>, String> {
+    with_elf(data, |elf| elf.registries())
+}
+
+/// The `PT_LOAD` segments of an ELF file held in memory.
+pub fn load_segments(data: &[u8]) -> Result<Vec<LoadSegment>, String> {
+    with_elf(data, |elf| elf.load_segments())
+}
+
+/// [`find_registry`], plus the load segments if any registry was found.
+pub fn analyze(data: &[u8]) -> Result<ModuleInfo, String> {
+    analyze_ref(data)
+}
+
+fn analyze_ref<'data, R: ReadRef<'data>>(data: R) -> Result<ModuleInfo, String> {
+    with_elf(data, |elf| {
+        let registries = elf.registries()?;
+        let segments = if registries.is_empty() {
+            Vec::new()
+        } else {
+            elf.load_segments()?
+        };
+        Ok(ModuleInfo {
+            registries,
+            segments,
+        })
+    })
+}
+
+/// Object-safe view of an ELF file of either class.
+trait ElfView {
+    fn registries(&self) -> Result<Vec<RegistryLocation>, String>;
+    fn load_segments(&self) -> Result<Vec<LoadSegment>, String>;
+}
+
+struct Parsed<'data, Elf: FileHeader, R: ReadRef<'data>> {
+    header: &'data Elf,
+    endian: Elf::Endian,
+    data: R,
+}
+
+fn with_elf<'data, R: ReadRef<'data>, T>(
+    data: R,
+    f: impl FnOnce(&dyn ElfView) -> Result<T, String>,
+) -> Result<T, String> {
+    let ident = data
+        .read_bytes_at(0, 16)
+        .map_err(|()| "too short for an ELF header".to_string())?;
+    if ident.get(..4) != Some(&ELFMAG[..]) {
+        return Err("not an ELF file".to_string());
+    }
+    match ident.get(4) {
+        Some(1) => f(&parse::<FileHeader32<Endianness>, R>(data)?),
+        Some(2) => f(&parse::<FileHeader64<Endianness>, R>(data)?),
+        other => Err(format!("unknown ELF class {other:?}")),
+    }
+}
+
+fn parse<'data, Elf, R>(data: R) -> Result<Parsed<'data, Elf, R>, String>
+where
+    Elf: FileHeader<Endian = Endianness>,
+    R: ReadRef<'data>,
+{
+    let header = Elf::parse(data).map_err(|e| format!("bad ELF header: {e}"))?;
+    let endian = header
+        .endian()
+        .map_err(|e| format!("bad ELF header: {e}"))?;
+    Ok(Parsed {
+        header,
+        endian,
+        data,
+    })
+}
+
+/// Reads a section's bytes, refusing sections bigger than `cap`.
+fn section_bytes<'data, S: SectionHeader, R: ReadRef<'data>>(
+    sh: &S,
+    endian: S::Endian,
+    data: R,
+    cap: u64,
+    what: &str,
+) -> Result<&'data [u8], String> {
+    let Some((offset, size)) = sh.file_range(endian) else {
+        return Ok(&[]);
+    };
+    if size > cap {
+        return Err(format!(
+            "{what} is {size} bytes, more than the {cap}-byte cap"
+        ));
+    }
+    data.read_bytes_at(offset, size)
+        .map_err(|()| format!("{what} lies outside the file"))
+}
+
+impl<'data, Elf, R> Parsed<'data, Elf, R>
+where
+    Elf: FileHeader<Endian = Endianness>,
+    R: ReadRef<'data>,
+{
+    fn sections(&self) -> Result<&'data [Elf::SectionHeader], String> {
+        let shnum = self
+            .header
+            .shnum(self.endian, self.data)
+            .map_err(|e| format!("bad section headers: {e}"))?;
+        if shnum > MAX_SECTIONS {
+            return Err(format!("{shnum} section headers, more than {MAX_SECTIONS}"));
+        }
+        self.header
+            .section_headers(self.endian, self.data)
+            .map_err(|e| format!("bad section headers: {e}"))
+    }
+
+    fn section_registries(
+        &self,
+        sections: &'data [Elf::SectionHeader],
+    ) -> Result<Vec<RegistryLocation>, String> {
+        let endian = self.endian;
+        let index = self
+            .header
+            .shstrndx(endian, self.data)
+            .map_err(|e| format!("bad section name table: {e}"))?;
+        let shstrtab = sections
+            .get(index as usize)
+            .ok_or_else(|| format!("section name table index {index} out of range"))?;
+        let names = section_bytes(
+            shstrtab,
+            endian,
+            self.data,
+            MAX_TABLE_SIZE,
+            "the section name table",
+        )?;
+        let wanted = abi::SECTION_NAME.as_bytes();
+        let mut out = Vec::new();
+        for sh in sections.iter().skip(1) {
+            if !has_name(names, sh.sh_name(endian), wanted) {
+                continue;
+            }
+            // Only an allocated section has a meaningful address.
+            if !sh.sh_flags(endian).contains(SHF_ALLOC) {
+                continue;
+            }
+            let size: u64 = sh.sh_size(endian).into();
+            if size > MAX_SECTION_SIZE {
+                return Err(format!(
+                    "section {} is {size} bytes, more than the {MAX_SECTION_SIZE}-byte cap",
+                    abi::SECTION_NAME
+                ));
+            }
+            if size == 0 {
+                continue;
+            }
+            out.push(RegistryLocation {
+                svma: sh.sh_addr(endian).into(),
+                size,
+                via: Via::Section,
+            });
+            if out.len() >= MAX_REGISTRIES {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn symbol_registries(
+        &self,
+        sections: &'data [Elf::SectionHeader],
+    ) -> Result<Vec<RegistryLocation>, String> {
+        let endian = self.endian;
+        let prefix = abi::SYMBOL_PREFIX.as_bytes();
+        let mut out: Vec<RegistryLocation> = Vec::new();
+        let mut errors = Vec::new();
+        for sh in sections.iter() {
+            let kind = sh.sh_type(endian);
+            if kind != SHT_SYMTAB && kind != SHT_DYNSYM {
+                continue;
+            }
+            let table = if kind == SHT_SYMTAB {
+                "the symbol table"
+            } else {
+                "the dynamic symbol table"
+            };
+            let found = (|| -> Result<(), String> {
+                let bytes = section_bytes(sh, endian, self.data, MAX_TABLE_SIZE, table)?;
+                let syms: &[Elf::Sym] = object::pod::slice_from_all_bytes(bytes)
+                    .map_err(|()| format!("{table} has a bad size"))?;
+                let strsh = sections
+                    .get(sh.sh_link(endian) as usize)
+                    .filter(|s| s.sh_type(endian) == SHT_STRTAB)
+                    .ok_or_else(|| format!("{table} links to no string table"))?;
+                let strings = section_bytes(
+                    strsh,
+                    endian,
+                    self.data,
+                    MAX_TABLE_SIZE,
+                    "a symbol string table",
+                )?;
+                for sym in syms.iter().skip(1) {
+                    if sym.st_shndx(endian) == SHN_UNDEF {
+                        continue;
+                    }
+                    let kind = sym.st_type();
+                    if kind == STT_TLS || kind == STT_SECTION || kind == STT_FILE {
+                        continue;
+                    }
+                    if !has_prefix(strings, sym.st_name(endian), prefix) {
+                        continue;
+                    }
+                    let svma: u64 = sym.st_value(endian).into();
+                    let mut size: u64 = sym.st_size(endian).into();
+                    if size == 0 {
+                        size = abi::REGISTRY_SIZE as u64;
+                    }
+                    if svma == 0 || size > MAX_SECTION_SIZE {
+                        continue;
+                    }
+                    if out.iter().any(|r| r.svma == svma) {
+                        continue;
+                    }
+                    out.push(RegistryLocation {
+                        svma,
+                        size,
+                        via: Via::Symbol,
+                    });
+                    if out.len() >= MAX_REGISTRIES {
+                        break;
+                    }
+                }
+                Ok(())
+            })();
+            if let Err(e) = found {
+                errors.push(e);
+            }
+            if out.len() >= MAX_REGISTRIES {
+                break;
+            }
+        }
+        if out.is_empty() && !errors.is_empty() {
+            return Err(errors.join("; "));
+        }
+        Ok(out)
+    }
+}
+
+impl<'data, Elf, R> ElfView for Parsed<'data, Elf, R>
+where
+    Elf: FileHeader<Endian = Endianness>,
+    R: ReadRef<'data>,
+{
+    fn registries(&self) -> Result<Vec<RegistryLocation>, String> {
+        let sections = self.sections()?;
+        if sections.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = self.section_registries(sections)?;
+        if out.is_empty() {
+            out = self.symbol_registries(sections)?;
+        }
+        out.sort_by_key(|r| r.svma);
+        Ok(out)
+    }
+
+    fn load_segments(&self) -> Result<Vec<LoadSegment>, String> {
+        let phnum = self
+            .header
+            .phnum(self.endian, self.data)
+            .map_err(|e| format!("bad program headers: {e}"))?;
+        if phnum > MAX_SEGMENTS {
+            return Err(format!("{phnum} program headers, more than {MAX_SEGMENTS}"));
+        }
+        let phdrs = self
+            .header
+            .program_headers(self.endian, self.data)
+            .map_err(|e| format!("bad program headers: {e}"))?;
+        Ok(phdrs
+            .iter()
+            .filter(|ph| ph.p_type(self.endian) == PT_LOAD)
+            .map(|ph| LoadSegment {
+                offset: ph.p_offset(self.endian).into(),
+                vaddr: ph.p_vaddr(self.endian).into(),
+                filesz: ph.p_filesz(self.endian).into(),
+                memsz: ph.p_memsz(self.endian).into(),
+            })
+            .collect())
+    }
+}
+
+fn name_at(strings: &[u8], offset: u32) -> Option<&[u8]> {
+    strings.get(usize::try_from(offset).ok()?..)
+}
+
+/// Whether the NUL-terminated string at `offset` equals `wanted`.
+fn has_name(strings: &[u8], offset: u32, wanted: &[u8]) -> bool {
+    name_at(strings, offset).is_some_and(|s| {
+        s.strip_prefix(wanted)
+            .is_some_and(|rest| rest.first() == Some(&0))
+    })
+}
+
+/// Whether the string at `offset` starts with `prefix`.
+fn has_prefix(strings: &[u8], offset: u32, prefix: &[u8]) -> bool {
+    name_at(strings, offset).is_some_and(|s| s.starts_with(prefix))
+}
+
+/// The load bias of a module (runtime address = static address + bias), from
+/// one mapping of its file: `mapping` maps file offset `o` at address `s`.
+///
+/// Uses the `PT_LOAD` whose file range covers `o` or, failing that, the first
+/// one starting later in the same page (a segment whose `p_offset` is not
+/// page aligned is mapped from the page below it); then
+/// bias = `s − o − (p_vaddr − p_offset)` (wrapping). Works for executables
+/// (bias 0), position-independent executables and shared libraries.
+pub fn load_bias(segments: &[LoadSegment], mapping: &MapEntry) -> Option<u64> {
+    let o = mapping.offset;
+    let covering = segments
+        .iter()
+        .find(|seg| seg.offset <= o && o < seg.offset.saturating_add(seg.filesz));
+    let seg = covering.or_else(|| {
+        segments
+            .iter()
+            .filter(|seg| seg.offset > o && seg.offset - o < MAX_PAGE)
+            .min_by_key(|seg| seg.offset)
+    })?;
+    Some(
+        mapping
+            .start
+            .wrapping_sub(o)
+            .wrapping_sub(seg.vaddr.wrapping_sub(seg.offset)),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// files of a running process
+
+/// Opens the file a mapping of process `pid` maps: through
+/// `/proc/PID/root/<path>` first (works for targets in containers), then
+/// `/proc/PID/map_files/<start>-<end>` (works for deleted files). When the
+/// mapping has an inode, the opened file must have the same inode, or the
+/// next way is tried.
+pub fn open_mapped_file(pid: i32, entry: &MapEntry) -> std::io::Result<File> {
+    let MapPath::File { path, .. } = &entry.path else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a file mapping",
+        ));
+    };
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    let candidates = [
+        Path::new(&format!("/proc/{pid}/root")).join(relative),
+        PathBuf::from(format!(
+            "/proc/{pid}/map_files/{:x}-{:x}",
+            entry.start, entry.end
+        )),
+    ];
+    let mut failures = Vec::new();
+    let mut first_kind = None;
+    for candidate in &candidates {
+        let result = File::open(candidate).and_then(|f| {
+            let ino = f.metadata()?.ino();
+            if entry.inode != 0 && ino != entry.inode {
+                return Err(std::io::Error::other(format!(
+                    "is inode {ino}, the mapping is inode {}",
+                    entry.inode
+                )));
+            }
+            Ok(f)
+        });
+        match result {
+            Ok(f) => return Ok(f),
+            Err(e) => {
+                first_kind.get_or_insert(e.kind());
+                failures.push(format!("{}: {e}", candidate.display()));
+            }
+        }
+    }
+    Err(std::io::Error::new(
+        first_kind.unwrap_or(std::io::ErrorKind::NotFound),
+        failures.join("; "),
+    ))
+}
+
+/// A file's identity: ((major, minor) of its device, inode).
+type FileKey = ((u32, u32), u64);
+
+/// Parsed modules keyed by (device, inode), so that scanning every process of
+/// a host opens and parses each distinct file once. Failures to open a file
+/// are not cached (they depend on the process); parse results are.
+#[derive(Debug, Default)]
+pub struct ModuleCache {
+    modules: HashMap<FileKey, Result<ModuleInfo, String>>,
+}
+
+impl ModuleCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of files cached.
+    pub fn len(&self) -> usize {
+        self.modules.len()
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.modules.is_empty()
+    }
+
+    /// Forgets every file (for long-running callers: files may be replaced
+    /// and inode numbers reused).
+    pub fn clear(&mut self) {
+        self.modules.clear();
+    }
+}
+
+/// Reads what is needed of an opened module: `Ok(default)` for non-ELF files.
+fn analyze_file(file: &File) -> Result<ModuleInfo, String> {
+    let mut magic = [0u8; 4];
+    match file.read_exact_at(&mut magic, 0) {
+        Ok(()) if magic == ELFMAG => {}
+        // Too short or not ELF: a data file (locale archive, font, cache).
+        _ => return Ok(ModuleInfo::default()),
+    }
+    let cache = ReadCache::new(file);
+    analyze_ref(&cache)
+}
+
+/// Locates the heartbeat registries of process `pid` given its maps.
+///
+/// Considers each distinct file (by device and inode) that the process maps
+/// with at least one executable mapping (a loaded module), skipping anonymous
+/// and special mappings. The load bias comes from the file's mapping with the
+/// lowest offset. Returns the registries found, and problems met (files that
+/// could not be opened or parsed, registries outside any mapping), never fatal.
+pub fn locate_registries(
+    pid: i32,
+    maps: &[MapEntry],
+    cache: &mut ModuleCache,
+) -> (Vec<RegionInTarget>, Vec<String>) {
+    let mut regions = Vec::new();
+    let mut problems = Vec::new();
+
+    // Per file: the mapping with the lowest offset, and whether any is executable.
+    let mut order: Vec<FileKey> = Vec::new();
+    let mut files: HashMap<FileKey, (&MapEntry, bool)> = HashMap::new();
+    for m in maps {
+        if !matches!(m.path, MapPath::File { .. }) || m.inode == 0 {
+            continue;
+        }
+        let key = (m.dev, m.inode);
+        match files.entry(key) {
+            Entry::Vacant(v) => {
+                v.insert((m, m.exec));
+                order.push(key);
+            }
+            Entry::Occupied(mut o) => {
+                let (lowest, exec) = o.get_mut();
+                if m.offset < lowest.offset {
+                    *lowest = m;
+                }
+                *exec |= m.exec;
+            }
+        }
+    }
+
+    for key in order {
+        let Some(&(entry, exec)) = files.get(&key) else {
+            continue;
+        };
+        if !exec {
+            continue;
+        }
+        let MapPath::File { path, .. } = &entry.path else {
+            continue;
+        };
+        if let Entry::Vacant(v) = cache.modules.entry(key) {
+            match open_mapped_file(pid, entry) {
+                Ok(file) => {
+                    v.insert(analyze_file(&file));
+                }
+                Err(e) => {
+                    problems.push(format!("cannot open {}: {e}", path.display()));
+                    continue;
+                }
+            }
+        }
+        let info = match cache.modules.get(&key) {
+            Some(Ok(info)) => info,
+            Some(Err(reason)) => {
+                problems.push(format!("cannot use {}: {reason}", path.display()));
+                continue;
+            }
+            None => continue,
+        };
+        if info.registries.is_empty() {
+            continue;
+        }
+        let Some(bias) = load_bias(&info.segments, entry) else {
+            problems.push(format!(
+                "cannot compute the load bias of {}: no loadable segment covers file offset 0x{:x}",
+                path.display(),
+                entry.offset
+            ));
+            continue;
+        };
+        for reg in &info.registries {
+            let addr = reg.svma.wrapping_add(bias);
+            let end = addr.checked_add(reg.size);
+            let mapped = end.is_some_and(|end| {
+                maps.iter().any(|m| m.contains(addr))
+                    && maps.iter().any(|m| m.contains(end.saturating_sub(1)))
+            });
+            if !mapped {
+                problems.push(format!(
+                    "registry of {} at 0x{addr:x} (+{} bytes) is not mapped in process {pid}",
+                    path.display(),
+                    reg.size
+                ));
+                continue;
+            }
+            regions.push(RegionInTarget {
+                module: path.clone(),
+                addr,
+                size: reg.size,
+                via: reg.via,
+            });
+        }
+    }
+    (regions, problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// `b"AIODBGHB"` as a little-endian u64 ([`abi::MAGIC`]).
+    const MAGIC_C: &str = "0x42484742444f4941ULL";
+
+    /// A fresh temporary directory for one test.
+    fn tmpdir(tag: &str) -> PathBuf {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "aiodebug-elf-test-{}-{tag}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn gcc(dir: &Path, out: &str, src: &str, args: &[&str]) -> PathBuf {
+        let c = dir.join(format!("{out}.c"));
+        std::fs::write(&c, src).unwrap();
+        let out = dir.join(out);
+        let status = Command::new("gcc")
+            .arg("-o")
+            .arg(&out)
+            .arg(&c)
+            .args(args)
+            .status()
+            .expect("gcc");
+        assert!(status.success(), "gcc failed for {}", c.display());
+        out
+    }
+
+    fn strip(path: &Path) -> PathBuf {
+        let out = path.with_extension("stripped");
+        let status = Command::new("strip")
+            .arg("-o")
+            .arg(&out)
+            .arg(path)
+            .status()
+            .expect("strip");
+        assert!(status.success());
+        out
+    }
+
+    fn section_src() -> String {
+        format!(
+            "__attribute__((section(\"aiodebug_hb\"), used, aligned(64)))\n\
+             unsigned long long aiodebug_registry_test[16] = {{{MAGIC_C}}};\n"
+        )
+    }
+
+    fn symbol_src() -> String {
+        format!("unsigned long long aiodebug_registry_sym[16] = {{{MAGIC_C}}};\n")
+    }
+
+    const MAIN: &str = "#include <stdio.h>\n#include <unistd.h>\n\
+        int main(void) { puts(\"ready\"); fflush(stdout); sleep(30); return 0; }\n";
+
+    fn build_exe(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
+        gcc(dir, name, &format!("{}{MAIN}", section_src()), args)
+    }
+
+    /// Spawns `exe`, waits until it printed `ready`.
+    fn spawn_ready(exe: &Path) -> Child {
+        let mut child = Command::new(exe).stdout(Stdio::piped()).spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        child
+    }
+
+    fn reap(mut child: Child) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Locates the registries of a running child and reads each one's magic.
+    fn magic_of(child: &Child) -> (Vec<RegionInTarget>, Vec<String>, Vec<u64>) {
+        let pid = child.id() as i32;
+        let maps = crate::proc::read_maps(pid).unwrap();
+        let mut cache = ModuleCache::new();
+        let (regions, problems) = locate_registries(pid, &maps, &mut cache);
+        let magics = regions
+            .iter()
+            .map(|r| {
+                let b = crate::memory::read(pid, r.addr, 8).unwrap();
+                u64::from_le_bytes(b.try_into().unwrap())
+            })
+            .collect();
+        // A second pass hits the cache and finds the same.
+        let (again, _) = locate_registries(pid, &maps, &mut cache);
+        assert_eq!(again, regions);
+        (regions, problems, magics)
+    }
+
+    #[test]
+    fn finds_section_and_survives_strip() {
+        let dir = tmpdir("section");
+        let exe = build_exe(&dir, "pie", &["-O1"]);
+        let data = std::fs::read(&exe).unwrap();
+        let regs = find_registry(&data).unwrap();
+        assert_eq!(regs.len(), 1, "{regs:?}");
+        assert_eq!(regs[0].via, Via::Section);
+        assert_eq!(regs[0].size, 128);
+        assert_ne!(regs[0].svma, 0);
+        let stripped = std::fs::read(strip(&exe)).unwrap();
+        assert_eq!(find_registry(&stripped).unwrap(), regs);
+        let info = analyze(&stripped).unwrap();
+        assert_eq!(info.registries, regs);
+        assert!(!info.segments.is_empty());
+        assert_eq!(load_segments(&stripped).unwrap(), info.segments);
+        // An object file: the section is there too.
+        let obj = gcc(&dir, "obj.o", &section_src(), &["-c"]);
+        let regs = find_registry(&std::fs::read(obj).unwrap()).unwrap();
+        assert_eq!(regs.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn finds_symbol_without_section() {
+        let dir = tmpdir("symbol");
+        let exe = gcc(&dir, "exe", &format!("{}{MAIN}", symbol_src()), &[]);
+        let data = std::fs::read(&exe).unwrap();
+        let regs = find_registry(&data).unwrap();
+        assert_eq!(regs.len(), 1, "{regs:?}");
+        assert_eq!((regs[0].via, regs[0].size), (Via::Symbol, 128));
+        // Stripped executable: no .symtab, the symbol is not in .dynsym.
+        assert!(find_registry(&std::fs::read(strip(&exe)).unwrap())
+            .unwrap()
+            .is_empty());
+        // A shared library exports it in .dynsym, which survives strip.
+        let lib = gcc(&dir, "libsym.so", &symbol_src(), &["-shared", "-fPIC"]);
+        let stripped = std::fs::read(strip(&lib)).unwrap();
+        let regs = find_registry(&stripped).unwrap();
+        assert_eq!((regs.len(), regs[0].via), (1, Via::Symbol));
+        // An undefined reference to a registry is not a registry.
+        let user = gcc(
+            &dir,
+            "libuser.so",
+            "extern unsigned long long aiodebug_registry_sym[16];\n\
+             unsigned long long get(void) { return aiodebug_registry_sym[0]; }\n",
+            &["-shared", "-fPIC"],
+        );
+        assert!(find_registry(&std::fs::read(user).unwrap())
+            .unwrap()
+            .is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn seg(offset: u64, vaddr: u64, filesz: u64) -> LoadSegment {
+        LoadSegment {
+            offset,
+            vaddr,
+            filesz,
+            memsz: filesz,
+        }
+    }
+
+    fn mapping(start: u64, offset: u64) -> MapEntry {
+        MapEntry {
+            start,
+            end: start.saturating_add(0x1000),
+            read: true,
+            write: false,
+            exec: false,
+            shared: false,
+            offset,
+            dev: (8, 1),
+            inode: 1,
+            path: MapPath::File {
+                path: "/x".into(),
+                deleted: false,
+            },
+        }
+    }
+
+    #[test]
+    fn load_bias_tables() {
+        // Non-PIE executable (ET_EXEC): bias 0.
+        let exec = [
+            seg(0, 0x400000, 0x5e0),
+            seg(0x1000, 0x401000, 0x1a5),
+            seg(0x2000, 0x402000, 0x104),
+            seg(0x2df8, 0x403df8, 0x230),
+        ];
+        assert_eq!(load_bias(&exec, &mapping(0x400000, 0)), Some(0));
+        assert_eq!(load_bias(&exec, &mapping(0x401000, 0x1000)), Some(0));
+        // Ambiguous: the data segment at offset 0x2df8 is mapped at 0x403000
+        // from page offset 0x2000, which the read-only segment at 0x402000
+        // covers: the covering segment wins, so callers use the file's first
+        // mapping (lowest offset, then lowest address).
+        assert_eq!(load_bias(&exec, &mapping(0x402000, 0x2000)), Some(0));
+        assert_eq!(load_bias(&exec, &mapping(0x403000, 0x2000)), Some(0x1000));
+        // PIE: first segment at 0; any mapping gives the same bias.
+        let pie = [
+            seg(0, 0, 0x628),
+            seg(0x1000, 0x1000, 0x1c5),
+            seg(0x2000, 0x2000, 0x10c),
+            seg(0x2db0, 0x3db0, 0x268),
+        ];
+        let base = 0x5555_5555_4000u64;
+        assert_eq!(load_bias(&pie, &mapping(base, 0)), Some(base));
+        assert_eq!(load_bias(&pie, &mapping(base + 0x1000, 0x1000)), Some(base));
+        // Data mapped from page 0x2000 at vaddr page 0x3000 (not covered by
+        // the segment at 0x2000, which ends at 0x210c): next segment in page.
+        let pie2 = [seg(0, 0, 0x628), seg(0x2db0, 0x3db0, 0x268)];
+        assert_eq!(
+            load_bias(&pie2, &mapping(base + 0x3000, 0x2000)),
+            Some(base)
+        );
+        // Shared library with a non-zero first vaddr (prelinked style).
+        let lib = [seg(0, 0x10000, 0x3000), seg(0x3000, 0x14000, 0x800)];
+        let at = 0x7f00_0000_0000u64;
+        assert_eq!(load_bias(&lib, &mapping(at, 0)), Some(at - 0x10000));
+        assert_eq!(
+            load_bias(&lib, &mapping(at + 0x4000, 0x3000)),
+            Some(at - 0x10000)
+        );
+        // Nothing covers the offset.
+        assert_eq!(load_bias(&lib, &mapping(at, 0x100000)), None);
+        assert_eq!(load_bias(&[], &mapping(at, 0)), None);
+        // Hostile values wrap instead of panicking.
+        let hostile = [seg(u64::MAX, 1, u64::MAX), seg(0, u64::MAX, u64::MAX)];
+        assert!(load_bias(&hostile, &mapping(0, 5)).is_some());
+        assert_eq!(
+            load_bias(&hostile, &mapping(u64::MAX - 0xfff, u64::MAX)),
+            None
+        );
+    }
+
+    fn check_running(exe: &Path, expect_bias_zero: bool) {
+        let data = std::fs::read(exe).unwrap();
+        let svma = find_registry(&data).unwrap()[0].svma;
+        let child = spawn_ready(exe);
+        let (regions, problems, magics) = magic_of(&child);
+        reap(child);
+        assert_eq!(regions.len(), 1, "{regions:?} {problems:?}");
+        assert_eq!(magics, vec![abi::MAGIC]);
+        assert_eq!(regions[0].addr == svma, expect_bias_zero);
+        assert_eq!(regions[0].module, exe);
+    }
+
+    #[test]
+    fn locates_in_running_pie_and_no_pie() {
+        let dir = tmpdir("run");
+        check_running(&build_exe(&dir, "pie", &["-fPIE", "-pie"]), false);
+        check_running(&build_exe(&dir, "nopie", &["-fno-PIE", "-no-pie"]), true);
+        let stripped = strip(&build_exe(&dir, "s", &["-O2"]));
+        check_running(&stripped, false);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn locates_in_shared_libraries() {
+        let dir = tmpdir("lib");
+        gcc(
+            &dir,
+            "libhb.so",
+            &format!("{}int hb_lib(void) {{ return 1; }}\n", section_src()),
+            &["-shared", "-fPIC"],
+        );
+        // Stripped: found through .dynsym.
+        gcc(
+            &dir,
+            "libsym.so",
+            &format!("{}int sym_lib(void) {{ return 2; }}\n", symbol_src()),
+            &["-shared", "-fPIC", "-s"],
+        );
+        let dirs = dir.to_str().unwrap();
+        let exe = gcc(
+            &dir,
+            "main",
+            &format!("int hb_lib(void); int sym_lib(void);\nint (*keep[])(void) = {{hb_lib, sym_lib}};\n{MAIN}"),
+            &[
+                &format!("-L{dirs}"),
+                &format!("-Wl,-rpath,{dirs}"),
+                "-lhb",
+                "-lsym",
+            ],
+        );
+        let child = spawn_ready(&exe);
+        let (regions, problems, magics) = magic_of(&child);
+        reap(child);
+        assert_eq!(regions.len(), 2, "{regions:?} {problems:?}");
+        assert_eq!(magics, vec![abi::MAGIC, abi::MAGIC]);
+        let mut vias: Vec<_> = regions
+            .iter()
+            .map(|r| (r.module.file_name().unwrap().to_owned(), r.via))
+            .collect();
+        vias.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            vias,
+            vec![
+                ("libhb.so".into(), Via::Section),
+                ("libsym.so".into(), Via::Symbol)
+            ]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn locates_in_deleted_binary() {
+        let dir = tmpdir("deleted");
+        let exe = build_exe(&dir, "gone", &[]);
+        let child = spawn_ready(&exe);
+        std::fs::remove_file(&exe).unwrap();
+        let pid = child.id() as i32;
+        let maps = crate::proc::read_maps(pid).unwrap();
+        assert!(maps.iter().any(|m| matches!(
+            &m.path,
+            MapPath::File { path, deleted: true } if path == &exe
+        )));
+        let (regions, problems, magics) = magic_of(&child);
+        reap(child);
+        assert_eq!(regions.len(), 1, "{regions:?} {problems:?}");
+        assert_eq!(magics, vec![abi::MAGIC]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn open_checks_inode() {
+        let me = std::process::id() as i32;
+        let maps = crate::proc::read_maps(me).unwrap();
+        let exe = maps
+            .iter()
+            .find(|m| matches!(m.path, MapPath::File { .. }) && m.exec)
+            .unwrap();
+        assert!(open_mapped_file(me, exe).is_ok());
+        let mut wrong = exe.clone();
+        wrong.inode = exe.inode.wrapping_add(12345);
+        let e = open_mapped_file(me, &wrong).unwrap_err();
+        assert!(e.to_string().contains("inode"), "{e}");
+        let mut anon = exe.clone();
+        anon.path = MapPath::None;
+        assert!(open_mapped_file(me, &anon).is_err());
+        // The test binary may link the aiodebug crate's registry; whatever
+        // is found must carry the magic.
+        let mut cache = ModuleCache::new();
+        let (regions, _) = locate_registries(me, &maps, &mut cache);
+        assert!(!cache.is_empty());
+        for r in &regions {
+            let magic = crate::memory::read(me, r.addr, 8).unwrap();
+            assert_eq!(magic, abi::MAGIC.to_le_bytes(), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn locates_over_every_process() {
+        // What `list` does: one cache across every process of the host.
+        let mut cache = ModuleCache::new();
+        let started = std::time::Instant::now();
+        let mut scanned = 0;
+        for pid in crate::proc::list_pids() {
+            let Ok(maps) = crate::proc::read_maps(pid) else {
+                continue;
+            };
+            let (regions, _problems) = locate_registries(pid, &maps, &mut cache);
+            scanned += 1;
+            for r in regions {
+                // A process may exit meanwhile; a successful read has the magic.
+                if let Ok(b) = crate::memory::read(pid, r.addr, 8) {
+                    assert_eq!(b, abi::MAGIC.to_le_bytes(), "pid {pid}: {r:?}");
+                }
+            }
+        }
+        assert!(scanned > 0);
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    }
+
+    /// Tiny deterministic generator for the hostile-input tests.
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    fn poke(data: &mut [u8], at: usize, bytes: &[u8]) {
+        data[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+
+    /// Offset of the section header of `aiodebug_hb` in a 64-bit LE ELF.
+    fn hb_section_header(data: &[u8]) -> usize {
+        let header = FileHeader64::<Endianness>::parse(data).unwrap();
+        let endian = header.endian().unwrap();
+        let sections = header.sections(endian, data).unwrap();
+        let (index, _) = sections
+            .section_by_name(endian, abi::SECTION_NAME.as_bytes())
+            .unwrap();
+        let shoff: u64 = header.e_shoff(endian);
+        shoff as usize + index.0 * 64
+    }
+
+    #[test]
+    fn hostile_elf() {
+        assert!(find_registry(b"").is_err());
+        assert!(find_registry(b"\x7fELF").is_err());
+        assert!(find_registry(b"\x7fELF\x09\x01\x01\0\0\0\0\0\0\0\0\0").is_err());
+        assert!(find_registry(b"#!/bin/sh\necho hi\n").is_err());
+        assert!(load_segments(b"\x7fELF\x02\x01\x01").is_err());
+        let mut rng = XorShift(0x9e3779b97f4a7c15);
+        for len in [0usize, 1, 17, 64, 100, 4096] {
+            let mut random: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            assert!(find_registry(&random).is_err());
+            if len >= 16 {
+                poke(&mut random, 0, b"\x7fELF\x02\x01\x01\0");
+                let _ = analyze(&random);
+            }
+        }
+
+        let dir = tmpdir("hostile");
+        let exe = build_exe(&dir, "exe", &[]);
+        let good = std::fs::read(&exe).unwrap();
+        // Truncations anywhere.
+        for cut in (0..good.len()).step_by(61).chain([63, 64, 65]) {
+            let _ = analyze(&good[..cut]);
+            let _ = find_registry(&good[..cut]);
+            let _ = load_segments(&good[..cut]);
+        }
+        // A section header claiming a huge size.
+        let sh = hb_section_header(&good);
+        let mut bad = good.clone();
+        poke(&mut bad, sh + 32, &u64::MAX.to_le_bytes());
+        let e = find_registry(&bad).unwrap_err();
+        assert!(e.contains("cap"), "{e}");
+        poke(&mut bad, sh + 32, &(MAX_SECTION_SIZE + 1).to_le_bytes());
+        assert!(find_registry(&bad).is_err());
+        // Huge offsets and counts in the ELF header.
+        let mut bad = good.clone();
+        poke(&mut bad, 0x28, &(u64::MAX - 10).to_le_bytes()); // e_shoff
+        assert!(find_registry(&bad).is_err());
+        let mut bad = good.clone();
+        poke(&mut bad, 0x3c, &0xffffu16.to_le_bytes()); // e_shnum
+        assert!(find_registry(&bad).is_err());
+        let mut bad = good.clone();
+        poke(&mut bad, 0x3e, &0xfff0u16.to_le_bytes()); // e_shstrndx
+        assert!(find_registry(&bad).is_err());
+        let mut bad = good.clone();
+        poke(&mut bad, 0x20, &(u64::MAX - 10).to_le_bytes()); // e_phoff
+        assert!(load_segments(&bad).is_err());
+        poke(&mut bad, 0x38, &0xffffu16.to_le_bytes()); // e_phnum (PN_XNUM)
+        let _ = load_segments(&bad);
+        let _ = analyze(&bad);
+        // Random corruption of the header tables.
+        let shoff = u64::from_le_bytes(good[0x28..0x30].try_into().unwrap()) as usize;
+        for _ in 0..3000 {
+            let mut bad = good.clone();
+            for _ in 0..4 {
+                let at = if rng.next() % 2 == 0 {
+                    (rng.next() % 64) as usize
+                } else {
+                    shoff + (rng.next() as usize % (bad.len() - shoff))
+                };
+                bad[at] = rng.next() as u8;
+            }
+            let _ = analyze(&bad);
+            let _ = load_segments(&bad);
+        }
+        // Through a file and the read cache too.
+        let path = dir.join("bad");
+        let mut bad = good.clone();
+        poke(&mut bad, sh + 32, &u64::MAX.to_le_bytes());
+        std::fs::write(&path, &bad).unwrap();
+        assert!(analyze_file(&File::open(&path).unwrap()).is_err());
+        std::fs::write(&path, b"not elf").unwrap();
+        assert_eq!(
+            analyze_file(&File::open(&path).unwrap()),
+            Ok(ModuleInfo::default())
+        );
+        std::fs::write(&path, &good[..100]).unwrap();
+        assert!(analyze_file(&File::open(&path).unwrap()).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

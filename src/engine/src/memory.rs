@@ -1,0 +1,258 @@
+//! Reading the target's memory with `process_vm_readv(2)`.
+//!
+//! `process_vm_readv` needs the same permission as `PTRACE_ATTACH` (same user
+//! and dumpable, or `CAP_SYS_PTRACE`) but does not stop the target, and works
+//! on a process another tracer holds.
+
+use std::io::IoSliceMut;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::sys::uio::{process_vm_readv, RemoteIoVec};
+use nix::unistd::Pid;
+
+use crate::error::{Error, Result};
+use crate::proc;
+
+/// Largest single read, in bytes (64 MiB): [`read`] refuses bigger lengths so
+/// a size read out of the target cannot make us allocate without bound.
+pub const MAX_READ: usize = 64 << 20;
+
+/// Reads exactly `len` bytes at `addr` of process `pid`.
+///
+/// Fails if `len` exceeds [`MAX_READ`], or if fewer than `len` bytes are
+/// readable (see [`read_exact_into`]).
+pub fn read(pid: i32, addr: u64, len: usize) -> Result<Vec<u8>> {
+    if len > MAX_READ {
+        return Err(Error::io(
+            format!("reading {len} bytes at 0x{addr:x} in process {pid}"),
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("more than the {MAX_READ}-byte limit of one read"),
+            ),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    read_exact_into(pid, addr, &mut buf)?;
+    Ok(buf)
+}
+
+/// Reads up to `buf.len()` bytes at `addr` of process `pid` into `buf` and
+/// returns how many were read. A read that runs off the end of the readable
+/// memory stops there and returns the bytes before it; only a read whose
+/// first byte is unreadable is an error.
+pub fn read_into(pid: i32, addr: u64, buf: &mut [u8]) -> Result<usize> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let Some(rest) = buf.get_mut(done..) else {
+            break;
+        };
+        let at = addr
+            .checked_add(done as u64)
+            .and_then(|a| usize::try_from(a).ok());
+        let Some(at) = at else {
+            if done > 0 {
+                break;
+            }
+            return Err(unreadable(pid, addr, Errno::EFAULT));
+        };
+        // The kernel rejects ranges that wrap around the address space.
+        let len = rest.len().min(usize::MAX - at);
+        if len == 0 {
+            break;
+        }
+        let remote = [RemoteIoVec { base: at, len }];
+        let Some(rest) = rest.get_mut(..len) else {
+            break;
+        };
+        let mut local = [IoSliceMut::new(rest)];
+        match process_vm_readv(Pid::from_raw(pid), &mut local, &remote) {
+            Ok(0) => break,
+            Ok(n) => done = done.saturating_add(n),
+            // A fault after some bytes: the readable part ends here.
+            Err(Errno::EFAULT) if done > 0 => break,
+            Err(Errno::EINTR) => continue,
+            Err(errno) => {
+                return Err(map_errno(pid, addr.wrapping_add(done as u64), errno));
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Reads exactly `buf.len()` bytes at `addr` of process `pid`; a short read
+/// is an [`Error::Io`].
+pub fn read_exact_into(pid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {
+    let n = read_into(pid, addr, buf)?;
+    if n < buf.len() {
+        let end = addr.wrapping_add(n as u64);
+        return Err(Error::io(
+            format!(
+                "address 0x{end:x} not readable in process {pid} (read {n} of {} bytes at 0x{addr:x})",
+                buf.len()
+            ),
+            std::io::Error::from(Errno::EFAULT),
+        ));
+    }
+    Ok(())
+}
+
+fn unreadable(pid: i32, addr: u64, errno: Errno) -> Error {
+    Error::io(
+        format!("address 0x{addr:x} not readable in process {pid}"),
+        std::io::Error::from(errno),
+    )
+}
+
+/// Maps a `process_vm_readv` failure to the engine's [`Error`].
+fn map_errno(pid: i32, addr: u64, errno: Errno) -> Error {
+    match errno {
+        Errno::ESRCH => {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                Error::NoSuchProcess { pid }
+            } else if proc::read_stat(pid).is_ok_and(|s| s.is_kernel_thread()) {
+                Error::io(
+                    format!("process {pid} is a kernel thread; it has no user memory to read"),
+                    std::io::Error::from(errno),
+                )
+            } else {
+                // A zombie, or a process between releasing its memory and dying.
+                Error::Exited { pid }
+            }
+        }
+        Errno::EPERM | Errno::EACCES => Error::PermissionDenied {
+            pid,
+            hint: proc::permission_hint(pid),
+        },
+        Errno::EFAULT => unreadable(pid, addr, errno),
+        other => Error::io(
+            format!("reading memory at 0x{addr:x} of process {pid}"),
+            std::io::Error::from(other),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proc::MapPath;
+    use std::process::{Command, Stdio};
+
+    static KNOWN: [u8; 32] = *b"aiodebug memory test: 0123456789";
+
+    fn me() -> i32 {
+        std::process::id() as i32
+    }
+
+    #[test]
+    fn reads_own_static() {
+        let addr = KNOWN.as_ptr() as u64;
+        assert_eq!(read(me(), addr, KNOWN.len()).unwrap(), KNOWN);
+        let mut buf = [0u8; 8];
+        assert_eq!(read_into(me(), addr + 4, &mut buf).unwrap(), 8);
+        assert_eq!(&buf, b"ebug mem");
+        read_exact_into(me(), addr, &mut buf).unwrap();
+        assert_eq!(&buf, b"aiodebug");
+        assert_eq!(read(me(), addr, 0).unwrap(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn short_read_at_end_of_mapping() {
+        // The last readable mapping of our own [stack] is followed by a gap.
+        let maps = proc::read_maps(me()).unwrap();
+        let stack = maps
+            .iter()
+            .find(|m| m.path == MapPath::Special("[stack]".into()))
+            .unwrap();
+        let next_start = maps
+            .iter()
+            .map(|m| m.start)
+            .filter(|&s| s >= stack.end)
+            .min();
+        assert_ne!(
+            next_start,
+            Some(stack.end),
+            "stack is followed by a mapping"
+        );
+        let mut buf = vec![0u8; 8192];
+        let n = read_into(me(), stack.end - 100, &mut buf).unwrap();
+        assert_eq!(n, 100);
+        let e = read_exact_into(me(), stack.end - 100, &mut buf).unwrap_err();
+        assert!(matches!(e, Error::Io { .. }), "{e}");
+        assert!(read(me(), stack.end - 100, 8192).is_err());
+    }
+
+    #[test]
+    fn reads_child_stack() {
+        let mut child = Command::new("sleep")
+            .arg("5")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        // Wait for the exec to finish: the exe becomes `sleep`.
+        let mut stack = None;
+        for _ in 0..500 {
+            let exe = proc::read_exe(pid).unwrap_or_default();
+            if exe.to_string_lossy().contains("sleep") {
+                stack = proc::read_maps(pid)
+                    .unwrap()
+                    .into_iter()
+                    .find(|m| m.path == MapPath::Special("[stack]".into()));
+                if stack.is_some() {
+                    break;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let stack = stack.expect("child stack");
+        let start = read(pid, stack.start, 16);
+        // The top of the stack holds the environment and the program's path.
+        let top = read(pid, stack.end - 4096, 4096);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(start.unwrap().len(), 16);
+        let top = top.unwrap();
+        assert!(top.windows(5).any(|w| w == b"sleep"));
+    }
+
+    #[test]
+    fn errors() {
+        let e = read(i32::MAX, 0x1000, 8).unwrap_err();
+        assert!(
+            matches!(e, Error::NoSuchProcess { pid } if pid == i32::MAX),
+            "{e}"
+        );
+        let e = read(me(), 8, 8).unwrap_err();
+        match &e {
+            Error::Io { context, .. } => {
+                assert!(context.contains("0x8 not readable"), "{context}")
+            }
+            other => panic!("{other}"),
+        }
+        let e = read(me(), u64::MAX - 3, 8).unwrap_err();
+        assert!(matches!(e, Error::Io { .. }), "{e}");
+        let e = read(me(), 0x1000, MAX_READ + 1).unwrap_err();
+        assert!(matches!(e, Error::Io { .. }), "{e}");
+    }
+
+    #[test]
+    fn kernel_thread_and_zombie() {
+        // kthreadd is PID 2 in the initial PID namespace; skip if not visible.
+        if proc::read_stat(2).is_ok_and(|s| s.is_kernel_thread()) {
+            let e = read(2, 0x1000, 8).unwrap_err();
+            assert!(e.to_string().contains("kernel thread"), "{e}");
+        }
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        for _ in 0..500 {
+            if proc::read_stat(pid).is_ok_and(|s| s.state == 'Z') {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let e = read(pid, 0x1000, 8).unwrap_err();
+        child.wait().unwrap();
+        assert!(matches!(e, Error::Exited { .. }), "{e}");
+    }
+}

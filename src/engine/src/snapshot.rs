@@ -1,0 +1,130 @@
+//! What a stop of the target captured: registers, copied stack bytes and
+//! `/proc` facts of every thread. Pure data, produced by [`crate::attach`]
+//! and consumed offline by [`crate::unwind`] once the target runs again.
+
+use std::time::{Duration, SystemTime};
+
+use crate::proc::MapEntry;
+
+/// The general-purpose registers of one x86_64 thread (`user_regs_struct`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Registers {
+    /// Instruction pointer.
+    pub rip: u64,
+    /// Stack pointer.
+    pub rsp: u64,
+    /// Frame pointer (or a general register in code built without one).
+    pub rbp: u64,
+    /// rax.
+    pub rax: u64,
+    /// rbx.
+    pub rbx: u64,
+    /// rcx.
+    pub rcx: u64,
+    /// rdx.
+    pub rdx: u64,
+    /// rsi.
+    pub rsi: u64,
+    /// rdi.
+    pub rdi: u64,
+    /// r8.
+    pub r8: u64,
+    /// r9.
+    pub r9: u64,
+    /// r10.
+    pub r10: u64,
+    /// r11.
+    pub r11: u64,
+    /// r12.
+    pub r12: u64,
+    /// r13.
+    pub r13: u64,
+    /// r14.
+    pub r14: u64,
+    /// r15.
+    pub r15: u64,
+    /// rflags.
+    pub eflags: u64,
+    /// The syscall number the thread was in (`orig_rax`), or -1 as u64.
+    pub orig_rax: u64,
+    /// Thread-local storage base.
+    pub fs_base: u64,
+}
+
+/// How a thread was held while the snapshot was taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopKind {
+    /// Stopped by our `PTRACE_INTERRUPT`: it ran until then and runs again after.
+    Interrupted,
+    /// It was already in a job-control stop (SIGSTOP, SIGTSTP, …, signal number
+    /// given); it stays stopped after the snapshot.
+    JobControl(i32),
+    /// It could not be stopped (reason given): no registers, no stack.
+    NotStopped(String),
+}
+
+/// One thread as captured while the whole process was stopped.
+#[derive(Debug, Clone)]
+pub struct ThreadSnapshot {
+    /// Thread id.
+    pub tid: i32,
+    /// Thread name (`comm`), as set by `pthread_setname_np` / `prctl`.
+    pub name: String,
+    /// Scheduler state letter from `/proc/PID/task/TID/stat`, sampled just
+    /// before the stop (a stopped thread reads as `t`): `R`, `S`, `D`, `T`, …
+    pub state: char,
+    /// User + system CPU time consumed by the thread, sampled just before the stop.
+    pub cpu_time: Duration,
+    /// How the thread was held.
+    pub stop: StopKind,
+    /// Registers, if the thread was stopped.
+    pub regs: Option<Registers>,
+    /// Address of `stack[0]` (the stack pointer at the stop).
+    pub stack_start: u64,
+    /// Copied stack bytes, from the stack pointer towards the end of its mapping.
+    pub stack: Vec<u8>,
+    /// Whether the copy stopped before the end of the stack's mapping (cap reached).
+    pub stack_truncated: bool,
+    /// Why no stack (or less than asked) could be copied, if something failed.
+    pub stack_error: Option<String>,
+}
+
+impl ThreadSnapshot {
+    /// Reads the 8 bytes at `addr` from the copied stack, if they were copied.
+    pub fn read_u64(&self, addr: u64) -> Option<u64> {
+        let off = usize::try_from(addr.checked_sub(self.stack_start)?).ok()?;
+        let end = off.checked_add(8)?;
+        let bytes: [u8; 8] = self.stack.get(off..end)?.try_into().ok()?;
+        Some(u64::from_le_bytes(bytes))
+    }
+
+    /// One past the last copied stack address.
+    pub fn stack_end(&self) -> u64 {
+        self.stack_start.saturating_add(self.stack.len() as u64)
+    }
+}
+
+/// Every thread of a process, captured in one stop.
+#[derive(Debug, Clone)]
+pub struct ProcessSnapshot {
+    /// Process id.
+    pub pid: i32,
+    /// Process name (`comm` of the main thread).
+    pub name: String,
+    /// Wall-clock time of the stop.
+    pub taken_at: SystemTime,
+    /// Time between the first `PTRACE_INTERRUPT` and the last `PTRACE_DETACH`:
+    /// the longest any thread was held by us.
+    pub freeze: Duration,
+    /// Time spent in the whole capture (including /proc reads before the stop).
+    pub capture: Duration,
+    /// Threads in `/proc/PID/task` order (main thread first).
+    pub threads: Vec<ThreadSnapshot>,
+    /// The target's mappings, read just before the stop (re-read during the
+    /// stop if a stack pointer was outside them).
+    pub maps: Vec<MapEntry>,
+    /// Threads that exited while the snapshot was being taken.
+    pub vanished: Vec<i32>,
+    /// The whole process exited during the snapshot: what was captured is partial.
+    pub exited: bool,
+}

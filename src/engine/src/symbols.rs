@@ -1,0 +1,897 @@
+//! The target's modules (ELF files and the vDSO) and symbolization:
+//! addresses to demangled function names, inlined frames and file:line.
+//!
+//! - Files are opened through `/proc/PID/root/<path>` (containers), falling
+//!   back to `/proc/PID/map_files/<range>` (replaced or deleted binaries).
+//!   We never enter the target's namespaces.
+//! - Separate debug info is found by build-id
+//!   (`/usr/lib/debug/.build-id/xx/yyyy.debug`, on the host then in the
+//!   target's root) and by `.gnu_debuglink` (next to the file, in `.debug/`,
+//!   under `/usr/lib/debug`), CRC-checked; `.gnu_debugaltlink` (dwz) is followed.
+//! - Names come from DWARF (with inlined frames) and else from `.symtab` /
+//!   `.dynsym`; where nothing is known the caller prints `module+0xoffset`.
+//! - Everything is cached per module file and reused across snapshots by one
+//!   [`Symbolizer`]. Unreadable or hostile files give unknown frames, never
+//!   a panic (parsers run under `catch_unwind` as a last line of defence).
+
+use std::cell::OnceCell;
+use std::collections::HashMap;
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
+
+use crate::mapped::{DwarfContext, MappedFile, SourceFrame};
+use crate::proc::{MapEntry, MapPath};
+
+/// Most symbols kept per module.
+const MAX_SYMBOLS: usize = 4 << 20;
+/// Most inlined frames reported at one address.
+const MAX_INLINED: usize = 256;
+/// Most cached symbolized addresses before the cache is cleared.
+const MAX_CACHED_ADDRESSES: usize = 1 << 20;
+/// Largest vDSO image read from the target.
+const MAX_VDSO: u64 = 1 << 20;
+/// Directory of separate debug files on the host (and in the target's root).
+const DEBUG_DIR: &str = "/usr/lib/debug";
+
+// ---------------------------------------------------------------------------
+// section bytes for the unwinder
+
+/// A byte range of a module file, shared (the unwinder's section data).
+#[derive(Debug, Clone)]
+pub struct SectionBytes {
+    file: Arc<MappedFile>,
+    range: Range<usize>,
+}
+
+impl Default for SectionBytes {
+    fn default() -> Self {
+        SectionBytes {
+            file: Arc::new(MappedFile::owned(Vec::new())),
+            range: 0..0,
+        }
+    }
+}
+
+impl std::ops::Deref for SectionBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.file.bytes().get(self.range.clone()).unwrap_or(&[])
+    }
+}
+
+/// A section of a module: where it is in the file's address space and its bytes.
+#[derive(Debug, Clone)]
+pub struct Section {
+    /// Addresses as stated in the ELF file.
+    pub svma: Range<u64>,
+    /// The bytes.
+    pub data: SectionBytes,
+}
+
+// ---------------------------------------------------------------------------
+// ELF images
+
+#[derive(Debug, Clone, Copy)]
+struct LoadSegment {
+    vaddr: u64,
+    offset: u64,
+    filesz: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Symbol {
+    address: u64,
+    size: u64,
+    name: String,
+}
+
+#[derive(Debug, Default)]
+struct SymbolData {
+    dwarf: Option<DwarfContext>,
+    symbols: Vec<Symbol>,
+    debug_file: Option<PathBuf>,
+}
+
+/// One ELF file (or vDSO image) of a target, parsed once.
+#[derive(Debug)]
+pub struct ElfImage {
+    /// The module's name: its path as the target sees it, or `[vdso]`.
+    pub name: String,
+    file: Arc<MappedFile>,
+    segments: Vec<LoadSegment>,
+    /// `.text` (addresses as stated in the file).
+    pub text_svma: Option<Range<u64>>,
+    /// `.got`.
+    pub got_svma: Option<Range<u64>>,
+    /// `.eh_frame`.
+    pub eh_frame: Option<Section>,
+    /// `.eh_frame_hdr`.
+    pub eh_frame_hdr: Option<Section>,
+    /// `.debug_frame` of the file itself.
+    pub debug_frame: Option<Section>,
+    build_id: Option<Vec<u8>>,
+    debuglink: Option<(Vec<u8>, u32)>,
+    altlink: Option<(Vec<u8>, Vec<u8>)>,
+    /// Where to look for debug links: the target's root and the file's path in it.
+    root: PathBuf,
+    target_path: Option<PathBuf>,
+    symbols: OnceCell<SymbolData>,
+}
+
+fn section_of(obj: &object::File<'_>, file: &Arc<MappedFile>, names: &[&str]) -> Option<Section> {
+    let s = names.iter().find_map(|n| obj.section_by_name(n))?;
+    let (off, size) = s.file_range()?;
+    let start = usize::try_from(off).ok()?;
+    let end = start.checked_add(usize::try_from(size).ok()?)?;
+    if end > file.bytes().len() || size == 0 {
+        return None;
+    }
+    Some(Section {
+        svma: s.address()..s.address().checked_add(s.size())?,
+        data: SectionBytes {
+            file: file.clone(),
+            range: start..end,
+        },
+    })
+}
+
+fn svma_of(obj: &object::File<'_>, name: &str) -> Option<Range<u64>> {
+    let s = obj.section_by_name(name)?;
+    Some(s.address()..s.address().checked_add(s.size())?)
+}
+
+impl ElfImage {
+    /// Parses `file`. `Err` names why the file cannot be used.
+    pub fn parse(
+        name: String,
+        file: Arc<MappedFile>,
+        root: PathBuf,
+        target_path: Option<PathBuf>,
+    ) -> Result<ElfImage, String> {
+        guard(|| Self::parse_inner(name, file, root, target_path))
+            .unwrap_or_else(|| Err("parser panicked on this file".to_string()))
+    }
+
+    fn parse_inner(
+        name: String,
+        file: Arc<MappedFile>,
+        root: PathBuf,
+        target_path: Option<PathBuf>,
+    ) -> Result<ElfImage, String> {
+        let obj = object::File::parse(file.bytes()).map_err(|e| e.to_string())?;
+        if obj.format() != object::BinaryFormat::Elf {
+            return Err("not an ELF file".to_string());
+        }
+        let mut segments = Vec::new();
+        for seg in obj.segments() {
+            let (offset, filesz) = seg.file_range();
+            segments.push(LoadSegment {
+                vaddr: seg.address(),
+                offset,
+                filesz,
+            });
+            if segments.len() >= 256 {
+                break;
+            }
+        }
+        let text_svma = svma_of(&obj, ".text");
+        let got_svma = svma_of(&obj, ".got");
+        let eh_frame = section_of(&obj, &file, &[".eh_frame"]);
+        let eh_frame_hdr = section_of(&obj, &file, &[".eh_frame_hdr"]);
+        let debug_frame = section_of(&obj, &file, &[".debug_frame"]);
+        let build_id = obj.build_id().ok().flatten().map(|b| b.to_vec());
+        let debuglink = obj
+            .gnu_debuglink()
+            .ok()
+            .flatten()
+            .map(|(n, crc)| (n.to_vec(), crc));
+        let altlink = obj
+            .gnu_debugaltlink()
+            .ok()
+            .flatten()
+            .map(|(n, id)| (n.to_vec(), id.to_vec()));
+        drop(obj);
+        Ok(ElfImage {
+            name,
+            file,
+            segments,
+            text_svma,
+            got_svma,
+            eh_frame,
+            eh_frame_hdr,
+            debug_frame,
+            build_id,
+            debuglink,
+            altlink,
+            root,
+            target_path,
+            symbols: OnceCell::new(),
+        })
+    }
+
+    /// The load bias of a mapping of this file at `start` for file offset
+    /// `offset`: actual address = bias + address stated in the file.
+    pub fn bias_for(&self, start: u64, offset: u64) -> Option<u64> {
+        let seg = self.segments.iter().find(|s| {
+            let page_start = s.offset & !0xfff;
+            page_start <= offset && offset < s.offset.saturating_add(s.filesz.max(1))
+        })?;
+        // svma(start) = vaddr + (offset - seg.offset)
+        let svma = seg.vaddr.wrapping_add(offset).wrapping_sub(seg.offset);
+        Some(start.wrapping_sub(svma))
+    }
+
+    /// The bytes at file offset `off`, if in the file.
+    pub fn file_bytes(&self, off: u64, len: usize) -> Option<&[u8]> {
+        let start = usize::try_from(off).ok()?;
+        self.file.bytes().get(start..start.checked_add(len)?)
+    }
+
+    /// `.debug_frame` from the separate debug file (only looked for when the
+    /// file itself has neither `.eh_frame` nor `.debug_frame`).
+    pub fn separate_debug_frame(&self) -> Option<Section> {
+        let path = self.find_debug_file()?;
+        let f = File::open(&path).ok()?;
+        let mapped = Arc::new(MappedFile::map(&f).ok()?);
+        let obj = object::File::parse(mapped.bytes()).ok()?;
+        section_of(&obj, &mapped, &[".debug_frame"])
+    }
+
+    fn symbol_data(&self) -> &SymbolData {
+        self.symbols
+            .get_or_init(|| guard(|| self.load_symbols()).unwrap_or_default())
+    }
+
+    fn load_symbols(&self) -> SymbolData {
+        let debug_path = self.find_debug_file();
+        let debug = debug_path
+            .as_ref()
+            .and_then(|p| File::open(p).ok())
+            .and_then(|f| MappedFile::map(&f).ok())
+            .map(Arc::new);
+        // DWARF: the separate file first, else the module itself.
+        let sup = debug
+            .as_ref()
+            .and_then(|d| self.find_altlink(d))
+            .or_else(|| self.find_altlink(&self.file));
+        let dwarf = debug
+            .as_ref()
+            .and_then(|d| DwarfContext::load(d, sup.as_ref()))
+            .or_else(|| DwarfContext::load(&self.file, sup.as_ref()));
+        // Symbols: .symtab of the debug file, else of the file, else .dynsym.
+        let mut symbols = debug
+            .as_ref()
+            .map(|d| read_symbols(d.bytes(), false))
+            .unwrap_or_default();
+        if symbols.is_empty() {
+            symbols = read_symbols(self.file.bytes(), false);
+        }
+        if symbols.is_empty() {
+            symbols = read_symbols(self.file.bytes(), true);
+        }
+        SymbolData {
+            dwarf,
+            symbols,
+            debug_file: debug.map(|_| debug_path.unwrap_or_default()),
+        }
+    }
+
+    fn find_altlink(&self, file: &Arc<MappedFile>) -> Option<Arc<MappedFile>> {
+        // Only meaningful for the file that carries the link.
+        let (name, id) = if Arc::ptr_eq(file, &self.file) {
+            self.altlink.clone()?
+        } else {
+            let obj = object::File::parse(file.bytes()).ok()?;
+            let (n, i) = obj.gnu_debugaltlink().ok()??;
+            (n.to_vec(), i.to_vec())
+        };
+        let name = String::from_utf8_lossy(&name).into_owned();
+        let mut candidates: Vec<PathBuf> = Vec::new();
+        candidates.extend(build_id_path(Path::new("/"), &id));
+        if name.starts_with('/') {
+            candidates.push(PathBuf::from(&name));
+            candidates.push(under_root(&self.root, Path::new(&name)));
+        }
+        candidates.extend(build_id_path(&self.root, &id));
+        for c in candidates {
+            if let Some(m) = open_matching(&c, Some(&id)) {
+                return Some(m);
+            }
+        }
+        None
+    }
+
+    /// The separate debug file, if one is installed.
+    fn find_debug_file(&self) -> Option<PathBuf> {
+        if let Some(id) = &self.build_id {
+            for root in [Path::new("/"), self.root.as_path()] {
+                if let Some(p) = build_id_path(root, id) {
+                    if let Ok(f) = File::open(&p) {
+                        if build_id_of_file(&f).as_deref() == Some(id.as_slice()) {
+                            return Some(p);
+                        }
+                    }
+                }
+            }
+        }
+        let (link, crc) = self.debuglink.as_ref()?;
+        let link = Path::new(std::str::from_utf8(link).ok()?);
+        if link.components().count() != 1 {
+            return None;
+        }
+        let dir = self.target_path.as_ref()?.parent()?.to_path_buf();
+        let rel_dir = dir.strip_prefix("/").unwrap_or(&dir).to_path_buf();
+        let mut candidates = Vec::new();
+        for root in [self.root.as_path(), Path::new("/")] {
+            candidates.push(root.join(&rel_dir).join(link));
+            candidates.push(root.join(&rel_dir).join(".debug").join(link));
+            candidates.push(
+                root.join(DEBUG_DIR.trim_start_matches('/'))
+                    .join(&rel_dir)
+                    .join(link),
+            );
+        }
+        for c in candidates {
+            let Ok(f) = File::open(&c) else { continue };
+            // Never the module itself.
+            if let Some(tp) = &self.target_path {
+                if c == under_root(&self.root, tp) {
+                    continue;
+                }
+            }
+            let Ok(m) = MappedFile::map(&f) else { continue };
+            if crc32(m.bytes()) == *crc {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Symbolizes `probe` (an address as stated in the file): innermost
+    /// (inlined) function first. Empty when nothing is known.
+    pub fn lookup(&self, probe: u64) -> Vec<SourceFrame> {
+        guard(|| self.lookup_inner(probe)).unwrap_or_default()
+    }
+
+    fn lookup_inner(&self, probe: u64) -> Vec<SourceFrame> {
+        let data = self.symbol_data();
+        let mut frames = data
+            .dwarf
+            .as_ref()
+            .map(|d| d.frames(probe, MAX_INLINED))
+            .unwrap_or_default();
+        let needs_name = match frames.last() {
+            Some(f) => f.function.is_none(),
+            None => true,
+        };
+        if needs_name {
+            if let Some(name) = symbol_for(&data.symbols, probe) {
+                let name = addr2line::demangle_auto(name.into(), None).into_owned();
+                match frames.last_mut() {
+                    Some(f) => f.function = Some(name),
+                    None => frames.push(SourceFrame {
+                        function: Some(name),
+                        file: None,
+                        line: None,
+                    }),
+                }
+            }
+        }
+        frames
+    }
+
+    /// The separate debug file used for this module, if any was found (loads
+    /// symbols if not done yet).
+    pub fn debug_file(&self) -> Option<&Path> {
+        self.symbol_data().debug_file.as_deref()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn build_id_path(root: &Path, id: &[u8]) -> Option<PathBuf> {
+    if id.len() < 2 || id.len() > 64 {
+        return None;
+    }
+    let h = hex(id);
+    Some(
+        root.join(DEBUG_DIR.trim_start_matches('/'))
+            .join(".build-id")
+            .join(&h[..2])
+            .join(format!("{}.debug", &h[2..])),
+    )
+}
+
+fn under_root(root: &Path, p: &Path) -> PathBuf {
+    root.join(p.strip_prefix("/").unwrap_or(p))
+}
+
+fn build_id_of_file(f: &File) -> Option<Vec<u8>> {
+    let m = MappedFile::map(f).ok()?;
+    let obj = object::File::parse(m.bytes()).ok()?;
+    obj.build_id().ok()?.map(|b| b.to_vec())
+}
+
+fn open_matching(path: &Path, id: Option<&[u8]>) -> Option<Arc<MappedFile>> {
+    let f = File::open(path).ok()?;
+    if let Some(id) = id {
+        if build_id_of_file(&f).as_deref() != Some(id) {
+            return None;
+        }
+    }
+    MappedFile::map(&f).ok().map(Arc::new)
+}
+
+/// Function symbols of an ELF file, sorted by address; at one address the
+/// most readable name wins (fewest leading underscores, then shortest).
+fn read_symbols(data: &[u8], dynamic: bool) -> Vec<Symbol> {
+    let Ok(obj) = object::File::parse(data) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Symbol> = Vec::new();
+    let iter = if dynamic {
+        obj.dynamic_symbols()
+    } else {
+        obj.symbols()
+    };
+    for sym in iter {
+        if out.len() >= MAX_SYMBOLS {
+            break;
+        }
+        if sym.kind() != SymbolKind::Text || sym.is_undefined() || sym.address() == 0 {
+            continue;
+        }
+        let Ok(name) = sym.name() else { continue };
+        if name.is_empty() {
+            continue;
+        }
+        out.push(Symbol {
+            address: sym.address(),
+            size: sym.size(),
+            name: name.to_string(),
+        });
+    }
+    fn rank(s: &Symbol) -> (usize, usize) {
+        let underscores = s.name.bytes().take_while(|&b| b == b'_').count();
+        (underscores, s.name.len())
+    }
+    out.sort_by(|a, b| {
+        a.address
+            .cmp(&b.address)
+            .then_with(|| rank(a).cmp(&rank(b)))
+    });
+    out.dedup_by_key(|s| s.address);
+    out
+}
+
+fn symbol_for(symbols: &[Symbol], probe: u64) -> Option<&str> {
+    let i = symbols.partition_point(|s| s.address <= probe);
+    let s = symbols.get(i.checked_sub(1)?)?;
+    let within = if s.size > 0 {
+        probe < s.address.saturating_add(s.size)
+    } else {
+        // Unsized (assembly) symbol: accept up to the next symbol, within 64 KiB.
+        probe - s.address < 0x1_0000
+    };
+    within.then_some(s.name.as_str())
+}
+
+/// CRC-32 (IEEE) as used by `.gnu_debuglink`.
+pub fn crc32(data: &[u8]) -> u32 {
+    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut t = [0u32; 256];
+        for (i, e) in t.iter_mut().enumerate() {
+            let mut c = i as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+            *e = c;
+        }
+        t
+    });
+    let mut crc = !0u32;
+    for &b in data {
+        crc = table[((crc ^ b as u32) & 0xff) as usize] ^ (crc >> 8);
+    }
+    !crc
+}
+
+/// Runs a parser on untrusted data; a panic becomes `None`.
+fn guard<T>(f: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
+}
+
+// ---------------------------------------------------------------------------
+// a process's address space
+
+/// A module mapped in a process.
+#[derive(Debug, Clone)]
+pub struct MappedModule {
+    /// Path as the target sees it, or `[vdso]`.
+    pub name: String,
+    /// The parsed file; `None` if it could not be opened or parsed.
+    pub image: Option<Rc<ElfImage>>,
+    /// Why `image` is `None`.
+    pub problem: Option<String>,
+    /// First address of the module's mappings.
+    pub start: u64,
+    /// One past its last address.
+    pub end: u64,
+    /// Load bias: actual address − address stated in the file.
+    pub bias: u64,
+}
+
+#[derive(Debug, Clone)]
+struct CodeRange {
+    start: u64,
+    end: u64,
+    offset: u64,
+    module: Option<usize>,
+}
+
+/// The modules and executable mappings of one process at one snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct AddressSpace {
+    /// Modules sorted by start address.
+    pub modules: Vec<MappedModule>,
+    code: Vec<CodeRange>,
+}
+
+impl AddressSpace {
+    /// The module containing `addr`.
+    pub fn module_at(&self, addr: u64) -> Option<&MappedModule> {
+        let i = self.modules.partition_point(|m| m.start <= addr);
+        let m = self.modules.get(i.checked_sub(1)?)?;
+        (addr < m.end).then_some(m)
+    }
+
+    fn code_at(&self, addr: u64) -> Option<&CodeRange> {
+        let i = self.code.partition_point(|c| c.start <= addr);
+        let c = self.code.get(i.checked_sub(1)?)?;
+        (addr < c.end).then_some(c)
+    }
+
+    /// Whether `addr` lies in an executable mapping.
+    pub fn is_code(&self, addr: u64) -> bool {
+        self.code_at(addr).is_some()
+    }
+
+    /// `len` bytes of code at `addr`, read from the module's file (or image).
+    pub fn code_bytes(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        let c = self.code_at(addr)?;
+        let end = addr.checked_add(len as u64)?;
+        if end > c.end {
+            return None;
+        }
+        let image = self.modules.get(c.module?)?.image.as_ref()?;
+        image.file_bytes(addr - c.start + c.offset, len)
+    }
+}
+
+/// What one address symbolizes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Symbolized {
+    /// Functions at the address, innermost (inlined) first; empty when
+    /// nothing is known.
+    pub frames: Vec<SourceFrame>,
+    /// The module, if the address is in one.
+    pub module: Option<String>,
+    /// Offset of the address from the module's load bias (the address as
+    /// stated in the file), if in a module.
+    pub module_offset: Option<u64>,
+}
+
+/// Key of a module file in the caches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ModuleKey {
+    File {
+        dev: (u32, u32),
+        inode: u64,
+        path: PathBuf,
+        size: u64,
+        mtime: i64,
+    },
+    Image(u64, usize),
+}
+
+/// Opens a module file of `pid` and parses it; caches every module by file
+/// identity for reuse across snapshots (and processes).
+#[derive(Debug, Default)]
+pub struct Symbolizer {
+    images: HashMap<ModuleKey, Result<Rc<ElfImage>, String>>,
+    /// (image identity, probe) → result.
+    results: HashMap<(usize, u64), Arc<Vec<SourceFrame>>>,
+}
+
+fn fnv(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Opens the file behind a mapping: `/proc/PID/root/<path>` if it is the
+/// mapped file (same inode), else `/proc/PID/map_files/<start>-<end>`.
+fn open_mapped(pid: i32, m: &MapEntry, path: &Path) -> std::io::Result<File> {
+    let via_root = File::open(under_root(Path::new(&format!("/proc/{pid}/root")), path));
+    if let Ok(f) = &via_root {
+        if f.metadata().map(|md| md.ino() == m.inode).unwrap_or(false) {
+            return via_root;
+        }
+    }
+    match File::open(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end)) {
+        Ok(f) => Ok(f),
+        Err(e) => via_root.or(Err(e)),
+    }
+}
+
+impl Symbolizer {
+    /// An empty symbolizer.
+    pub fn new() -> Symbolizer {
+        Symbolizer::default()
+    }
+
+    /// Number of module files parsed so far.
+    pub fn cached_modules(&self) -> usize {
+        self.images.len()
+    }
+
+    /// Groups `maps` of `pid` into modules, opening (or reusing) each file.
+    pub fn address_space(&mut self, pid: i32, maps: &[MapEntry]) -> AddressSpace {
+        let mut space = AddressSpace::default();
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let mut i = 0;
+        while i < maps.len() {
+            let m = &maps[i];
+            let mut j = i + 1;
+            let same = |a: &MapEntry, b: &MapEntry| {
+                a.path == b.path && a.inode == b.inode && a.dev == b.dev
+            };
+            while j < maps.len() && same(&maps[j], m) {
+                j += 1;
+            }
+            let group = &maps[i..j];
+            i = j;
+            let has_exec = group.iter().any(|g| g.exec);
+            let module = match &m.path {
+                MapPath::File { path, .. } if has_exec => {
+                    Some(self.file_module(pid, group, path, &root))
+                }
+                MapPath::Special(s) if s == "[vdso]" => Some(self.vdso_module(pid, m)),
+                _ => None,
+            };
+            let idx = module.map(|md| {
+                space.modules.push(md);
+                space.modules.len() - 1
+            });
+            for g in group.iter().filter(|g| g.exec) {
+                space.code.push(CodeRange {
+                    start: g.start,
+                    end: g.end,
+                    offset: if idx.is_some() && matches!(m.path, MapPath::Special(_)) {
+                        0
+                    } else {
+                        g.offset
+                    },
+                    module: idx,
+                });
+            }
+        }
+        space.modules.sort_by_key(|m| m.start);
+        // Indices were assigned in map order, which is address order.
+        space.code.sort_by_key(|c| c.start);
+        space
+    }
+
+    fn file_module(
+        &mut self,
+        pid: i32,
+        group: &[MapEntry],
+        path: &Path,
+        root: &Path,
+    ) -> MappedModule {
+        let first = &group[0];
+        let start = first.start;
+        let end = group.last().map(|g| g.end).unwrap_or(first.end);
+        let name = path.to_string_lossy().into_owned();
+        let exec = group.iter().find(|g| g.exec).unwrap_or(first);
+        let mut module = MappedModule {
+            name: name.clone(),
+            image: None,
+            problem: None,
+            start,
+            end,
+            bias: 0,
+        };
+        let file = match open_mapped(pid, exec, path) {
+            Ok(f) => f,
+            Err(e) => {
+                module.problem = Some(format!("cannot open: {e}"));
+                return module;
+            }
+        };
+        let md = file.metadata().ok();
+        let key = ModuleKey::File {
+            dev: first.dev,
+            inode: first.inode,
+            path: path.to_path_buf(),
+            size: md.as_ref().map(|m| m.len()).unwrap_or(0),
+            mtime: md.as_ref().map(|m| m.mtime()).unwrap_or(0),
+        };
+        let entry = self.images.entry(key).or_insert_with(|| {
+            let mapped = MappedFile::map(&file).map_err(|e| format!("cannot map: {e}"))?;
+            ElfImage::parse(
+                name,
+                Arc::new(mapped),
+                root.to_path_buf(),
+                Some(path.to_path_buf()),
+            )
+            .map(Rc::new)
+        });
+        match entry {
+            Ok(image) => {
+                module.bias = image.bias_for(exec.start, exec.offset).unwrap_or(start);
+                module.image = Some(image.clone());
+            }
+            Err(e) => module.problem = Some(e.clone()),
+        }
+        module
+    }
+
+    fn vdso_module(&mut self, pid: i32, m: &MapEntry) -> MappedModule {
+        let mut module = MappedModule {
+            name: "[vdso]".to_string(),
+            image: None,
+            problem: None,
+            start: m.start,
+            end: m.end,
+            bias: m.start,
+        };
+        let len = (m.end - m.start).min(MAX_VDSO) as usize;
+        let bytes = crate::memory::read(pid, m.start, len).or_else(|_| own_vdso(len));
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(e) => {
+                module.problem = Some(format!("cannot read the vDSO: {e}"));
+                return module;
+            }
+        };
+        let key = ModuleKey::Image(fnv(&bytes), bytes.len());
+        let entry = self.images.entry(key).or_insert_with(|| {
+            ElfImage::parse(
+                "[vdso]".to_string(),
+                Arc::new(MappedFile::owned(bytes)),
+                PathBuf::from("/"),
+                None,
+            )
+            .map(Rc::new)
+        });
+        match entry {
+            Ok(image) => {
+                module.bias = image.bias_for(m.start, 0).unwrap_or(m.start);
+                module.image = Some(image.clone());
+            }
+            Err(e) => module.problem = Some(e.clone()),
+        }
+        module
+    }
+
+    /// Symbolizes `addr` of `space`. `is_return` marks a return address: the
+    /// call instruction before it is looked up.
+    pub fn symbolize(&mut self, space: &AddressSpace, addr: u64, is_return: bool) -> Symbolized {
+        let Some(module) = space.module_at(addr) else {
+            return Symbolized {
+                frames: Vec::new(),
+                module: None,
+                module_offset: None,
+            };
+        };
+        let svma = addr.wrapping_sub(module.bias);
+        let mut out = Symbolized {
+            frames: Vec::new(),
+            module: Some(module.name.clone()),
+            module_offset: Some(svma),
+        };
+        let Some(image) = &module.image else {
+            return out;
+        };
+        let probe = if is_return {
+            svma.wrapping_sub(1)
+        } else {
+            svma
+        };
+        let key = (Rc::as_ptr(image) as usize, probe);
+        if let Some(hit) = self.results.get(&key) {
+            out.frames = hit.as_ref().clone();
+            return out;
+        }
+        let frames = Arc::new(image.lookup(probe));
+        if self.results.len() >= MAX_CACHED_ADDRESSES {
+            self.results.clear();
+        }
+        self.results.insert(key, frames.clone());
+        out.frames = frames.as_ref().clone();
+        out
+    }
+}
+
+/// Our own vDSO (same kernel, same code): used when the target's cannot be read.
+fn own_vdso(len: usize) -> crate::Result<Vec<u8>> {
+    let me = std::process::id() as i32;
+    let maps = crate::proc::read_maps(me)?;
+    let v = maps
+        .iter()
+        .find(|m| matches!(&m.path, MapPath::Special(s) if s == "[vdso]"))
+        .ok_or_else(|| {
+            crate::Error::io(
+                "finding our own vDSO",
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            )
+        })?;
+    let len = len.min((v.end - v.start) as usize);
+    crate::memory::read(me, v.start, len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32_matches_the_reference() {
+        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
+        assert_eq!(crc32(b""), 0);
+    }
+
+    #[test]
+    fn symbols_pick_the_containing_function() {
+        let syms = vec![
+            Symbol {
+                address: 0x100,
+                size: 0x10,
+                name: "a".into(),
+            },
+            Symbol {
+                address: 0x200,
+                size: 0,
+                name: "asm".into(),
+            },
+        ];
+        assert_eq!(symbol_for(&syms, 0x100), Some("a"));
+        assert_eq!(symbol_for(&syms, 0x10f), Some("a"));
+        assert_eq!(symbol_for(&syms, 0x110), None);
+        assert_eq!(symbol_for(&syms, 0xff), None);
+        assert_eq!(symbol_for(&syms, 0x300), Some("asm"));
+    }
+
+    #[test]
+    fn garbage_is_not_an_image() {
+        let f = Arc::new(MappedFile::owned(b"\x7fELF\x02\x01\x01garbage".to_vec()));
+        assert!(ElfImage::parse("x".into(), f, PathBuf::from("/"), None).is_err());
+        let f = Arc::new(MappedFile::owned(vec![0xff; 4096]));
+        assert!(ElfImage::parse("x".into(), f, PathBuf::from("/"), None).is_err());
+    }
+
+    #[test]
+    fn build_id_paths() {
+        assert_eq!(
+            build_id_path(Path::new("/"), &[0xab, 0xcd, 0xef]),
+            Some(PathBuf::from("/usr/lib/debug/.build-id/ab/cdef.debug"))
+        );
+        assert_eq!(build_id_path(Path::new("/"), &[0xab]), None);
+    }
+}
