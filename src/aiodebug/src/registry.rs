@@ -1,5 +1,13 @@
 //! The registry itself: a static in the `aiodebug_hb` section, and the owner's
 //! side of the protocol described in [`crate::abi`].
+// On targets without a registry only the types remain, unused.
+#![cfg_attr(
+    not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )),
+    allow(dead_code)
+)]
 
 use crate::abi;
 use core::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};

@@ -286,3 +286,72 @@ fn list_shows_heartbeat_processes_only() {
         "{stdout}"
     );
 }
+
+#[test]
+fn refused_registrations_are_reported() {
+    let mut fx = Fixture::spawn("fx-thread-loop", Variant::Pie, &[]);
+    let answer = fx.send("register 70");
+    // 64 slots, one taken by `ticker`: 63 granted, 7 refused, no panic.
+    assert_eq!(answer, "OK registered=63 refused=7", "{answer}");
+    let pid = fx.pid.to_string();
+    let out = watch(&["status", &pid, "--json"]);
+    let lines = json_lines(&out);
+    let process = lines.last().expect("process line");
+    assert_eq!(process["refused_registrations"], 7, "{process}");
+    assert_eq!(process["loops"], 64, "{process}");
+    let out = watch(&["status", &pid]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("7 registrations were refused"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_target_in_another_time_namespace_is_measured_on_its_own_clock() {
+    // The fixture's CLOCK_MONOTONIC runs 100000 s ahead of ours. Without the
+    // /proc/PID/timens_offsets correction its last tick would look like it is
+    // in the future, and a blocked loop would never look stalled.
+    let unshare = std::path::Path::new("/usr/bin/unshare");
+    let probe = Command::new(unshare)
+        .args(["--time", "--monotonic=100000", "true"])
+        .status();
+    if !matches!(probe, Ok(s) if s.success()) {
+        panic!("this test needs unshare(1) with time namespaces (util-linux, CAP_SYS_ADMIN)");
+    }
+    let bin = support::fixture_path("fx-thread-loop", Variant::Pie);
+    let mut fx = Fixture::spawn_path(
+        unshare,
+        &[
+            // No --fork: unshare execs the fixture, which enters the new
+            // time namespace at execve (Linux >= 5.8) and keeps the pid.
+            "--time".into(),
+            "--monotonic=100000".into(),
+            bin.to_string_lossy().into_owned(),
+        ],
+    );
+    let pid = fx.ready_field("pid").expect("pid in READY");
+    let offsets =
+        std::fs::read_to_string(format!("/proc/{pid}/timens_offsets")).expect("timens_offsets");
+    assert!(offsets.contains("100000"), "{offsets}");
+    std::thread::sleep(Duration::from_millis(100));
+    let out = watch(&["status", &pid, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let lines = json_lines(&out);
+    let healthy_age = loop_named(&lines, "ticker")["age_ms"]
+        .as_f64()
+        .expect("age");
+    assert!(
+        healthy_age < 250.0,
+        "age {healthy_age} ms of a healthy loop"
+    );
+
+    assert!(fx.send("block ticker 1500").starts_with("OK"));
+    std::thread::sleep(Duration::from_millis(700));
+    let out = watch(&["status", &pid, "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stall = loop_named(&json_lines(&out), "ticker")["stall_ms"]
+        .as_f64()
+        .expect("stall");
+    assert!((400.0..1500.0).contains(&stall), "stall {stall} ms");
+}
