@@ -218,10 +218,16 @@ impl ElfImage {
     /// The load bias of a mapping of this file at `start` for file offset
     /// `offset`: actual address = bias + address stated in the file.
     pub fn bias_for(&self, start: u64, offset: u64) -> Option<u64> {
-        let seg = self.segments.iter().find(|s| {
-            let page_start = s.offset & !0xfff;
-            page_start <= offset && offset < s.offset.saturating_add(s.filesz.max(1))
-        })?;
+        // Segments can share a page (lld: `R` ends where `R E` begins): the
+        // mapping belongs to the last segment starting at or before its offset.
+        let seg = self
+            .segments
+            .iter()
+            .filter(|s| {
+                let page_start = s.offset & !0xfff;
+                page_start <= offset && offset < s.offset.saturating_add(s.filesz.max(1))
+            })
+            .max_by_key(|s| s.offset)?;
         // svma(start) = vaddr + (offset - seg.offset)
         let svma = seg.vaddr.wrapping_add(offset).wrapping_sub(seg.offset);
         Some(start.wrapping_sub(svma))

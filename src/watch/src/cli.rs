@@ -33,6 +33,10 @@ pub enum Command {
     /// List every process on this host that exports a heartbeat, with its loops.
     #[command(after_help = EXIT_CODES)]
     List(ListArgs),
+    /// Watch a process: catch every hang while it lasts (stack dumps to files),
+    /// send loop lag to StatsD, warn about slow ticks.
+    #[command(after_help = EXIT_CODES)]
+    Watch(WatchArgs),
     /// Print the stacks of every thread of a process (any process, heartbeat or not).
     #[command(after_help = EXIT_CODES)]
     Dump(crate::dump::DumpArgs),
@@ -69,6 +73,61 @@ pub struct ListArgs {
     /// One JSON object per line on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Arguments of `watch`.
+#[derive(Args, Debug, Clone)]
+pub struct WatchArgs {
+    /// Process id of the target (it must export a heartbeat).
+    pub pid: i32,
+    /// A loop overdue by more than this many seconds is hung: its episode starts.
+    #[arg(long, default_value_t = 0.25, value_parser = parse_secs)]
+    pub interval: f64,
+    /// Where hang dumps go (created if missing; must be writable).
+    #[arg(long, default_value = ".")]
+    pub output_dir: std::path::PathBuf,
+    /// Snapshots of every thread per hang episode.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub dumps: u32,
+    /// Seconds between the snapshots of one episode.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_secs)]
+    pub dump_gap: f64,
+    /// Stop writing dumps once this many bytes were written (nothing is deleted).
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    pub max_dump_bytes: u64,
+    /// Send metrics to this StatsD server (HOST:PORT, UDP).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub statsd: Option<String>,
+    /// Prefix of metric names.
+    #[arg(long, default_value = "aiodebug")]
+    pub prefix: String,
+    /// A DogStatsD tag added to every metric (repeatable).
+    #[arg(long = "tag", value_name = "K:V", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+    /// Log a loop blocked longer than this many seconds (but not hung), with the frame that blocked it.
+    #[arg(long, value_parser = parse_secs)]
+    pub slow: Option<f64>,
+    /// Exit 1 once the first hang episode's files are written.
+    #[arg(long)]
+    pub exit_on_hang: bool,
+    /// Stop after this many seconds (exit 0).
+    #[arg(long, value_parser = parse_secs)]
+    pub duration: Option<f64>,
+    /// One JSON event per line on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses a `K:V` tag.
+pub fn parse_tag(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((k, v))
+            if !k.is_empty() && !k.contains([',', '|', '#']) && !v.contains([',', '|']) =>
+        {
+            Ok((k.to_string(), v.to_string()))
+        }
+        _ => Err(format!("`{s}` is not a tag of the form KEY:VALUE")),
+    }
 }
 
 /// Arguments of `demo`.
@@ -124,6 +183,15 @@ mod tests {
     #[test]
     fn definitions_are_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn tags_are_validated() {
+        assert_eq!(parse_tag("env:prod"), Ok(("env".into(), "prod".into())));
+        assert_eq!(parse_tag("k:a:b"), Ok(("k".into(), "a:b".into())));
+        assert!(parse_tag("novalue").is_err());
+        assert!(parse_tag(":v").is_err());
+        assert!(parse_tag("a|b:c").is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod dump;
 mod exit;
 mod generate;
 mod status;
+mod watch;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -15,6 +16,7 @@ fn main() -> ExitCode {
     match &cli.command {
         cli::Command::Status(a) => status::status(a),
         cli::Command::List(a) => status::list(a),
+        cli::Command::Watch(a) => watch::run(a),
         cli::Command::Dump(a) => dump::run(a),
         cli::Command::Demo(a) => demo::run(a),
         cli::Command::DemoTarget => demo::target(),

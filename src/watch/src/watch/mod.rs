@@ -1,0 +1,641 @@
+//! `watch`: read the heartbeat from outside, catch every hang while it lasts,
+//! write the evidence, send lags to StatsD.
+//!
+//! The loop is deadline driven: after each read it sleeps until the earliest
+//! moment something can happen — a loop's stall crossing the slow threshold or
+//! the hang interval, or an episode's next snapshot — capped so lags are read
+//! before the ring wraps and the status line stays fresh. A hang is therefore
+//! seen within about a millisecond of crossing the interval, while a healthy
+//! target costs a few reads a second.
+
+pub mod episode;
+pub mod files;
+pub mod render;
+pub mod statsd;
+
+use crate::cli::WatchArgs;
+use crate::exit;
+use crate::status::{human, secs_to_ns};
+use aiodebug_engine::dump::Dumper;
+use aiodebug_engine::heartbeat::{percentile, Loop};
+use aiodebug_engine::target::{monotonic_ns, Target};
+use aiodebug_engine::{proc, ErrorKind};
+use episode::{Action, Config, Observation, Tracker};
+use files::{Outcome, OutputDir};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+use statsd::Stats;
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest sleep between two reads.
+const MAX_SLEEP_NS: u64 = 100_000_000;
+/// Shortest sleep between two reads.
+const MIN_SLEEP_NS: u64 = 1_000_000;
+/// Lag summaries every this often.
+const SUMMARY_EVERY_NS: u64 = 10_000_000_000;
+
+/// Where events go: a live status line on a terminal, plain lines otherwise,
+/// or one JSON object per line.
+pub struct Log {
+    json: bool,
+    bar: Option<ProgressBar>,
+}
+
+impl Log {
+    /// Chooses the form from `--json` and whether stdout is a terminal.
+    pub fn new(json: bool) -> Log {
+        let bar = (!json && std::io::stdout().is_terminal()).then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar
+        });
+        Log { json, bar }
+    }
+
+    /// Reports one event.
+    pub fn event(&self, kind: &str, mut fields: Value, text: String) {
+        if self.json {
+            if let Value::Object(m) = &mut fields {
+                m.insert("event".into(), kind.into());
+                m.insert("time".into(), chrono::Local::now().to_rfc3339().into());
+            }
+            println!("{fields}");
+        } else {
+            let line = format!("{} {text}", chrono::Local::now().format("%H:%M:%S%.3f"));
+            match &self.bar {
+                Some(bar) => bar.println(line),
+                None => println!("{line}"),
+            }
+        }
+    }
+
+    /// Updates the status line (terminal only).
+    pub fn status(&self, msg: String) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(msg);
+            bar.tick();
+        }
+    }
+
+    /// Removes the status line.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Identity of a registration: a slot reused by another loop is another loop.
+type LoopKey = (u64, u32, u64);
+
+fn key(module_addr: u64, lp: &Loop) -> LoopKey {
+    (module_addr, lp.slot, lp.registered_ns)
+}
+
+/// What the watch remembers of one loop.
+struct Watched {
+    name: String,
+    tid: u32,
+    tracker: Tracker,
+    last_ticks: u64,
+    window: Vec<u64>,
+    lost: u64,
+    episode_prev_cpu: HashMap<i32, Duration>,
+    recovered_after_ns: Option<u64>,
+    slow_frames: Option<String>,
+    last_gauge_ns: u64,
+    tick_rate_ns: u64,
+}
+
+/// Everything a watch run needs besides the loop state.
+struct Ctx<'a> {
+    args: &'a WatchArgs,
+    pid: i32,
+    exe: String,
+    log: Log,
+    out: OutputDir,
+    stats: Option<Stats>,
+    dumper: Dumper,
+    hangs: u64,
+    files: u64,
+    budget_warned: bool,
+    episodes_completed: u64,
+}
+
+/// Runs `watch`.
+pub fn run(args: &WatchArgs) -> ExitCode {
+    let out = match OutputDir::open(&args.output_dir, args.max_dump_bytes) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("aiodebug-watch: {e}");
+            return ExitCode::from(exit::OTHER);
+        }
+    };
+    let target = match Target::open(args.pid) {
+        Ok(t) => t,
+        Err(e) => return exit::report(&e),
+    };
+    let log = Log::new(args.json);
+    let stats = args.statsd.as_deref().and_then(|addr| {
+        match Stats::connect(addr, &args.prefix, &args.tags) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log.event(
+                    "warning",
+                    json!({"message": e}),
+                    format!("WARNING {e}; watching without StatsD"),
+                );
+                None
+            }
+        }
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
+            eprintln!("aiodebug-watch: cannot handle signal {sig}: {e}");
+        }
+    }
+    let exe = proc::read_exe(args.pid)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "?".into());
+    let mut ctx = Ctx {
+        args,
+        pid: args.pid,
+        exe,
+        log,
+        out,
+        stats,
+        dumper: Dumper::new(),
+        hangs: 0,
+        files: 0,
+        budget_warned: false,
+        episodes_completed: 0,
+    };
+    let code = watch_loop(&mut ctx, &target, &stop);
+    ctx.log.finish();
+    if let Some(s) = &ctx.stats {
+        s.drain(Duration::from_secs(2));
+    }
+    code
+}
+
+fn episode_config(args: &WatchArgs) -> Config {
+    Config {
+        interval_ns: secs_to_ns(args.interval),
+        dumps: args.dumps,
+        gap_ns: secs_to_ns(args.dump_gap),
+        slow_ns: args
+            .slow
+            .map(secs_to_ns)
+            .filter(|&s| s < secs_to_ns(args.interval)),
+    }
+}
+
+fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> ExitCode {
+    let cfg = episode_config(ctx.args);
+    let started = monotonic_ns();
+    let end = ctx
+        .args
+        .duration
+        .map(|d| started.saturating_add(secs_to_ns(d)));
+    let mut loops: HashMap<LoopKey, Watched> = HashMap::new();
+    let mut was_stopped = false;
+    let mut last_summary = started;
+    ctx.log.event(
+        "started",
+        json!({"pid": ctx.pid, "executable": ctx.exe, "interval_s": ctx.args.interval,
+               "output_dir": ctx.out.path().display().to_string()}),
+        format!(
+            "watching PID {} ({}): hang past {:.3} s → {} snapshots {:.1} s apart into {}",
+            ctx.pid,
+            ctx.exe,
+            ctx.args.interval,
+            ctx.args.dumps,
+            ctx.args.dump_gap,
+            ctx.out.path().display()
+        ),
+    );
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            ctx.log.event(
+                "stopped",
+                json!({"reason": "signal"}),
+                "stopping (signal)".into(),
+            );
+            return finish(ctx, &mut loops, exit::OK);
+        }
+        let reading = match target.read() {
+            Ok(r) => r,
+            Err(e) => return gone_or_error(ctx, &e),
+        };
+        let state = match proc::read_stat(ctx.pid) {
+            Ok(s) => s.state,
+            Err(e) => return gone_or_error(ctx, &e),
+        };
+        if state == 'Z' || state == 'X' {
+            return gone_or_error(ctx, &aiodebug_engine::Error::Exited { pid: ctx.pid });
+        }
+        let stopped = crate::status::is_stopped(state);
+        if stopped != was_stopped {
+            was_stopped = stopped;
+            let text = if stopped {
+                format!("PID {} is stopped (state {state}: job control or a debugger); not a hang, no dumps", ctx.pid)
+            } else {
+                format!("PID {} runs again", ctx.pid)
+            };
+            ctx.log.event(
+                if stopped {
+                    "process_stopped"
+                } else {
+                    "process_continued"
+                },
+                json!({"pid": ctx.pid, "state": state.to_string()}),
+                text,
+            );
+        }
+        let now = monotonic_ns();
+        let tid_loops: HashMap<i32, String> = reading
+            .loops()
+            .map(|l| (l.tid as i32, l.name.clone()))
+            .collect();
+        let mut deadline = now.saturating_add(MAX_SLEEP_NS);
+        let mut seen = Vec::new();
+        for (region, reg) in &reading.registries {
+            for lp in &reg.loops {
+                let k = key(region.addr, lp);
+                seen.push(k);
+                let w = loops.entry(k).or_insert_with(|| {
+                    ctx.log.event(
+                        "loop_found",
+                        json!({"loop": lp.name, "tid": lp.tid, "period_ms": lp.period_ns as f64 / 1e6}),
+                        format!("loop '{}' on thread {} (period {})", lp.name, lp.tid, human(lp.period_ns)),
+                    );
+                    Watched {
+                        name: lp.name.clone(),
+                        tid: lp.tid,
+                        tracker: Tracker::new(cfg),
+                        last_ticks: lp.ticks,
+                        window: Vec::new(),
+                        lost: 0,
+                        episode_prev_cpu: HashMap::new(),
+                        recovered_after_ns: None,
+                        slow_frames: None,
+                        last_gauge_ns: 0,
+                        tick_rate_ns: lp.period_ns.max(1_000_000),
+                    }
+                });
+                w.tid = lp.tid;
+                let st = lp.stats(reading.now_ns);
+                // Every tick's lag since the previous read, once.
+                let mut new_max = 0u64;
+                let mut fresh = 0u64;
+                for lag in lp.lags.iter().filter(|l| l.tick > w.last_ticks) {
+                    fresh += 1;
+                    new_max = new_max.max(lag.lag_ns);
+                    w.window.push(lag.lag_ns);
+                    if let Some(s) = &ctx.stats {
+                        s.lag(&w.name, lag.lag_ns);
+                    }
+                }
+                let advanced = lp.ticks.saturating_sub(w.last_ticks);
+                w.lost += advanced.saturating_sub(fresh);
+                if advanced > 0 {
+                    let elapsed = now.saturating_sub(w.last_gauge_ns.max(started));
+                    w.tick_rate_ns = (elapsed / advanced).max(1);
+                }
+                w.last_ticks = w.last_ticks.max(lp.ticks);
+                let obs = Observation {
+                    now_ns: now,
+                    stall_ns: st.stall_ns,
+                    ticked: advanced > 0,
+                    new_max_lag_ns: new_max,
+                    stopped,
+                };
+                for action in w.tracker.observe(obs) {
+                    if let Some(code) = act(ctx, w, action, &tid_loops) {
+                        return finish(ctx, &mut loops, code);
+                    }
+                }
+                if let Some(s) = &ctx.stats {
+                    if w.tracker.is_hung() || now.saturating_sub(w.last_gauge_ns) >= 1_000_000_000 {
+                        s.stall(&w.name, st.stall_ns);
+                        w.last_gauge_ns = now;
+                    }
+                } else if now.saturating_sub(w.last_gauge_ns) >= 1_000_000_000 {
+                    w.last_gauge_ns = now;
+                }
+                if let Some(d) = w.tracker.next_deadline(&obs) {
+                    deadline = deadline.min(d);
+                }
+                // Read again before the lag ring (64 ticks) can wrap.
+                deadline = deadline.min(now.saturating_add(w.tick_rate_ns.saturating_mul(32)));
+            }
+        }
+        loops.retain(|k, w| {
+            let keep = seen.contains(k);
+            if !keep {
+                ctx.log.event(
+                    "loop_gone",
+                    json!({"loop": w.name}),
+                    format!("loop '{}' unregistered", w.name),
+                );
+            }
+            keep
+        });
+        if ctx.args.exit_on_hang && ctx.episodes_completed > 0 {
+            return finish(ctx, &mut loops, exit::STALLED);
+        }
+        if now.saturating_sub(last_summary) >= SUMMARY_EVERY_NS {
+            summarize(ctx, &mut loops);
+            last_summary = now;
+        }
+        ctx.log.status(status_line(ctx, &reading, stopped));
+        if let Some(end) = end {
+            if now >= end {
+                return finish(ctx, &mut loops, exit::OK);
+            }
+            deadline = deadline.min(end);
+        }
+        let sleep = deadline
+            .saturating_sub(monotonic_ns())
+            .clamp(MIN_SLEEP_NS, MAX_SLEEP_NS);
+        std::thread::sleep(Duration::from_nanos(sleep));
+    }
+}
+
+fn status_line(ctx: &Ctx<'_>, reading: &aiodebug_engine::target::Reading, stopped: bool) -> String {
+    let parts: Vec<String> = reading
+        .loops()
+        .map(|l| {
+            let st = l.stats(reading.now_ns);
+            format!(
+                "{}: stall {} lag p99 {}",
+                l.name,
+                human(st.stall_ns),
+                st.p99_ns.map(human).unwrap_or_else(|| "-".into())
+            )
+        })
+        .collect();
+    format!(
+        "PID {}{} | {} | hangs {} | files {}",
+        ctx.pid,
+        if stopped { " (stopped)" } else { "" },
+        parts.join(" | "),
+        ctx.hangs,
+        ctx.files
+    )
+}
+
+fn summarize(ctx: &Ctx<'_>, loops: &mut HashMap<LoopKey, Watched>) {
+    for w in loops.values_mut() {
+        let mut lags = std::mem::take(&mut w.window);
+        lags.sort_unstable();
+        let (p50, p99, max) = (
+            percentile(&lags, 50),
+            percentile(&lags, 99),
+            lags.last().copied(),
+        );
+        ctx.log.event(
+            "lag_summary",
+            json!({"loop": w.name, "ticks": lags.len(), "lost": w.lost,
+                   "p50_ms": p50.map(|v| v as f64 / 1e6), "p99_ms": p99.map(|v| v as f64 / 1e6),
+                   "max_ms": max.map(|v| v as f64 / 1e6)}),
+            format!(
+                "loop '{}': {} ticks, lag p50 {} p99 {} max {}{}",
+                w.name,
+                lags.len(),
+                p50.map(human).unwrap_or_else(|| "-".into()),
+                p99.map(human).unwrap_or_else(|| "-".into()),
+                max.map(human).unwrap_or_else(|| "-".into()),
+                if w.lost > 0 {
+                    format!(" ({} lags not read in time)", w.lost)
+                } else {
+                    String::new()
+                }
+            ),
+        );
+        w.lost = 0;
+    }
+}
+
+fn finish(ctx: &mut Ctx<'_>, loops: &mut HashMap<LoopKey, Watched>, code: u8) -> ExitCode {
+    summarize(ctx, loops);
+    ctx.log.event(
+        "finished",
+        json!({"hangs": ctx.hangs, "files": ctx.files, "bytes": ctx.out.used(), "exit_code": code,
+               "statsd_errors": ctx.stats.as_ref().map(Stats::errors)}),
+        format!(
+            "done: {} hangs caught, {} files written ({} bytes){}",
+            ctx.hangs,
+            ctx.files,
+            ctx.out.used(),
+            match ctx.stats.as_ref().map(Stats::errors) {
+                Some(n) if n > 0 => format!("; {n} StatsD sends failed"),
+                _ => String::new(),
+            }
+        ),
+    );
+    ExitCode::from(code)
+}
+
+fn gone_or_error(ctx: &mut Ctx<'_>, e: &aiodebug_engine::Error) -> ExitCode {
+    let code = exit::code_for(e);
+    let text = if e.kind() == ErrorKind::Gone {
+        format!("PID {} exited; the watch ends", ctx.pid)
+    } else {
+        format!("cannot read PID {}: {e}", ctx.pid)
+    };
+    ctx.log.event(
+        "target_gone",
+        json!({"pid": ctx.pid, "message": e.to_string()}),
+        text.clone(),
+    );
+    if !ctx.args.json {
+        eprintln!("aiodebug-watch: {text}");
+    }
+    ExitCode::from(code)
+}
+
+/// Performs one action; `Some(code)` ends the watch.
+fn act(
+    ctx: &mut Ctx<'_>,
+    w: &mut Watched,
+    action: Action,
+    tid_loops: &HashMap<i32, String>,
+) -> Option<u8> {
+    match action {
+        Action::HangStarted { stall_ns } => {
+            ctx.hangs += 1;
+            w.recovered_after_ns = None;
+            w.episode_prev_cpu.clear();
+            if let Some(s) = &ctx.stats {
+                s.hang(&w.name);
+            }
+            ctx.log.event(
+                "hang_started",
+                json!({"loop": w.name, "tid": w.tid, "stall_ms": stall_ns as f64 / 1e6}),
+                format!(
+                    "HANG: loop '{}' on thread {} is {} overdue (interval {:.3} s)",
+                    w.name,
+                    w.tid,
+                    human(stall_ns),
+                    ctx.args.interval
+                ),
+            );
+        }
+        Action::Dump { index, stall_ns } => return dump_now(ctx, w, index, stall_ns, tid_loops),
+        Action::Recovered { hang_ns } => {
+            w.recovered_after_ns = Some(hang_ns);
+            ctx.log.event(
+                "recovered",
+                json!({"loop": w.name, "tid": w.tid, "hang_ms": hang_ns as f64 / 1e6}),
+                format!(
+                    "recovered: loop '{}' ticks again after hanging {}",
+                    w.name,
+                    human(hang_ns)
+                ),
+            );
+        }
+        Action::SlowStarted => {
+            w.slow_frames = snapshot_loop_thread(ctx, w.tid);
+        }
+        Action::SlowEnded { blocked_ns } => {
+            let frames = w
+                .slow_frames
+                .take()
+                .unwrap_or_else(|| "(no frames captured)".into());
+            let first = frames.lines().next().unwrap_or_default().to_string();
+            ctx.log.event(
+                "slow_tick",
+                json!({"loop": w.name, "tid": w.tid, "blocked_ms": blocked_ns as f64 / 1e6, "frames": frames}),
+                format!(
+                    "WARNING loop '{}' blocked {:.3} s in {first}\n{}",
+                    w.name,
+                    blocked_ns as f64 / 1e9,
+                    frames.lines().skip(1).map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+                ),
+            );
+        }
+        Action::SlowAbandoned => w.slow_frames = None,
+    }
+    None
+}
+
+/// A one-thread snapshot of a loop's thread, as text: the culprit first,
+/// then the top frames.
+fn snapshot_loop_thread(ctx: &mut Ctx<'_>, tid: u32) -> Option<String> {
+    let d = ctx.dumper.dump(ctx.pid, None).ok()?;
+    let t = d.threads.iter().find(|t| t.tid as u32 == tid)?;
+    let culprit = render::culprit(&t.frames)
+        .map(render::short_frame)
+        .unwrap_or_else(|| "an unknown frame".into());
+    let top: Vec<String> = t
+        .frames
+        .iter()
+        .take(8)
+        .enumerate()
+        .map(|(n, f)| crate::dump::frame_line(n, f))
+        .collect();
+    Some(format!("{culprit}\n{}", top.join("\n")))
+}
+
+fn dump_now(
+    ctx: &mut Ctx<'_>,
+    w: &mut Watched,
+    index: u32,
+    stall_ns: u64,
+    tid_loops: &HashMap<i32, String>,
+) -> Option<u8> {
+    let at = chrono::Local::now();
+    let dump = match ctx.dumper.dump(ctx.pid, Some(tid_loops)) {
+        Ok(d) => d,
+        Err(e) if e.kind() == ErrorKind::Gone => return Some(exit::GONE),
+        Err(e) => {
+            ctx.log.event(
+                "warning",
+                json!({"message": e.to_string()}),
+                format!(
+                    "WARNING snapshot {} of loop '{}' failed: {e}",
+                    index + 1,
+                    w.name
+                ),
+            );
+            return None;
+        }
+    };
+    let header = render::Header {
+        exe: &ctx.exe,
+        loop_name: &w.name,
+        loop_tid: w.tid,
+        stall_ns,
+        recovered_after_ns: w.recovered_after_ns,
+        index,
+        of: ctx.args.dumps,
+        local_time: &at.format("%Y-%m-%d %H:%M:%S%.6f %z").to_string(),
+    };
+    let text = render::dump_file(&header, &dump, &w.episode_prev_cpu);
+    w.episode_prev_cpu = dump.threads.iter().map(|t| (t.tid, t.cpu_time)).collect();
+    let name = files::dump_file_name(&at, index);
+    // Once the loop recovered, its thread is doing something else.
+    let culprit = dump
+        .threads
+        .iter()
+        .find(|t| t.tid as u32 == w.tid && w.recovered_after_ns.is_none())
+        .and_then(|t| render::culprit(&t.frames))
+        .map(render::short_frame);
+    match ctx.out.write(&name, text.as_bytes()) {
+        Outcome::Written(path, bytes) => {
+            ctx.files += 1;
+            if let Some(s) = &ctx.stats {
+                s.dump(&w.name);
+            }
+            ctx.log.event(
+                "dump_written",
+                json!({"loop": w.name, "path": path.display().to_string(), "index": index,
+                       "of": ctx.args.dumps, "bytes": bytes, "culprit": culprit,
+                       "freeze_ms": dump.timings.freeze.as_secs_f64() * 1e3,
+                       "threads": dump.threads.len()}),
+                format!(
+                    "wrote {} (snapshot {} of {}, {} threads, froze {:.2} ms){}",
+                    path.display(),
+                    index + 1,
+                    ctx.args.dumps,
+                    dump.threads.len(),
+                    dump.timings.freeze.as_secs_f64() * 1e3,
+                    culprit
+                        .map(|c| format!("; loop '{}' blocked in {c}", w.name))
+                        .unwrap_or_default()
+                ),
+            );
+        }
+        Outcome::OverBudget { used, budget } => {
+            if !ctx.budget_warned {
+                ctx.budget_warned = true;
+                ctx.log.event(
+                    "warning",
+                    json!({"message": "dump budget spent", "used": used, "budget": budget}),
+                    format!("WARNING {used} bytes of dumps written (budget {budget}): skipping new dumps, deleting nothing"),
+                );
+            }
+        }
+        Outcome::Failed(why) => {
+            ctx.log
+                .event("warning", json!({"message": why}), format!("WARNING {why}"));
+        }
+    }
+    if index + 1 == ctx.args.dumps {
+        ctx.episodes_completed += 1;
+    }
+    if dump.exited {
+        return Some(exit::GONE);
+    }
+    None
+}

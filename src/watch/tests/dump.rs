@@ -1,0 +1,322 @@
+//! `aiodebug-watch dump` on real processes.
+//!
+//! - Correct: our frames equal gdb's, thread by thread and frame by frame
+//!   (function names), on victims built `-O2 -fomit-frame-pointer` in C and
+//!   in Rust release: recursion 300 deep, inlined chains, a thread inside a
+//!   signal handler; plus the vDSO.
+//! - Harmless: the dumper SIGKILLed at random moments (some while it holds
+//!   the target) never leaves a 64-thread target stopped; a SIGSTOPped target
+//!   stays stopped; a target held by gdb gives exit 4 naming gdb.
+//! - Errors: no such process (5), no permission (4), exit mid-dump (5).
+
+mod dump_support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dump_support::*;
+
+fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("kill");
+}
+
+fn assert_matches_gdb(what: &str, v: &Victim) {
+    let (_, ours) = our_stacks(v.pid);
+    let gdb = gdb_stacks(v.pid);
+    assert!(
+        gdb.len() >= 4,
+        "{what}: gdb saw {} threads (is gdb installed?)",
+        gdb.len()
+    );
+    let report = compare(&ours, &gdb);
+    assert!(
+        report.is_empty(),
+        "{what}: our stacks differ from gdb's:\n{report}"
+    );
+}
+
+fn names(frames: &[NamedFrame]) -> Vec<&str> {
+    frames.iter().map(|f| f.name.as_str()).collect()
+}
+
+#[test]
+fn c_stacks_match_gdb() {
+    let v = Victim::spawn(&c_victim("stacks"), &[]);
+    assert_matches_gdb("C victim", &v);
+
+    // What the comparison covered, checked on our side directly.
+    let (json, ours) = our_stacks(v.pid);
+    let deep = &ours[&v.field("deep").unwrap()];
+    assert!(
+        deep.iter().filter(|f| f.name == "recurse").count() >= 300,
+        "deep thread: {:?}",
+        names(deep)
+    );
+    let inline_tid = v.field("inline").unwrap();
+    let inline = &ours[&inline_tid];
+    let inl = names(inline);
+    let pos = |n: &str| inl.iter().position(|x| *x == n);
+    assert!(
+        pos("park_forever") < pos("inline_c")
+            && pos("inline_c") < pos("inline_b")
+            && pos("inline_b") < pos("inline_a")
+            && pos("inline_a") < pos("inline_thread"),
+        "inline thread: {inl:?}"
+    );
+    let thread = json["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tid"] == inline_tid)
+        .unwrap();
+    let inlined: Vec<bool> = thread["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| {
+            f["function"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("inline_"))
+        })
+        .map(|f| f["inlined"].as_bool().unwrap())
+        .collect();
+    assert_eq!(inlined, vec![true, true, true], "inline_a/b/c are inlined");
+    let sig = names(&ours[&v.field("sighand").unwrap()]);
+    let s = sig
+        .iter()
+        .position(|n| *n == "<signal handler called>")
+        .unwrap_or_else(|| panic!("no signal frame: {sig:?}"));
+    assert!(sig[..s].contains(&"park_forever"), "{sig:?}");
+    assert!(sig[s..].contains(&"nap_loop"), "{sig:?}");
+    for t in json["threads"].as_array().unwrap() {
+        assert_eq!(t["end"]["reason"], "end-of-stack", "thread {}", t["tid"]);
+    }
+}
+
+#[test]
+fn rust_release_stacks_match_gdb() {
+    let v = Victim::spawn(&rust_victim(), &[]);
+    assert_matches_gdb("Rust victim", &v);
+    let (_, ours) = our_stacks(v.pid);
+    let deep = names(&ours[&v.field("deep").unwrap()]);
+    assert!(
+        deep.iter()
+            .filter(|n| **n == "fx_deep_rust::deep_recurse")
+            .count()
+            >= 299,
+        "{deep:?}"
+    );
+    let sig = names(&ours[&v.field("sighand").unwrap()]);
+    assert!(sig.contains(&"fx_deep_rust::on_usr1"), "{sig:?}");
+    assert!(sig.contains(&"<signal handler called>"), "{sig:?}");
+    assert!(sig.contains(&"fx_deep_rust::nap_loop"), "{sig:?}");
+}
+
+#[test]
+fn vdso_frames_unwind() {
+    // The meter thread of `many` spends its time in clock_gettime, in the vDSO.
+    let v = Victim::spawn(&c_victim("many"), &["1", "4"]);
+    for _ in 0..40 {
+        let (json, _) = our_stacks(v.pid);
+        let meter = json["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "meter")
+            .expect("meter thread")
+            .clone();
+        let frames = meter["frames"].as_array().unwrap();
+        if frames.first().and_then(|f| f["module"].as_str()) != Some("[vdso]") {
+            continue;
+        }
+        let fns: Vec<&str> = frames
+            .iter()
+            .map(|f| f["function"].as_str().unwrap_or("??"))
+            .collect();
+        assert!(fns[0].contains("clock_gettime"), "{fns:?}");
+        assert!(fns.contains(&"meter_loop"), "{fns:?}");
+        assert!(fns.contains(&"start_thread"), "{fns:?}");
+        assert_eq!(meter["end"]["reason"], "end-of-stack", "{fns:?}");
+        return;
+    }
+    panic!("the meter thread was never caught in the vDSO");
+}
+
+#[test]
+fn killed_dumper_never_leaves_the_target_stopped() {
+    let mut v = Victim::spawn(&c_victim("many"), &["64", "32"]);
+    let pid = v.pid;
+    let mut rng = Rng::from_clock();
+    let seed = rng.0;
+    let mut while_held = 0;
+    for i in 0..32 {
+        let mut dumper = Command::new(watch_bin())
+            .args(["dump", &pid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn dumper");
+        if i % 2 == 0 {
+            // Kill it while it holds the target: as soon as it is the tracer,
+            // plus up to 1.5 ms.
+            let held = wait_until(Duration::from_secs(5), || tracer(pid) > 0);
+            if held {
+                while_held += 1;
+                std::thread::sleep(Duration::from_micros(rng.below(1500)));
+            }
+        } else {
+            std::thread::sleep(Duration::from_micros(rng.below(40_000)));
+        }
+        let _ = dumper.kill();
+        let _ = dumper.wait();
+        // The kernel detached it; the target runs.
+        assert_eq!(tracer(pid), 0, "iteration {i} (seed {seed}): still traced");
+        let st = state(pid);
+        assert!(
+            st != 'T' && st != 't',
+            "iteration {i} (seed {seed}): target left in state {st}"
+        );
+        let pong = v.ask_within("ping", Duration::from_secs(5));
+        assert_eq!(
+            pong.as_deref(),
+            Some("PONG"),
+            "iteration {i} (seed {seed}): target does not answer"
+        );
+    }
+    assert!(while_held >= 10, "only {while_held} kills while held");
+    // Every thread runs: none of the 64 workers nor the meter is stopped.
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let st = stat
+            .rsplit_once(") ")
+            .and_then(|(_, r)| r.chars().next())
+            .unwrap_or('?');
+        assert!(
+            st != 'T' && st != 't',
+            "thread {:?} in state {st}",
+            entry.file_name()
+        );
+    }
+}
+
+#[test]
+fn sigstopped_target_is_dumped_and_stays_stopped() {
+    let mut v = Victim::spawn(&c_victim("many"), &["4", "8"]);
+    signal(v.pid, nix::sys::signal::Signal::SIGSTOP);
+    assert!(wait_until(Duration::from_secs(5), || state(v.pid) == 'T'));
+    let out = watch(&["dump", &v.pid.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("stopped by SIGSTOP"), "{text}");
+    assert!(text.contains("work_forever"), "{text}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        state(v.pid),
+        'T',
+        "the job-control stop must survive the dump"
+    );
+    assert_eq!(tracer(v.pid), 0);
+    signal(v.pid, nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(
+        v.ask_within("ping", Duration::from_secs(5)).as_deref(),
+        Some("PONG")
+    );
+}
+
+#[test]
+fn target_held_by_gdb_is_exit_4_naming_it() {
+    let v = Victim::spawn(&c_victim("many"), &["2", "4"]);
+    let mut gdb = Command::new("gdb")
+        .args(["-nx", "-batch", "-p", &v.pid.to_string()])
+        .args(["-ex", "shell sleep 20"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run gdb");
+    let held = wait_until(Duration::from_secs(20), || tracer(v.pid) == gdb.id() as i32);
+    let out = watch(&["dump", &v.pid.to_string()]);
+    let _ = gdb.kill();
+    let _ = gdb.wait();
+    assert!(held, "gdb did not attach");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains(&format!("already traced by PID {}", gdb.id())) && err.contains("(gdb)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn errors_have_their_exit_codes() {
+    // No such process.
+    let out = watch(&["dump", "2147483600"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such process"));
+    // Usage.
+    assert_eq!(watch(&["dump", "notapid"]).status.code(), Some(2));
+    // No permission: without CAP_SYS_PTRACE, as another user.
+    let v = Victim::spawn(&c_victim("many"), &["1", "4"]);
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(watch_bin())
+        .args(["dump", &v.pid.to_string()])
+        .stdin(Stdio::null())
+        .output();
+    if let Ok(out) = out {
+        if out.status.code() != Some(127)
+            && !String::from_utf8_lossy(&out.stderr).contains("setpriv:")
+        {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(4), "{err}");
+            assert!(err.contains("CAP_SYS_PTRACE"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn exit_mid_dump_is_partial_and_exit_5() {
+    // Dump over and over (warm caches: a few ms each) while the target exits.
+    let mut v = Victim::spawn(&c_victim("many"), &["64", "8"]);
+    let pid = v.pid.to_string();
+    let dumper = Command::new(watch_bin())
+        .args(["dump", "--repeat", "10000", "--json", &pid])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn dumper");
+    std::thread::sleep(Duration::from_millis(1500));
+    v.send("exit");
+    let started = Instant::now();
+    let out = dumper.wait_with_output().expect("dumper output");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("exited") || err.contains("no such process"),
+        "{err}"
+    );
+    // Whatever was printed is complete JSON lines; a partial dump says so.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut partial = 0;
+    for line in text.lines() {
+        let d: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+        if d["exited"] == true {
+            partial += 1;
+            assert!(err.contains("partial"), "{err}");
+        }
+    }
+    eprintln!(
+        "exit mid-dump: {} dumps, {partial} partial",
+        text.lines().count()
+    );
+}
