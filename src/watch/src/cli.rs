@@ -133,12 +133,15 @@ pub fn parse_tag(s: &str) -> Result<(String, String), String> {
 /// Arguments of `demo`.
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
-    /// How long to watch, in seconds.
-    #[arg(long, default_value_t = 12.0, value_parser = parse_secs)]
+    /// Give up after this many seconds if no hang was caught.
+    #[arg(long, default_value_t = 20.0, value_parser = parse_secs)]
     pub duration: f64,
     /// Stall threshold in seconds.
     #[arg(long, default_value_t = 0.25, value_parser = parse_secs)]
     pub threshold: f64,
+    /// Where the dumps go (default: a new directory under the system temp dir).
+    #[arg(long)]
+    pub output_dir: Option<std::path::PathBuf>,
 }
 
 /// What `generate` prints.

@@ -4,14 +4,11 @@
 //! tokio current-thread runtime with an `aiodebug` heartbeat whose loop is
 //! blocked for about 1.5 s every few seconds by a synchronous call.
 
-use crate::cli::DemoArgs;
+use crate::cli::{DemoArgs, WatchArgs};
 use crate::exit;
-use crate::status::{human, rows, secs_to_ns};
-use aiodebug_engine::target::Target;
-use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long the demo service blocks its loop.
 pub const BLOCK: Duration = Duration::from_millis(1500);
@@ -49,7 +46,8 @@ fn start_service() -> Result<Service, String> {
     Ok(service)
 }
 
-/// Runs the demo.
+/// Runs the demo: starts the service, watches it until its first hang
+/// episode is on disk, and points at the culprit.
 pub fn run(args: &DemoArgs) -> ExitCode {
     let service = match start_service() {
         Ok(s) => s,
@@ -59,92 +57,60 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         }
     };
     let pid = service.0.id() as i32;
+    let dir = args.output_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!(
+            "aiodebug-demo-{}",
+            chrono::Local::now().format("%Y%m%d-%H%M%S")
+        ))
+    });
     println!(
-        "demo: started a tokio service (PID {pid}) whose loop blocks for {:.1} s every {} s; watching it from outside for {:.0} s",
+        "demo: started a tokio service (PID {pid}) whose event loop blocks for {:.1} s every {} s.\n\
+         demo: watching it from outside (no ptrace until it hangs); dumps go to {}",
         BLOCK.as_secs_f64(),
         EVERY.as_secs(),
-        args.duration
+        dir.display()
     );
-    let target = match Target::open(pid) {
-        Ok(t) => t,
-        Err(e) => return exit::report(&e),
+    let watch_args = WatchArgs {
+        pid,
+        interval: args.threshold,
+        output_dir: dir.clone(),
+        dumps: 3,
+        dump_gap: 1.0,
+        max_dump_bytes: 64 * 1024 * 1024,
+        statsd: None,
+        prefix: "aiodebug".into(),
+        tags: Vec::new(),
+        slow: None,
+        exit_on_hang: true,
+        duration: Some(args.duration),
+        json: false,
     };
-    let threshold = secs_to_ns(args.threshold);
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    let say = |line: String| {
-        if bar.is_hidden() {
-            println!("{line}");
-        } else {
-            bar.println(line);
-        }
-    };
-    let start = Instant::now();
-    let mut hang_started: Option<Instant> = None;
-    let mut hangs = 0u32;
-    let mut longest = 0u64;
-    let mut max_lag = 0u64;
-    let mut reads = 0u64;
-    while start.elapsed().as_secs_f64() < args.duration {
-        let reading = match target.read() {
-            Ok(r) => r,
-            Err(e) => return exit::report(&e),
-        };
-        reads += 1;
-        let state = aiodebug_engine::proc::read_stat(pid)
-            .ok()
-            .map(|s| s.state)
-            .unwrap_or('?');
-        for r in rows(&reading, threshold, state) {
-            max_lag = max_lag.max(r.st.max_ns.unwrap_or(0));
-            longest = longest.max(r.st.stall_ns);
-            bar.set_message(format!(
-                "loop '{}' (tid {}): stall {:>9}  last lag {:>8}  p99 {:>8}  hangs caught {hangs}",
-                r.lp.name,
-                r.lp.tid,
-                human(r.st.stall_ns),
-                r.st.last_lag_ns.map(human).unwrap_or_default(),
-                r.st.p99_ns.map(human).unwrap_or_default(),
-            ));
-            match (r.stalled, hang_started) {
-                (true, None) => {
-                    hangs += 1;
-                    hang_started = Some(Instant::now());
-                    say(format!(
-                        "[{:>5.2}s] HANG: loop '{}' on thread {} has not ticked for {} (threshold {})",
-                        start.elapsed().as_secs_f64(),
-                        r.lp.name,
-                        r.lp.tid,
-                        human(r.st.age_ns),
-                        human(threshold)
-                    ));
-                }
-                (false, Some(_)) if r.st.stall_ns == 0 => {
-                    hang_started = None;
-                    say(format!(
-                        "[{:>5.2}s] recovered: loop '{}' ticks again (lag of that tick {})",
-                        start.elapsed().as_secs_f64(),
-                        r.lp.name,
-                        r.st.last_lag_ns.map(human).unwrap_or_default()
-                    ));
-                }
-                _ => {}
-            }
-        }
-        bar.tick();
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    bar.finish_and_clear();
+    let (code, summary) = crate::watch::watch(&watch_args);
     drop(service);
+    if summary.files.is_empty() {
+        eprintln!("demo: no hang was caught (watch ended with code {code})");
+        return ExitCode::from(if code == exit::OK { exit::OTHER } else { code });
+    }
+    println!();
     println!(
-        "demo summary: {hangs} hangs caught while they lasted, longest stall seen {}, largest tick lag {}, {reads} reads of the heartbeat",
-        human(longest),
-        human(max_lag)
+        "demo: caught the hang while it lasted and wrote {} snapshots of every thread:",
+        summary.files.len()
     );
-    println!("next: `aiodebug-watch status PID` or `aiodebug-watch list` against your own service (see README)");
+    for f in &summary.files {
+        println!("  {}", f.display());
+    }
+    match &summary.culprit {
+        Some(c) => println!("demo: the loop was blocked in {c}"),
+        None => println!("demo: (the blocking frame could not be named)"),
+    }
+    println!(
+        "next: `aiodebug-watch watch PID` against your own service (see README), or `less {}`",
+        summary
+            .files
+            .first()
+            .map(|f| f.display().to_string())
+            .unwrap_or_default()
+    );
     ExitCode::from(exit::OK)
 }
 

@@ -128,20 +128,40 @@ struct Ctx<'a> {
     files: u64,
     budget_warned: bool,
     episodes_completed: u64,
+    summary: Summary,
+}
+
+/// What a watch run did, for callers that go on (the demo).
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    /// Hang episodes started.
+    pub hangs: u64,
+    /// Dump files written.
+    pub files: Vec<std::path::PathBuf>,
+    /// The frame that blocked the loop, from the first snapshot that saw it.
+    pub culprit: Option<String>,
 }
 
 /// Runs `watch`.
 pub fn run(args: &WatchArgs) -> ExitCode {
+    ExitCode::from(watch(args).0)
+}
+
+/// Runs a watch; returns its exit code and what it did.
+pub fn watch(args: &WatchArgs) -> (u8, Summary) {
     let out = match OutputDir::open(&args.output_dir, args.max_dump_bytes) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("aiodebug-watch: {e}");
-            return ExitCode::from(exit::OTHER);
+            return (exit::OTHER, Summary::default());
         }
     };
     let target = match Target::open(args.pid) {
         Ok(t) => t,
-        Err(e) => return exit::report(&e),
+        Err(e) => {
+            eprintln!("aiodebug-watch: {e}");
+            return (exit::code_for(&e), Summary::default());
+        }
     };
     let log = Log::new(args.json);
     let stats = args.statsd.as_deref().and_then(|addr| {
@@ -178,13 +198,15 @@ pub fn run(args: &WatchArgs) -> ExitCode {
         files: 0,
         budget_warned: false,
         episodes_completed: 0,
+        summary: Summary::default(),
     };
     let code = watch_loop(&mut ctx, &target, &stop);
     ctx.log.finish();
     if let Some(s) = &ctx.stats {
         s.drain(Duration::from_secs(2));
     }
-    code
+    ctx.summary.hangs = ctx.hangs;
+    (code, ctx.summary)
 }
 
 fn episode_config(args: &WatchArgs) -> Config {
@@ -199,7 +221,7 @@ fn episode_config(args: &WatchArgs) -> Config {
     }
 }
 
-fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> ExitCode {
+fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
     let cfg = episode_config(ctx.args);
     let started = monotonic_ns();
     let end = ctx
@@ -426,7 +448,7 @@ fn summarize(ctx: &Ctx<'_>, loops: &mut HashMap<LoopKey, Watched>) {
     }
 }
 
-fn finish(ctx: &mut Ctx<'_>, loops: &mut HashMap<LoopKey, Watched>, code: u8) -> ExitCode {
+fn finish(ctx: &mut Ctx<'_>, loops: &mut HashMap<LoopKey, Watched>, code: u8) -> u8 {
     summarize(ctx, loops);
     ctx.log.event(
         "finished",
@@ -443,10 +465,10 @@ fn finish(ctx: &mut Ctx<'_>, loops: &mut HashMap<LoopKey, Watched>, code: u8) ->
             }
         ),
     );
-    ExitCode::from(code)
+    code
 }
 
-fn gone_or_error(ctx: &mut Ctx<'_>, e: &aiodebug_engine::Error) -> ExitCode {
+fn gone_or_error(ctx: &mut Ctx<'_>, e: &aiodebug_engine::Error) -> u8 {
     let code = exit::code_for(e);
     let text = if e.kind() == ErrorKind::Gone {
         format!("PID {} exited; the watch ends", ctx.pid)
@@ -461,7 +483,7 @@ fn gone_or_error(ctx: &mut Ctx<'_>, e: &aiodebug_engine::Error) -> ExitCode {
     if !ctx.args.json {
         eprintln!("aiodebug-watch: {text}");
     }
-    ExitCode::from(code)
+    code
 }
 
 /// Performs one action; `Some(code)` ends the watch.
@@ -594,6 +616,10 @@ fn dump_now(
     match ctx.out.write(&name, text.as_bytes()) {
         Outcome::Written(path, bytes) => {
             ctx.files += 1;
+            ctx.summary.files.push(path.clone());
+            if ctx.summary.culprit.is_none() {
+                ctx.summary.culprit.clone_from(&culprit);
+            }
             if let Some(s) = &ctx.stats {
                 s.dump(&w.name);
             }
