@@ -399,9 +399,10 @@ fn status_line(ctx: &Ctx<'_>, reading: &aiodebug_engine::target::Reading, stoppe
         .map(|l| {
             let st = l.stats(reading.now_ns);
             format!(
-                "{}: stall {} lag p99 {}",
+                "{}: stall {} lag {} p99 {}",
                 l.name,
                 human(st.stall_ns),
+                st.last_lag_ns.map(human).unwrap_or_else(|| "-".into()),
                 st.p99_ns.map(human).unwrap_or_else(|| "-".into())
             )
         })
