@@ -2,7 +2,8 @@
 //! in other processes (`aiodebug-watch`, or any tool that reads memory).
 //!
 //! A registry is a [`HEADER_SIZE`]-byte header followed by `slot_count` slots of
-//! `slot_size` bytes. It is 64-byte aligned and lives in the ELF section
+//! `slot_size` bytes and (since minor 1) a *poll board* of `poll_count` entries
+//! of `poll_entry_size` bytes. It is 64-byte aligned and lives in the ELF section
 //! [`SECTION_NAME`]; it is also reachable through a symbol whose name starts with
 //! [`SYMBOL_PREFIX`]. Several registries may sit back to back in the section
 //! (two semver-incompatible copies of this crate, or several shared libraries
@@ -12,10 +13,24 @@
 //! All fields are little-endian (native on the supported targets) and are only
 //! ever written with aligned atomic stores. No field is a pointer.
 //!
+//! ## Versions
+//! | minor | adds |
+//! | ---: | --- |
+//! | 0 | header, slots with name, thread, period, ticks, last tick, lag ring |
+//! | 1 | the poll board: per thread, which task is being polled and since when ([`poll`]); header fields [`header::POLL_COUNT`], [`header::POLL_ENTRY_SIZE`], [`header::POLL_REFUSED`] (zero in minor 0) |
+//!
 //! ## Compatibility
 //! Readers accept a registry whose [`header::ABI_MAJOR`] equals theirs and
 //! whose `header_size` / `slot_size` are at least the sizes they know:
-//! later minor versions only append fields, which old readers ignore.
+//! later minor versions only append fields, which old readers ignore. The
+//! poll board sits *after* the last slot, so a minor-0 reader, which knows
+//! only `header_size + slot_size * slot_count` bytes, reads minor-1 registries
+//! unchanged; when it then scans on for further registries it meets no magic
+//! in the board (the 64-byte aligned words of an entry are its generation and
+//! its loop slot, never [`MAGIC`]). A reader must use the board only when
+//! `abi_minor >= 1`, `poll_count > 0` and `poll_entry_size` is at least
+//! [`POLL_ENTRY_SIZE`]; it indexes entries by `poll_entry_size` and ignores
+//! bytes past the fields it knows.
 //!
 //! ## Reading a slot without tearing
 //! A reader copies the whole registry twice (for example with two
@@ -31,6 +46,31 @@
 //!
 //! `ticks`, `last_tick_ns` and `tid` are single words written by the owner only;
 //! a reader that sees them change between the copies knows the loop is alive.
+//!
+//! ## The poll board (minor 1): what each thread is polling
+//! Each thread that polls an instrumented future or task (the slow-poll
+//! wrapper, the tokio runtime hooks, or `aiodebug_poll_begin` from C) claims
+//! one entry on first use and frees it when the thread exits. While a poll
+//! runs, the entry holds the task's name, the source location it was spawned
+//! or created at (`file` + `line`; a file longer than the field keeps its
+//! *tail*), the runtime's task id if any, and [`poll::SINCE_NS`], the
+//! CLOCK_MONOTONIC time the poll began; between polls `since_ns` is 0.
+//! A watcher that sees the same non-zero `since_ns` for longer than a
+//! threshold has found a stuck worker, even when other workers of the same
+//! runtime keep the loop's heartbeat ticking.
+//!
+//! Reading an entry: accept it only if [`poll::STATE`] is 1, [`poll::GEN`] is
+//! even, and all of its [`POLL_ENTRY_SIZE`] bytes are identical in both
+//! copies. The owner makes `gen` odd before it rewrites the entry and even
+//! after; it clears `since_ns` alone (one word) when a poll ends. A thread
+//! busy with short polls therefore often reads as unsettled — harmless: only
+//! a poll that lasts is worth reporting, and a lasting poll does not change.
+//!
+//! An entry names the loop its thread belongs to when known
+//! ([`poll::LOOP_SLOT`], with the low 32 bits of that slot's generation in
+//! [`poll::LOOP_GEN`] so a reused slot is not mistaken for it); otherwise
+//! `loop_slot` is `u32::MAX` and readers may match the entry's `tid` with a
+//! slot's `tid`.
 
 /// Name of the ELF section holding registries.
 pub const SECTION_NAME: &str = "aiodebug_hb";
@@ -42,7 +82,7 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"AIODBGHB");
 /// Major ABI version; readers reject any other.
 pub const ABI_MAJOR: u16 = 1;
 /// Minor ABI version; a higher minor only appends fields.
-pub const ABI_MINOR: u16 = 0;
+pub const ABI_MINOR: u16 = 1;
 /// Size of the header this version writes.
 pub const HEADER_SIZE: usize = 64;
 /// Size of one slot this version writes.
@@ -55,8 +95,21 @@ pub const RING_LEN: usize = 64;
 pub const NAME_CAP: usize = 64;
 /// Alignment of a registry, and the step a reader scans a section with.
 pub const ALIGN: usize = 64;
+/// Number of entries in a registry's poll board (minor 1): at most this many
+/// threads at once record what they poll; further threads are counted in
+/// [`header::POLL_REFUSED`].
+pub const POLL_COUNT: usize = 64;
+/// Size of one poll board entry this version writes.
+pub const POLL_ENTRY_SIZE: usize = 128;
+/// Capacity of a poll entry's task name, in bytes of UTF-8 (NUL padded).
+pub const POLL_NAME_CAP: usize = 32;
+/// Capacity of a poll entry's source file, in bytes of UTF-8 (NUL padded);
+/// longer paths keep their tail.
+pub const POLL_FILE_CAP: usize = 48;
+/// Offset of the poll board from the registry's start: right after the last slot.
+pub const POLL_BOARD_OFFSET: usize = HEADER_SIZE + SLOT_SIZE * SLOT_COUNT;
 /// Total size of one registry of this version.
-pub const REGISTRY_SIZE: usize = HEADER_SIZE + SLOT_SIZE * SLOT_COUNT;
+pub const REGISTRY_SIZE: usize = POLL_BOARD_OFFSET + POLL_ENTRY_SIZE * POLL_COUNT;
 
 /// Byte offsets of the header's fields.
 pub mod header {
@@ -82,6 +135,13 @@ pub mod header {
     pub const CRATE_VERSION: usize = 40;
     /// Length of the crate version field.
     pub const CRATE_VERSION_LEN: usize = 16;
+    /// `u16` (minor 1; 0 before): number of poll board entries.
+    pub const POLL_COUNT: usize = 56;
+    /// `u16` (minor 1; 0 before): size of one poll board entry in bytes.
+    pub const POLL_ENTRY_SIZE: usize = 58;
+    /// `u32` (minor 1): threads that found the poll board full (only grows,
+    /// saturates).
+    pub const POLL_REFUSED: usize = 60;
 }
 
 /// Byte offsets of a slot's fields, relative to the slot's start.
@@ -110,4 +170,56 @@ pub mod slot {
     pub const RING: usize = 128;
     /// Size of one ring entry.
     pub const RING_ENTRY: usize = 16;
+}
+
+/// Byte offsets of a poll board entry's fields (minor 1), relative to the
+/// entry's start. The board starts at `header_size + slot_size * slot_count`
+/// from the registry's start.
+pub mod poll {
+    /// `u64`: generation; odd while the owner rewrites the entry.
+    pub const GEN: usize = 0;
+    /// `u32`: OS thread id (Linux tid) of the thread owning the entry.
+    pub const TID: usize = 8;
+    /// `u32`: 1 while a thread owns the entry; 0 free; 2 being claimed or
+    /// released (readers skip anything but 1).
+    pub const STATE: usize = 12;
+    /// `[u8; POLL_NAME_CAP]`: the task's name, UTF-8, NUL padded (may be
+    /// empty: a task known only by id and location).
+    pub const NAME: usize = 16;
+    /// `u64`: CLOCK_MONOTONIC ns at which the current poll began; 0 while the
+    /// thread polls nothing.
+    pub const SINCE_NS: usize = 48;
+    /// `u64`: the runtime's id of the task (tokio's task id), 0 if unknown.
+    pub const TASK_ID: usize = 56;
+    /// `u32`: slot index of the loop this thread belongs to, `u32::MAX` if unknown.
+    pub const LOOP_SLOT: usize = 64;
+    /// `u32`: low 32 bits of that slot's [`super::slot::GEN`] when the
+    /// association was made; a different value means the slot was reused.
+    pub const LOOP_GEN: usize = 68;
+    /// `u32`: source line of the task's spawn or creation site (0: unknown).
+    pub const LINE: usize = 72;
+    /// `u8`: length of the name in bytes (at most [`super::POLL_NAME_CAP`]).
+    pub const NAME_LEN: usize = 76;
+    /// `u8`: length of the file in bytes (at most [`super::POLL_FILE_CAP`]).
+    pub const FILE_LEN: usize = 77;
+    /// `u8`: [`FLAG_NAME_TRUNCATED`] | [`FLAG_FILE_TRUNCATED`].
+    pub const FLAGS: usize = 78;
+    /// `u8`: who recorded the poll: [`KIND_FUTURE`], [`KIND_RUNTIME_TASK`],
+    /// [`KIND_FOREIGN`].
+    pub const KIND: usize = 79;
+    /// `[u8; POLL_FILE_CAP]`: the source file, UTF-8, NUL padded; a longer
+    /// path keeps its last bytes (on a character boundary).
+    pub const FILE: usize = 80;
+
+    /// The name was cut to [`super::POLL_NAME_CAP`] bytes (its end is missing).
+    pub const FLAG_NAME_TRUNCATED: u8 = 1;
+    /// The file was cut to its last [`super::POLL_FILE_CAP`] bytes.
+    pub const FLAG_FILE_TRUNCATED: u8 = 2;
+    /// A future wrapped by the slow-poll wrapper (`LogSlow`, `spawn_named`).
+    pub const KIND_FUTURE: u8 = 1;
+    /// A task polled by a runtime whose poll hooks are installed (tokio).
+    pub const KIND_RUNTIME_TASK: u8 = 2;
+    /// A callback marked through the C ABI (`aiodebug_poll_begin`): C, C++,
+    /// Python, ...
+    pub const KIND_FOREIGN: u8 = 3;
 }

@@ -25,21 +25,45 @@
 //! ```
 //!
 //! ## A tokio runtime (feature `tokio`)
-//! ```ignore
+//! ```no_run
+//! # #[cfg(feature = "tokio")]
 //! #[tokio::main(flavor = "current_thread")]
 //! async fn main() {
 //!     let _monitor = aiodebug::tokio::spawn_monitor("main");
 //!     // ... the service ...
 //! }
+//! # #[cfg(not(feature = "tokio"))]
+//! # fn main() {}
 //! ```
 //!
-//! The registry's layout is a versioned ABI documented in [`abi`].
+//! ## In the loop: slow polls and what is being polled
+//! [`slow::LogSlowExt::log_slow`] wraps any future (any runtime, stable
+//! Rust) and reports each poll longer than a threshold, like the ancestor's
+//! `log_slow_callbacks`: `Executing task 'orders' (spawned at
+//! src/main.rs:37) took 0.069 seconds`. While a poll runs, the registry's
+//! poll board shows watchers which task each thread is polling and since
+//! when ([`polling`]), so a hang dump can name it.
+//!
+//! ## Features
+//! | feature | adds | dependencies |
+//! | --- | --- | --- |
+//! | (default) | [`Heartbeat`], [`slow`], [`polling`] | none |
+//! | `tokio` | `tokio::spawn_monitor`, `tokio::spawn_named`; with `--cfg tokio_unstable`, runtime-wide poll hooks | tokio (rt, time) |
+//! | `log` | slow polls become `log` warnings | log |
+//! | `testing` | `testing::Clock`, a time-dilated clock for tests | tokio (+ sync) |
+//!
+//! The registry's layout is a versioned ABI documented in [`abi`]; C, C++ and
+//! Python loops use it through `libaiodebug` (package `aiodebug-ffi`).
 
 #![warn(missing_docs)]
 
 pub mod abi;
+pub mod polling;
 mod registry;
+pub mod slow;
 mod sys;
+#[cfg(feature = "testing")]
+pub mod testing;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 
@@ -58,6 +82,7 @@ use std::cell::Cell;
 #[derive(Debug)]
 pub struct Heartbeat {
     slot: Option<&'static registry::Slot>,
+    index: u32,
     period_ns: u64,
     _not_sync: PhantomData<Cell<()>>,
 }
@@ -91,12 +116,16 @@ impl Heartbeat {
     /// ```
     pub fn with_period(name: &str, period: Duration) -> Heartbeat {
         let period_ns = duration_ns(period);
-        let slot = registry::claim();
-        if let Some(slot) = slot {
-            slot.init(name, period_ns, sys::monotonic_ns(), sys::thread_id());
-        }
+        let (index, slot) = match registry::claim() {
+            Some((index, slot)) => {
+                slot.init(name, period_ns, sys::monotonic_ns(), sys::thread_id());
+                (index, Some(slot))
+            }
+            None => (u32::MAX, None),
+        };
         Heartbeat {
             slot,
+            index,
             period_ns,
             _not_sync: PhantomData,
         }
@@ -141,6 +170,12 @@ impl Heartbeat {
     /// The period the loop was registered with.
     pub fn period(&self) -> Duration {
         Duration::from_nanos(self.period_ns)
+    }
+
+    /// Slot index and low 32 bits of the slot's generation (what poll board
+    /// entries record to name this loop), if registered.
+    pub(crate) fn loop_id(&self) -> Option<(u32, u32)> {
+        self.slot.map(|s| (self.index, s.generation() as u32))
     }
 }
 

@@ -30,7 +30,9 @@ pub(crate) struct Header {
     name_cap: AtomicU32,
     pub(crate) refused: AtomicU64,
     crate_version: [AtomicU8; abi::header::CRATE_VERSION_LEN],
-    _reserved: AtomicU64,
+    poll_count: AtomicU16,
+    poll_entry_size: AtomicU16,
+    pub(crate) poll_refused: AtomicU32,
 }
 
 #[repr(C)]
@@ -55,10 +57,28 @@ pub(crate) struct Slot {
     ring: [Entry; abi::RING_LEN],
 }
 
+/// One entry of the poll board (see [`abi::poll`]).
+#[repr(C)]
+pub(crate) struct PollEntry {
+    gen: AtomicU64,
+    tid: AtomicU32,
+    state: AtomicU32,
+    name: [AtomicU64; abi::POLL_NAME_CAP / 8],
+    since_ns: AtomicU64,
+    task_id: AtomicU64,
+    loop_slot: AtomicU32,
+    loop_gen: AtomicU32,
+    line: AtomicU32,
+    /// name_len | file_len << 8 | flags << 16 | kind << 24 (little-endian bytes).
+    lens: AtomicU32,
+    file: [AtomicU64; abi::POLL_FILE_CAP / 8],
+}
+
 #[repr(C, align(64))]
 pub(crate) struct Registry {
     pub(crate) header: Header,
     slots: [Slot; abi::SLOT_COUNT],
+    polls: [PollEntry; abi::POLL_COUNT],
 }
 
 // The layout is the ABI: any drift is a compile error.
@@ -78,6 +98,26 @@ const _: () = {
     assert!(core::mem::offset_of!(Slot, registered_ns) == abi::slot::REGISTERED_NS);
     assert!(core::mem::offset_of!(Slot, name) == abi::slot::NAME);
     assert!(core::mem::offset_of!(Slot, ring) == abi::slot::RING);
+    assert!(core::mem::offset_of!(Header, poll_count) == abi::header::POLL_COUNT);
+    assert!(core::mem::offset_of!(Header, poll_entry_size) == abi::header::POLL_ENTRY_SIZE);
+    assert!(core::mem::offset_of!(Header, poll_refused) == abi::header::POLL_REFUSED);
+    assert!(core::mem::offset_of!(Registry, polls) == abi::POLL_BOARD_OFFSET);
+    assert!(core::mem::size_of::<PollEntry>() == abi::POLL_ENTRY_SIZE);
+    assert!(core::mem::offset_of!(PollEntry, tid) == abi::poll::TID);
+    assert!(core::mem::offset_of!(PollEntry, state) == abi::poll::STATE);
+    assert!(core::mem::offset_of!(PollEntry, name) == abi::poll::NAME);
+    assert!(core::mem::offset_of!(PollEntry, since_ns) == abi::poll::SINCE_NS);
+    assert!(core::mem::offset_of!(PollEntry, task_id) == abi::poll::TASK_ID);
+    assert!(core::mem::offset_of!(PollEntry, loop_slot) == abi::poll::LOOP_SLOT);
+    assert!(core::mem::offset_of!(PollEntry, loop_gen) == abi::poll::LOOP_GEN);
+    assert!(core::mem::offset_of!(PollEntry, line) == abi::poll::LINE);
+    assert!(core::mem::offset_of!(PollEntry, lens) == abi::poll::NAME_LEN);
+    assert!(abi::poll::FILE_LEN == abi::poll::NAME_LEN + 1);
+    assert!(abi::poll::FLAGS == abi::poll::NAME_LEN + 2);
+    assert!(abi::poll::KIND == abi::poll::NAME_LEN + 3);
+    assert!(core::mem::offset_of!(PollEntry, file) == abi::poll::FILE);
+    assert!(abi::POLL_NAME_CAP % 8 == 0 && abi::POLL_FILE_CAP % 8 == 0);
+    assert!(abi::POLL_NAME_CAP < 256 && abi::POLL_FILE_CAP < 256);
 };
 
 const fn version_bytes() -> [AtomicU8; abi::header::CRATE_VERSION_LEN] {
@@ -105,9 +145,12 @@ impl Registry {
                 name_cap: AtomicU32::new(abi::NAME_CAP as u32),
                 refused: AtomicU64::new(0),
                 crate_version: version_bytes(),
-                _reserved: AtomicU64::new(0),
+                poll_count: AtomicU16::new(abi::POLL_COUNT as u16),
+                poll_entry_size: AtomicU16::new(abi::POLL_ENTRY_SIZE as u16),
+                poll_refused: AtomicU32::new(0),
             },
             slots: [const { Slot::new() }; abi::SLOT_COUNT],
+            polls: [const { PollEntry::new() }; abi::POLL_COUNT],
         }
     }
 }
@@ -186,6 +229,11 @@ impl Slot {
         self.last_tick_ns.load(Ordering::Relaxed)
     }
 
+    /// The generation, for poll entries naming this slot's registration.
+    pub(crate) fn generation(&self) -> u64 {
+        self.gen.load(Ordering::Relaxed)
+    }
+
     /// Frees the slot: readers stop seeing it before it can be claimed again.
     pub(crate) fn release(&self) {
         self.begin_write();
@@ -232,10 +280,10 @@ pub(crate) fn registry() -> Option<&'static Registry> {
     }
 }
 
-/// Claims a free slot, or counts a refusal.
-pub(crate) fn claim() -> Option<&'static Slot> {
+/// Claims a free slot (with its index), or counts a refusal.
+pub(crate) fn claim() -> Option<(u32, &'static Slot)> {
     let reg = registry()?;
-    for slot in &reg.slots {
+    for (i, slot) in reg.slots.iter().enumerate() {
         if slot
             .in_use
             .compare_exchange(
@@ -246,11 +294,157 @@ pub(crate) fn claim() -> Option<&'static Slot> {
             )
             .is_ok()
         {
-            return Some(slot);
+            return Some((i as u32, slot));
         }
     }
     reg.header.refused.fetch_add(1, Ordering::Relaxed);
     None
+}
+
+/// What a poll entry shows while a poll runs, packed as the ABI stores it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PollRecord {
+    pub(crate) name: [u64; abi::POLL_NAME_CAP / 8],
+    pub(crate) file: [u64; abi::POLL_FILE_CAP / 8],
+    pub(crate) line: u32,
+    /// name_len | file_len << 8 | flags << 16 | kind << 24.
+    pub(crate) lens: u32,
+    pub(crate) task_id: u64,
+    pub(crate) since_ns: u64,
+}
+
+impl PollEntry {
+    const fn new() -> Self {
+        PollEntry {
+            gen: AtomicU64::new(0),
+            tid: AtomicU32::new(0),
+            state: AtomicU32::new(IN_USE_FREE),
+            name: [const { AtomicU64::new(0) }; abi::POLL_NAME_CAP / 8],
+            since_ns: AtomicU64::new(0),
+            task_id: AtomicU64::new(0),
+            loop_slot: AtomicU32::new(u32::MAX),
+            loop_gen: AtomicU32::new(0),
+            line: AtomicU32::new(0),
+            lens: AtomicU32::new(0),
+            file: [const { AtomicU64::new(0) }; abi::POLL_FILE_CAP / 8],
+        }
+    }
+
+    fn begin_write(&self) -> u64 {
+        let g = self.gen.load(Ordering::Relaxed);
+        self.gen.store(g.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        g
+    }
+
+    fn end_write(&self, g: u64) {
+        self.gen.store(g.wrapping_add(2), Ordering::Release);
+    }
+
+    /// Fills a freshly claimed entry for thread `tid`. Only the claimer calls this.
+    fn init(&self, tid: u32) {
+        let g = self.begin_write();
+        self.tid.store(tid, Ordering::Relaxed);
+        self.since_ns.store(0, Ordering::Relaxed);
+        self.task_id.store(0, Ordering::Relaxed);
+        self.loop_slot.store(u32::MAX, Ordering::Relaxed);
+        self.loop_gen.store(0, Ordering::Relaxed);
+        self.line.store(0, Ordering::Relaxed);
+        self.lens.store(0, Ordering::Relaxed);
+        for w in self.name.iter().chain(self.file.iter()) {
+            w.store(0, Ordering::Relaxed);
+        }
+        self.state.store(IN_USE_LIVE, Ordering::Relaxed);
+        self.end_write(g);
+    }
+
+    /// Shows `rec` as the poll in progress (owner only).
+    #[inline]
+    pub(crate) fn publish(&self, rec: &PollRecord, loop_slot: u32, loop_gen: u32) {
+        let g = self.begin_write();
+        for (w, v) in self.name.iter().zip(rec.name) {
+            w.store(v, Ordering::Relaxed);
+        }
+        for (w, v) in self.file.iter().zip(rec.file) {
+            w.store(v, Ordering::Relaxed);
+        }
+        self.line.store(rec.line, Ordering::Relaxed);
+        self.lens.store(rec.lens, Ordering::Relaxed);
+        self.task_id.store(rec.task_id, Ordering::Relaxed);
+        self.loop_slot.store(loop_slot, Ordering::Relaxed);
+        self.loop_gen.store(loop_gen, Ordering::Relaxed);
+        self.since_ns.store(rec.since_ns, Ordering::Relaxed);
+        self.end_write(g);
+    }
+
+    /// Marks the thread as polling nothing (owner only; one word).
+    #[inline]
+    pub(crate) fn idle(&self) {
+        self.since_ns.store(0, Ordering::Release);
+    }
+
+    /// Frees the entry (owner only, at thread exit).
+    pub(crate) fn release(&self) {
+        let g = self.begin_write();
+        self.state.store(IN_USE_TRANSITION, Ordering::Relaxed);
+        self.since_ns.store(0, Ordering::Relaxed);
+        self.end_write(g);
+        self.state.store(IN_USE_FREE, Ordering::Release);
+    }
+}
+
+/// Claims a poll board entry for thread `tid`, or counts a refusal.
+pub(crate) fn claim_poll_entry(tid: u32) -> Option<&'static PollEntry> {
+    let reg = registry()?;
+    for e in &reg.polls {
+        if e.state
+            .compare_exchange(
+                IN_USE_FREE,
+                IN_USE_TRANSITION,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            e.init(tid);
+            return Some(e);
+        }
+    }
+    // Saturating: the counter never wraps back to a small number.
+    let _ = reg
+        .header
+        .poll_refused
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1));
+    None
+}
+
+#[cfg(test)]
+impl PollEntry {
+    pub(crate) fn since_for_test(&self) -> u64 {
+        self.since_ns.load(Ordering::Relaxed)
+    }
+    pub(crate) fn record_for_test(&self) -> PollRecord {
+        PollRecord {
+            name: core::array::from_fn(|i| self.name[i].load(Ordering::Relaxed)),
+            file: core::array::from_fn(|i| self.file[i].load(Ordering::Relaxed)),
+            line: self.line.load(Ordering::Relaxed),
+            lens: self.lens.load(Ordering::Relaxed),
+            task_id: self.task_id.load(Ordering::Relaxed),
+            since_ns: self.since_ns.load(Ordering::Relaxed),
+        }
+    }
+    pub(crate) fn tid_for_test(&self) -> u32 {
+        self.tid.load(Ordering::Relaxed)
+    }
+    pub(crate) fn state_for_test(&self) -> u32 {
+        self.state.load(Ordering::Relaxed)
+    }
+    pub(crate) fn loop_for_test(&self) -> (u32, u32) {
+        (
+            self.loop_slot.load(Ordering::Relaxed),
+            self.loop_gen.load(Ordering::Relaxed),
+        )
+    }
 }
 
 #[cfg(test)]

@@ -12,9 +12,21 @@
 //! (threshold + period). 50 wake-ups a second cost a runtime about a
 //! microsecond each. Note that tokio's timer has millisecond resolution, so
 //! lags below ~1 ms are noise.
+//!
+//! Slow polls: [`spawn_named`] spawns a task whose polls longer than
+//! [`crate::slow::DEFAULT_THRESHOLD`] are reported (`Executing task 'orders'
+//! (spawned at src/main.rs:37) took 0.069 seconds`) and shown to watchers
+//! while they run. Built with `RUSTFLAGS="--cfg tokio_unstable"` (tokio ≥
+//! 1.46.1), `RuntimeBuilderExt::log_slow_polls` does the same for every task
+//! of a runtime, through tokio's `on_before_task_poll` / `on_after_task_poll`
+//! hooks (`scripts/check-tokio-unstable` tests it).
 
+use crate::slow::{LogSlow, Site};
 use crate::Heartbeat;
+use core::future::Future;
+use core::panic::Location;
 use core::time::Duration;
+use std::borrow::Cow;
 
 /// Default tick period of [`spawn_monitor`].
 pub const DEFAULT_PERIOD: Duration = Duration::from_millis(20);
@@ -51,6 +63,144 @@ async fn monitor(hb: Heartbeat, period: Duration) {
         tokio::time::sleep_until(scheduled).await;
         let woke = tokio::time::Instant::now();
         hb.tick_with_lag(woke.saturating_duration_since(scheduled));
+        // Whatever worker runs the monitor belongs to this runtime's loop:
+        // polls recorded on it are listed under the loop.
+        crate::polling::set_thread_loop(&hb);
         scheduled = woke + period;
+    }
+}
+
+/// Spawns `future` as a task named `name` on the current runtime, reporting
+/// every poll longer than [`crate::slow::DEFAULT_THRESHOLD`] with the
+/// caller's location as the spawn site, and showing watchers what each worker
+/// polls (see [`crate::polling`]).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let orders = aiodebug::tokio::spawn_named("orders", async { 7 });
+/// assert_eq!(orders.await.unwrap(), 7);
+/// # }
+/// ```
+///
+/// # Panics
+/// Like `tokio::spawn`, when called outside a tokio runtime.
+#[track_caller]
+pub fn spawn_named<F>(
+    name: impl Into<Cow<'static, str>>,
+    future: F,
+) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    spawn_named_with_threshold(name, crate::slow::DEFAULT_THRESHOLD, future)
+}
+
+/// [`spawn_named`] with another threshold.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use std::time::Duration;
+/// let t = aiodebug::tokio::spawn_named_with_threshold("tight", Duration::from_millis(5), async {});
+/// t.await.unwrap();
+/// # }
+/// ```
+///
+/// # Panics
+/// Like `tokio::spawn`, when called outside a tokio runtime.
+#[track_caller]
+pub fn spawn_named_with_threshold<F>(
+    name: impl Into<Cow<'static, str>>,
+    threshold: Duration,
+    future: F,
+) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let wrapped = LogSlow::new(
+        future,
+        Some(name.into()),
+        threshold,
+        Location::caller(),
+        Site::Spawned,
+    )
+    .with_task_id_lookup();
+    tokio::spawn(wrapped)
+}
+
+/// tokio's task id as a number (its `Display`), without formatting: `Id`
+/// hashes exactly its `NonZeroU64`.
+pub(crate) fn task_id_u64(id: tokio::task::Id) -> u64 {
+    use core::hash::{Hash, Hasher};
+    struct Take(u64);
+    impl Hasher for Take {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for &b in bytes {
+                self.0 = (self.0 << 8) | u64::from(b);
+            }
+        }
+        fn write_u64(&mut self, n: u64) {
+            self.0 = n;
+        }
+    }
+    let mut h = Take(0);
+    id.hash(&mut h);
+    h.finish()
+}
+
+/// One-call installation of runtime-wide slow-poll reports on a
+/// [`tokio::runtime::Builder`] (only with `RUSTFLAGS="--cfg tokio_unstable"`).
+#[cfg(tokio_unstable)]
+pub trait RuntimeBuilderExt {
+    /// Reports every poll of every task of the runtime that takes longer than
+    /// `threshold` (`Executing task 42 (spawned at src/main.rs:37) took 0.069
+    /// seconds`) and shows watchers, per worker thread, which task is being
+    /// polled and since when.
+    ///
+    /// Uses tokio's `on_before_task_poll` and `on_after_task_poll` hooks
+    /// (tokio ≥ 1.46.1 for the spawn location): it replaces hooks set before,
+    /// and hooks set after replace it. `block_on`'s own future is not a task
+    /// and is not covered; wrap it with [`crate::slow::LogSlowExt`].
+    ///
+    /// ```
+    /// use aiodebug::tokio::RuntimeBuilderExt;
+    /// let rt = tokio::runtime::Builder::new_multi_thread()
+    ///     .enable_all()
+    ///     .log_slow_polls(std::time::Duration::from_millis(50))
+    ///     .build()
+    ///     .unwrap();
+    /// rt.block_on(async { tokio::spawn(async {}).await.unwrap() });
+    /// ```
+    fn log_slow_polls(&mut self, threshold: Duration) -> &mut Self;
+}
+
+#[cfg(tokio_unstable)]
+impl RuntimeBuilderExt for tokio::runtime::Builder {
+    fn log_slow_polls(&mut self, threshold: Duration) -> &mut Self {
+        use crate::polling::{self, Label, PollKind};
+        self.on_before_task_poll(|meta| {
+            let label = Label::at("", meta.spawned_at(), PollKind::RuntimeTask);
+            polling::begin(&label, task_id_u64(meta.id()));
+        })
+        .on_after_task_poll(move |meta| {
+            let Some(took) = polling::end() else { return };
+            if took > threshold {
+                let at = meta.spawned_at();
+                crate::slow::report(&crate::slow::SlowPoll {
+                    name: None,
+                    task_id: Some(task_id_u64(meta.id())),
+                    file: at.file(),
+                    line: at.line(),
+                    site: Site::Spawned,
+                    took,
+                });
+            }
+        })
     }
 }

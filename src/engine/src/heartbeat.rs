@@ -9,6 +9,13 @@
 //! is identical in both copies and tagged with a tick number that belongs in
 //! that ring position. Nothing here panics or allocates in proportion to a
 //! value read from the target beyond fixed caps.
+//!
+//! Since ABI minor 1 a registry also carries a *poll board*: per thread, which
+//! task is being polled and since when. [`Registry::polling`] lists every
+//! poll in progress; [`Loop::polling`] those of threads known to belong to
+//! that loop. An entry is trusted only when it is owned, its generation is
+//! even and identical in both copies, and its bytes are identical in both
+//! copies. A minor-0 registry simply has no board.
 
 use aiodebug::abi;
 
@@ -20,6 +27,10 @@ pub const MAX_SLOT_SIZE: u32 = 64 * 1024;
 pub const MAX_HEADER_SIZE: u32 = 4096;
 /// Largest `ring_len` a reader accepts.
 pub const MAX_RING_LEN: u32 = 1024;
+/// Largest poll board a reader accepts (entries).
+pub const MAX_POLL_ENTRIES: u32 = 1024;
+/// Largest poll board entry a reader accepts (bytes).
+pub const MAX_POLL_ENTRY_SIZE: u32 = 4096;
 
 /// Everything found in one copied section.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,6 +68,19 @@ pub struct Registry {
     pub unsettled_slots: u32,
     /// The live loops.
     pub loops: Vec<Loop>,
+    /// Entries of the poll board (0: no board, e.g. ABI minor 0).
+    pub poll_entries: u32,
+    /// Threads that found the poll board full (only grows).
+    pub poll_refused: u32,
+    /// Owned poll board entries that changed between the copies (a thread busy
+    /// with short polls); a poll that lasts never is.
+    pub unsettled_polls: u32,
+    /// Why the poll board was ignored, if it was (the loops are still valid).
+    pub poll_problem: Option<String>,
+    /// Every poll in progress, one per thread, whatever loop it belongs to
+    /// (a stuck worker of a multi-thread runtime shows here even when another
+    /// worker keeps the loop ticking).
+    pub polling: Vec<Polling>,
 }
 
 /// One live event loop, as read.
@@ -81,6 +105,103 @@ pub struct Loop {
     pub settled: bool,
     /// Verified lags, oldest first.
     pub lags: Vec<Lag>,
+    /// Polls in progress on threads of this loop: threads whose board entry
+    /// names this slot, or (when an entry names no loop) the thread of the
+    /// loop's last tick. Also listed in [`Registry::polling`].
+    pub polling: Vec<Polling>,
+}
+
+/// Who recorded a poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollKind {
+    /// A Rust future wrapped by the slow-poll wrapper or a named spawn.
+    Future,
+    /// A task polled by a runtime with poll hooks (tokio).
+    RuntimeTask,
+    /// A callback marked through the C ABI (C, C++, Python...).
+    Foreign,
+    /// A value this reader does not know.
+    Unknown(u8),
+}
+
+impl PollKind {
+    fn from_code(c: u8) -> PollKind {
+        match c {
+            abi::poll::KIND_FUTURE => PollKind::Future,
+            abi::poll::KIND_RUNTIME_TASK => PollKind::RuntimeTask,
+            abi::poll::KIND_FOREIGN => PollKind::Foreign,
+            other => PollKind::Unknown(other),
+        }
+    }
+
+    /// A short word for output: `future`, `task`, `callback`, `unknown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PollKind::Future => "future",
+            PollKind::RuntimeTask => "task",
+            PollKind::Foreign => "callback",
+            PollKind::Unknown(_) => "unknown",
+        }
+    }
+}
+
+/// One thread's poll in progress, from the poll board.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Polling {
+    /// Index of the board entry.
+    pub entry: u32,
+    /// OS thread id of the polling thread.
+    pub tid: u32,
+    /// The task's name, sanitized ("" when it has none); ends with `…` when
+    /// the writer had to cut it.
+    pub task: String,
+    /// The runtime's task id, if recorded.
+    pub task_id: Option<u64>,
+    /// Source file of the spawn or creation site, sanitized; starts with `…`
+    /// when only its tail fit.
+    pub file: String,
+    /// Source line (0: unknown).
+    pub line: u32,
+    /// CLOCK_MONOTONIC (target's namespace) ns at which the poll began.
+    pub since_ns: u64,
+    /// Who recorded it.
+    pub kind: PollKind,
+    /// The slot of the loop the thread belongs to, when the entry names one
+    /// that is still registered under the same generation.
+    pub loop_slot: Option<u32>,
+}
+
+impl Polling {
+    /// How long the poll has been running at `now_ns` (0 if it began "in the
+    /// future": clock skew or garbage).
+    pub fn duration_ns(&self, now_ns: u64) -> u64 {
+        now_ns.saturating_sub(self.since_ns)
+    }
+
+    /// `file:line`, or "" when unknown.
+    pub fn location(&self) -> String {
+        match (self.file.is_empty(), self.line) {
+            (true, 0) => String::new(),
+            (false, 0) => self.file.clone(),
+            _ => format!("{}:{}", self.file, self.line),
+        }
+    }
+
+    /// What is polled, for humans: `task 'orders' (src/main.rs:37)`,
+    /// `task 42 (src/main.rs:37)`, `future (src/db.rs:12)`.
+    pub fn describe(&self) -> String {
+        let what = match (self.task.is_empty(), self.task_id) {
+            (false, _) => format!("task '{}'", self.task),
+            (true, Some(id)) => format!("task {id}"),
+            (true, None) => self.kind.as_str().to_string(),
+        };
+        let loc = self.location();
+        if loc.is_empty() {
+            what
+        } else {
+            format!("{what} ({loc})")
+        }
+    }
 }
 
 /// The lag of one tick.
@@ -109,6 +230,15 @@ fn u64_at(b: &[u8], off: usize) -> Option<u64> {
     let mut a = [0u8; 8];
     a.copy_from_slice(s);
     Some(u64::from_le_bytes(a))
+}
+
+/// Validated poll board geometry.
+#[derive(Debug, Clone, Copy)]
+struct Board {
+    /// Offset of the first entry from the registry's start.
+    start: usize,
+    count: u32,
+    entry_size: usize,
 }
 
 /// Validated header geometry.
@@ -184,6 +314,51 @@ fn validate_header(c1: &[u8], c2: &[u8], off: usize) -> Result<Geometry, String>
     })
 }
 
+/// The poll board of a validated registry: `Ok(None)` when it has none
+/// (minor 0, or no entries), `Err` when it is unusable (the loops stay valid).
+fn validate_board(c1: &[u8], c2: &[u8], off: usize, g: &Geometry) -> Result<Option<Board>, String> {
+    let field = |c: &[u8], at: usize| u16_at(c, off + at);
+    let minor1 = field(c1, abi::header::ABI_MINOR);
+    if minor1 != field(c2, abi::header::ABI_MINOR) || minor1.unwrap_or(0) < 1 {
+        return Ok(None);
+    }
+    let count = field(c1, abi::header::POLL_COUNT).unwrap_or(0);
+    let size = field(c1, abi::header::POLL_ENTRY_SIZE).unwrap_or(0);
+    if count != field(c2, abi::header::POLL_COUNT).unwrap_or(0)
+        || size != field(c2, abi::header::POLL_ENTRY_SIZE).unwrap_or(0)
+    {
+        return Err("poll board geometry changed between two reads".into());
+    }
+    if count == 0 {
+        return Ok(None);
+    }
+    let (count, size) = (u32::from(count), u32::from(size));
+    if count > MAX_POLL_ENTRIES {
+        return Err(format!(
+            "poll board of {count} entries (at most {MAX_POLL_ENTRIES})"
+        ));
+    }
+    if size < abi::POLL_ENTRY_SIZE as u32 || size > MAX_POLL_ENTRY_SIZE || size % 8 != 0 {
+        return Err(format!(
+            "poll entry size {size} out of range ({}..={MAX_POLL_ENTRY_SIZE})",
+            abi::POLL_ENTRY_SIZE
+        ));
+    }
+    // g.total is at most 4096 + 64 KiB * 1024; the board at most 4 MiB.
+    let end = g.total + count as usize * size as usize;
+    let available = c1.len().min(c2.len()).saturating_sub(off);
+    if end > available {
+        return Err(format!(
+            "poll board ends at {end} bytes but only {available} follow the header"
+        ));
+    }
+    Ok(Some(Board {
+        start: g.total,
+        count,
+        entry_size: size as usize,
+    }))
+}
+
 /// Turns untrusted name bytes into a printable string.
 pub fn sanitize_name(raw: &[u8]) -> String {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
@@ -222,6 +397,7 @@ fn decode_slot(s1: &[u8], s2: &[u8], index: u32, g: &Geometry) -> SlotRead {
         return SlotRead::Unsettled;
     }
     let (name_len, period_ns, registered_ns) = m2;
+    let gen = gen2.unwrap_or(0);
     let name_len = (name_len as usize).min(g.name_cap);
     let name = sanitize_name(s2.get(o::NAME..o::NAME + name_len).unwrap_or_default());
 
@@ -254,23 +430,88 @@ fn decode_slot(s1: &[u8], s2: &[u8], index: u32, g: &Geometry) -> SlotRead {
         lags.push(Lag { tick: tag, lag_ns });
     }
     lags.sort_unstable_by_key(|l| l.tick);
-    SlotRead::Live(Loop {
-        slot: index,
-        name,
-        tid,
-        period_ns,
-        ticks,
-        last_tick_ns,
-        registered_ns,
-        settled,
-        lags,
-    })
+    SlotRead::Live(
+        Loop {
+            slot: index,
+            name,
+            tid,
+            period_ns,
+            ticks,
+            last_tick_ns,
+            registered_ns,
+            settled,
+            lags,
+            polling: Vec::new(),
+        },
+        gen,
+    )
 }
 
 enum SlotRead {
     Free,
     Unsettled,
-    Live(Loop),
+    /// The loop and its slot generation.
+    Live(Loop, u64),
+}
+
+enum EntryRead {
+    Free,
+    Unsettled,
+    Idle,
+    /// The poll, and the raw (slot, generation) it names.
+    Polling(Polling, u32, u32),
+}
+
+fn decode_entry(e1: &[u8], e2: &[u8], index: u32) -> EntryRead {
+    use abi::poll as p;
+    let state1 = u32_at(e1, p::STATE);
+    let state2 = u32_at(e2, p::STATE);
+    if state1 != Some(1) && state2 != Some(1) {
+        return EntryRead::Free;
+    }
+    let known = abi::POLL_ENTRY_SIZE;
+    let gen = u64_at(e2, p::GEN);
+    let stable = state1 == state2
+        && gen.is_some_and(|g| g % 2 == 0)
+        && gen == u64_at(e1, p::GEN)
+        && e1.get(..known).is_some()
+        && e1.get(..known) == e2.get(..known);
+    if !stable {
+        return EntryRead::Unsettled;
+    }
+    let since_ns = u64_at(e2, p::SINCE_NS).unwrap_or(0);
+    if since_ns == 0 {
+        return EntryRead::Idle;
+    }
+    let byte = |at: usize| e2.get(at).copied().unwrap_or(0);
+    let flags = byte(p::FLAGS);
+    let name_len = usize::from(byte(p::NAME_LEN)).min(abi::POLL_NAME_CAP);
+    let file_len = usize::from(byte(p::FILE_LEN)).min(abi::POLL_FILE_CAP);
+    let mut task = sanitize_name(e2.get(p::NAME..p::NAME + name_len).unwrap_or_default());
+    if flags & abi::poll::FLAG_NAME_TRUNCATED != 0 && !task.is_empty() {
+        task.push('…');
+    }
+    let mut file = sanitize_name(e2.get(p::FILE..p::FILE + file_len).unwrap_or_default());
+    if flags & abi::poll::FLAG_FILE_TRUNCATED != 0 && !file.is_empty() {
+        file.insert(0, '…');
+    }
+    let task_id = u64_at(e2, p::TASK_ID).filter(|&id| id != 0);
+    let poll = Polling {
+        entry: index,
+        tid: u32_at(e2, p::TID).unwrap_or(0),
+        task,
+        task_id,
+        file,
+        line: u32_at(e2, p::LINE).unwrap_or(0),
+        since_ns,
+        kind: PollKind::from_code(byte(p::KIND)),
+        loop_slot: None,
+    };
+    EntryRead::Polling(
+        poll,
+        u32_at(e2, p::LOOP_SLOT).unwrap_or(u32::MAX),
+        u32_at(e2, p::LOOP_GEN).unwrap_or(0),
+    )
 }
 
 /// Decodes every registry in two successive copies of a section.
@@ -295,15 +536,29 @@ pub fn decode_section(copy1: &[u8], copy2: &[u8]) -> Scan {
                 off += abi::ALIGN;
             }
             Ok(g) => {
-                scan.registries.push(decode_registry(copy1, copy2, off, &g));
-                off = off.saturating_add(g.total.div_ceil(abi::ALIGN) * abi::ALIGN);
+                let board = validate_board(copy1, copy2, off, &g);
+                let (mut reg, gens) = decode_registry(copy1, copy2, off, &g);
+                let end = match board {
+                    Ok(Some(b)) => {
+                        decode_board(copy1, copy2, off, &b, &mut reg, &gens);
+                        b.start + b.count as usize * b.entry_size
+                    }
+                    Ok(None) => g.total,
+                    Err(why) => {
+                        reg.poll_problem = Some(why);
+                        g.total
+                    }
+                };
+                scan.registries.push(reg);
+                off = off.saturating_add(end.div_ceil(abi::ALIGN) * abi::ALIGN);
             }
         }
     }
     scan
 }
 
-fn decode_registry(c1: &[u8], c2: &[u8], off: usize, g: &Geometry) -> Registry {
+/// The registry and, per loop, its slot's generation.
+fn decode_registry(c1: &[u8], c2: &[u8], off: usize, g: &Geometry) -> (Registry, Vec<u64>) {
     let version_at = off + abi::header::CRATE_VERSION;
     let crate_version = sanitize_name(
         c2.get(version_at..version_at + abi::header::CRATE_VERSION_LEN)
@@ -317,7 +572,13 @@ fn decode_registry(c1: &[u8], c2: &[u8], off: usize, g: &Geometry) -> Registry {
         slot_count: g.slot_count,
         unsettled_slots: 0,
         loops: Vec::new(),
+        poll_entries: 0,
+        poll_refused: 0,
+        unsettled_polls: 0,
+        poll_problem: None,
+        polling: Vec::new(),
     };
+    let mut gens = Vec::new();
     for i in 0..g.slot_count {
         let start = off + g.header_size + i as usize * g.slot_size;
         let range = start..start + g.slot_size;
@@ -327,10 +588,52 @@ fn decode_registry(c1: &[u8], c2: &[u8], off: usize, g: &Geometry) -> Registry {
         match decode_slot(s1, s2, i, g) {
             SlotRead::Free => {}
             SlotRead::Unsettled => reg.unsettled_slots += 1,
-            SlotRead::Live(l) => reg.loops.push(l),
+            SlotRead::Live(l, gen) => {
+                reg.loops.push(l);
+                gens.push(gen);
+            }
         }
     }
-    reg
+    (reg, gens)
+}
+
+/// Reads the poll board into `reg` and attributes each poll to its loop.
+fn decode_board(c1: &[u8], c2: &[u8], off: usize, b: &Board, reg: &mut Registry, gens: &[u64]) {
+    reg.poll_entries = b.count;
+    reg.poll_refused = u32_at(c2, off + abi::header::POLL_REFUSED).unwrap_or(0);
+    for i in 0..b.count {
+        let start = off + b.start + i as usize * b.entry_size;
+        let range = start..start + b.entry_size;
+        let (Some(e1), Some(e2)) = (c1.get(range.clone()), c2.get(range)) else {
+            break;
+        };
+        match decode_entry(e1, e2, i) {
+            EntryRead::Free | EntryRead::Idle => {}
+            EntryRead::Unsettled => reg.unsettled_polls += 1,
+            EntryRead::Polling(mut poll, slot, gen) => {
+                let named = reg
+                    .loops
+                    .iter()
+                    .zip(gens)
+                    .position(|(l, &g)| l.slot == slot && g as u32 == gen);
+                let owner = if slot == u32::MAX {
+                    // No loop named: the loop whose last tick came from this thread.
+                    reg.loops
+                        .iter()
+                        .position(|l| l.tid == poll.tid && poll.tid != 0)
+                } else {
+                    named
+                };
+                if let Some(k) = owner {
+                    poll.loop_slot = reg.loops.get(k).map(|l| l.slot);
+                    if let Some(l) = reg.loops.get_mut(k) {
+                        l.polling.push(poll.clone());
+                    }
+                }
+                reg.polling.push(poll);
+            }
+        }
+    }
 }
 
 /// Figures derived from a [`Loop`] at a given time.
@@ -396,7 +699,51 @@ mod tests {
             b[24..28].copy_from_slice(&(abi::RING_LEN as u32).to_le_bytes());
             b[28..32].copy_from_slice(&(abi::NAME_CAP as u32).to_le_bytes());
             b[40..45].copy_from_slice(b"0.1.0");
+            b[56..58].copy_from_slice(&(abi::POLL_COUNT as u16).to_le_bytes());
+            b[58..60].copy_from_slice(&(abi::POLL_ENTRY_SIZE as u16).to_le_bytes());
             Image(b)
+        }
+        /// A registry as ABI minor 0 wrote it: no poll board, zeros at 56..64.
+        fn minor0() -> Self {
+            let mut img = Self::new();
+            img.0
+                .truncate(abi::HEADER_SIZE + abi::SLOT_SIZE * abi::SLOT_COUNT);
+            img.0[10..12].copy_from_slice(&0u16.to_le_bytes());
+            img.0[56..64].fill(0);
+            img
+        }
+        fn entry(i: usize) -> usize {
+            abi::POLL_BOARD_OFFSET + i * abi::POLL_ENTRY_SIZE
+        }
+        /// Board entry `i`: thread `tid` polling `name` at `file:line` since
+        /// `since`, naming loop `slot` (u32::MAX: none) of generation `gen`.
+        #[allow(clippy::too_many_arguments)]
+        fn polling(
+            &mut self,
+            i: usize,
+            tid: u32,
+            name: &[u8],
+            file: &[u8],
+            line: u32,
+            since: u64,
+            slot: u32,
+            gen: u32,
+        ) -> &mut Self {
+            use abi::poll as p;
+            let e = Self::entry(i);
+            self.put64(e + p::GEN, 6);
+            self.put32(e + p::TID, tid);
+            self.put32(e + p::STATE, 1);
+            self.0[e + p::NAME..e + p::NAME + name.len()].copy_from_slice(name);
+            self.put64(e + p::SINCE_NS, since);
+            self.put32(e + p::LOOP_SLOT, slot);
+            self.put32(e + p::LOOP_GEN, gen);
+            self.put32(e + p::LINE, line);
+            self.0[e + p::NAME_LEN] = name.len() as u8;
+            self.0[e + p::FILE_LEN] = file.len() as u8;
+            self.0[e + p::KIND] = p::KIND_FUTURE;
+            self.0[e + p::FILE..e + p::FILE + file.len()].copy_from_slice(file);
+            self
         }
         fn put64(&mut self, at: usize, v: u64) {
             self.0[at..at + 8].copy_from_slice(&v.to_le_bytes());
@@ -623,5 +970,220 @@ mod tests {
         assert_eq!(percentile(&v, 50), Some(50));
         assert_eq!(percentile(&v, 99), Some(99));
         assert_eq!(percentile(&v, 100), Some(100));
+    }
+
+    #[test]
+    fn polls_in_progress_are_decoded_and_attributed_to_loops() {
+        use abi::poll as p;
+        let mut img = Image::new();
+        img.live(0, b"main", 10).live(1, b"workers", 10);
+        img.put32(Image::slot(1) + o::TID, 5001);
+        // Thread of loop 0's last tick, naming no loop: matched by tid.
+        img.polling(
+            0,
+            4242,
+            b"orders",
+            b"src/main.rs",
+            37,
+            500_000_000,
+            u32::MAX,
+            0,
+        );
+        img.put64(Image::entry(0) + p::TASK_ID, 42);
+        // Another worker naming loop 1 (generation 2, as `live` writes).
+        img.polling(1, 5002, b"", b"src/db.rs", 12, 900_000_000, 1, 2);
+        img.0[Image::entry(1) + p::KIND] = p::KIND_RUNTIME_TASK;
+        img.put64(Image::entry(1) + p::TASK_ID, 7);
+        // A worker naming a slot reused since (generation 4 now 2): no loop.
+        img.polling(2, 6000, b"stale", b"s.rs", 1, 950_000_000, 0, 4);
+        // Idle (since 0) and free entries are not polls.
+        img.polling(3, 7000, b"idle", b"i.rs", 1, 0, u32::MAX, 0);
+        img.polling(4, 8000, b"free", b"f.rs", 1, 1, u32::MAX, 0);
+        img.put32(Image::entry(4) + p::STATE, 0);
+        img.put32(abi::header::POLL_REFUSED, 3);
+        let scan = decode_section(&img.0, &img.0);
+        let r = &scan.registries[0];
+        assert_eq!(
+            (r.poll_entries, r.poll_refused, r.unsettled_polls),
+            (64, 3, 0)
+        );
+        assert_eq!(r.poll_problem, None);
+        let tids: Vec<u32> = r.polling.iter().map(|x| x.tid).collect();
+        assert_eq!(tids, [4242, 5002, 6000]);
+        let main = &r.loops[0];
+        assert_eq!(main.polling.len(), 1);
+        let orders = &main.polling[0];
+        assert_eq!(orders.describe(), "task 'orders' (src/main.rs:37)");
+        assert_eq!((orders.task_id, orders.loop_slot), (Some(42), Some(0)));
+        assert_eq!(orders.kind, PollKind::Future);
+        assert_eq!(orders.duration_ns(2_020_000_000), 1_520_000_000);
+        let workers = &r.loops[1];
+        assert_eq!(workers.polling.len(), 1);
+        assert_eq!(workers.polling[0].describe(), "task 7 (src/db.rs:12)");
+        assert_eq!(workers.polling[0].kind, PollKind::RuntimeTask);
+        assert_eq!(r.polling[2].loop_slot, None);
+        assert_eq!(r.polling[2].describe(), "task 'stale' (s.rs:1)");
+    }
+
+    #[test]
+    fn polls_that_changed_between_copies_are_unsettled() {
+        use abi::poll as p;
+        let mut a = Image::new();
+        a.live(0, b"main", 10);
+        a.polling(0, 4242, b"one", b"a.rs", 1, 100, u32::MAX, 0);
+        a.polling(1, 4243, b"two", b"b.rs", 2, 200, u32::MAX, 0);
+        a.polling(2, 4244, b"three", b"c.rs", 3, 300, u32::MAX, 0);
+        let mut b = Image(a.0.clone());
+        // Entry 0: a new poll began between the copies.
+        b.put64(Image::entry(0) + p::SINCE_NS, 150);
+        b.put64(Image::entry(0) + p::GEN, 8);
+        // Entry 1: being rewritten in both copies (odd generation).
+        a.put64(Image::entry(1) + p::GEN, 7);
+        b.put64(Image::entry(1) + p::GEN, 7);
+        // Entry 2: a byte changed without a generation change (a torn copy).
+        b.0[Image::entry(2) + p::NAME] = b'T';
+        let scan = decode_section(&a.0, &b.0);
+        let r = &scan.registries[0];
+        assert!(r.polling.is_empty(), "{:?}", r.polling);
+        assert_eq!(r.unsettled_polls, 3);
+    }
+
+    #[test]
+    fn hostile_poll_entries_are_capped_and_sanitized() {
+        use abi::poll as p;
+        let mut img = Image::new();
+        img.live(0, b"main", 10);
+        let e = Image::entry(0);
+        img.polling(
+            0,
+            4242,
+            b"ok\x1b[2Jx\xff",
+            b"\x07bell.rs",
+            u32::MAX,
+            u64::MAX,
+            1000,
+            0,
+        );
+        img.0[e + p::NAME_LEN] = 255; // past the capacity
+        img.0[e + p::FILE_LEN] = 255;
+        img.0[e + p::FLAGS] = 0xFF;
+        img.0[e + p::KIND] = 99;
+        // Bytes right after the name field: must not leak into the name.
+        img.0[e + p::NAME + abi::POLL_NAME_CAP..e + p::SINCE_NS].fill(b'!');
+        let scan = decode_section(&img.0, &img.0);
+        let r = &scan.registries[0];
+        let x = &r.polling[0];
+        assert!(!x.task.chars().any(char::is_control), "{:?}", x.task);
+        assert!(x.task.starts_with("ok") && x.task.ends_with('…'));
+        assert!(x.task.chars().count() <= abi::POLL_NAME_CAP + 1);
+        assert!(x.file.starts_with('…') && !x.file.chars().any(char::is_control));
+        assert_eq!(x.kind, PollKind::Unknown(99));
+        assert_eq!(x.kind.as_str(), "unknown");
+        assert_eq!(x.duration_ns(5), 0, "a poll that began in the future");
+        assert_eq!(x.loop_slot, None, "slot 1000 does not exist");
+        assert_eq!(x.task_id, None);
+        assert!(r.loops[0].polling.is_empty());
+    }
+
+    #[test]
+    fn hostile_board_geometry_drops_the_board_not_the_loops() {
+        let cases: [(u16, u16, &str); 4] = [
+            (65535, 128, "poll board of 65535 entries"),
+            (64, 8, "poll entry size 8"),
+            (64, 130, "poll entry size 130"),
+            (64, 4104, "poll entry size 4104"),
+        ];
+        for (count, size, want) in cases {
+            let mut img = Image::new();
+            img.live(0, b"main", 10);
+            img.0[56..58].copy_from_slice(&count.to_le_bytes());
+            img.0[58..60].copy_from_slice(&size.to_le_bytes());
+            let scan = decode_section(&img.0, &img.0);
+            let r = &scan.registries[0];
+            assert_eq!(r.loops.len(), 1, "{want}");
+            let why = r.poll_problem.as_deref().unwrap_or_default();
+            assert!(why.contains(want), "{want}: {why:?}");
+            assert!(r.polling.is_empty());
+        }
+        // A board cut off by the end of the section.
+        let mut img = Image::new();
+        img.live(0, b"main", 10);
+        img.polling(0, 1, b"x", b"x.rs", 1, 5, u32::MAX, 0);
+        let cut = &img.0[..abi::POLL_BOARD_OFFSET + 100];
+        let scan = decode_section(cut, cut);
+        let r = &scan.registries[0];
+        assert_eq!(r.loops.len(), 1);
+        assert!(r
+            .poll_problem
+            .as_deref()
+            .unwrap_or_default()
+            .contains("poll board ends"));
+        // Geometry differing between the copies.
+        let mut b = Image(img.0.clone());
+        b.0[56..58].copy_from_slice(&32u16.to_le_bytes());
+        let scan = decode_section(&img.0, &b.0);
+        assert!(scan.registries[0].poll_problem.is_some());
+    }
+
+    #[test]
+    fn a_minor_0_image_still_decodes() {
+        let mut img = Image::minor0();
+        assert_eq!(img.0.len(), 73_792);
+        img.live(0, b"main", 100).live(5, b"bg", 3);
+        let scan = decode_section(&img.0, &img.0);
+        assert!(scan.rejected.is_empty(), "{:?}", scan.rejected);
+        let r = &scan.registries[0];
+        assert_eq!(r.abi_minor, 0);
+        assert_eq!(r.loops.len(), 2);
+        assert_eq!(r.loops[0].lags.len(), 64);
+        assert_eq!((r.poll_entries, r.poll_problem.as_deref()), (0, None));
+        assert!(r.polling.is_empty() && r.loops[0].polling.is_empty());
+        // Minor 0 had a reserved word at 56..64: whatever it holds is ignored.
+        img.0[56..64].fill(0xFF);
+        let scan = decode_section(&img.0, &img.0);
+        let r = &scan.registries[0];
+        assert_eq!(
+            (r.loops.len(), r.poll_entries, r.poll_problem.as_deref()),
+            (2, 0, None)
+        );
+        // Two minor-0 registries back to back: the scan finds both.
+        let mut section = img.0.clone();
+        section.extend_from_slice(&img.0);
+        assert_eq!(decode_section(&section, &section).registries.len(), 2);
+    }
+
+    #[test]
+    fn later_minors_with_longer_slots_and_entries_decode() {
+        // A future minor that appends 64 bytes to each slot and each entry.
+        let (slot, entry) = (abi::SLOT_SIZE + 64, abi::POLL_ENTRY_SIZE + 64);
+        let board = abi::HEADER_SIZE + slot * abi::SLOT_COUNT;
+        let mut b = vec![0u8; board + entry * abi::POLL_COUNT];
+        let cur = Image::new();
+        b[..abi::HEADER_SIZE].copy_from_slice(&cur.0[..abi::HEADER_SIZE]);
+        b[10..12].copy_from_slice(&7u16.to_le_bytes());
+        b[16..20].copy_from_slice(&(slot as u32).to_le_bytes());
+        b[58..60].copy_from_slice(&(entry as u16).to_le_bytes());
+        // Slot 2 and entry 3, laid out with the longer strides.
+        let mut one = Image::new();
+        one.live(0, b"wide", 5);
+        let s = abi::HEADER_SIZE + 2 * slot;
+        b[s..s + abi::SLOT_SIZE].copy_from_slice(&one.0[Image::slot(0)..Image::slot(1)]);
+        b[s + abi::SLOT_SIZE..s + slot].fill(0xEE); // unknown appended fields
+        one.polling(0, 4242, b"later", b"l.rs", 9, 77, u32::MAX, 0);
+        let e = board + 3 * entry;
+        b[e..e + abi::POLL_ENTRY_SIZE].copy_from_slice(&one.0[Image::entry(0)..Image::entry(1)]);
+        b[e + abi::POLL_ENTRY_SIZE..e + entry].fill(0xEE);
+        let scan = decode_section(&b, &b);
+        assert!(scan.rejected.is_empty(), "{:?}", scan.rejected);
+        let r = &scan.registries[0];
+        assert_eq!(r.abi_minor, 7);
+        assert_eq!(
+            (r.loops.len(), r.loops[0].slot, r.loops[0].name.as_str()),
+            (1, 2, "wide")
+        );
+        assert_eq!(r.polling.len(), 1);
+        assert_eq!((r.polling[0].entry, r.polling[0].tid), (3, 4242));
+        assert_eq!(r.polling[0].describe(), "task 'later' (l.rs:9)");
+        assert_eq!(r.loops[0].polling.len(), 1, "matched by tid");
     }
 }

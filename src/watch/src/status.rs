@@ -3,7 +3,7 @@
 use crate::cli::{ListArgs, StatusArgs};
 use crate::exit;
 use aiodebug_engine::elf::ModuleCache;
-use aiodebug_engine::heartbeat::{Loop, LoopStats};
+use aiodebug_engine::heartbeat::{Loop, LoopStats, Polling};
 use aiodebug_engine::target::{Reading, Target};
 use aiodebug_engine::{proc, ErrorKind};
 use serde_json::json;
@@ -42,6 +42,8 @@ pub struct Row<'a> {
     pub st: LoopStats,
     /// Whether it is stalled past the threshold (never for a stopped process).
     pub stalled: bool,
+    /// The reading's time (target's CLOCK_MONOTONIC), for poll durations.
+    pub now_ns: u64,
 }
 
 /// Rows of a reading, the stalled ones marked.
@@ -54,6 +56,7 @@ pub fn rows(reading: &Reading, threshold_ns: u64, state: char) -> Vec<Row<'_>> {
                 lp,
                 st,
                 stalled: !is_stopped(state) && st.stall_ns > threshold_ns,
+                now_ns: reading.now_ns,
             }
         })
         .collect()
@@ -62,6 +65,30 @@ pub fn rows(reading: &Reading, threshold_ns: u64, state: char) -> Vec<Row<'_>> {
 /// Seconds (validated by the parser) to ns.
 pub fn secs_to_ns(s: f64) -> u64 {
     (s * 1e9) as u64
+}
+
+/// A poll in progress (ABI minor 1 poll board), for JSON.
+pub fn polling_json(p: &Polling, now_ns: u64) -> serde_json::Value {
+    json!({
+        "tid": p.tid,
+        "task": p.task,
+        "task_id": p.task_id,
+        "location": p.location(),
+        "kind": p.kind.as_str(),
+        "since_ns": p.since_ns,
+        "for_ms": ms(p.duration_ns(now_ns)),
+        "describe": p.describe(),
+    })
+}
+
+/// `tid 1234 polling task 'orders' (src/main.rs:37) for 1.520s`.
+pub fn polling_text(p: &Polling, now_ns: u64) -> String {
+    format!(
+        "tid {} polling {} for {}",
+        p.tid,
+        p.describe(),
+        human(p.duration_ns(now_ns))
+    )
 }
 
 fn loop_json(pid: i32, state: char, r: &Row<'_>) -> serde_json::Value {
@@ -81,6 +108,7 @@ fn loop_json(pid: i32, state: char, r: &Row<'_>) -> serde_json::Value {
         "p99_ms": r.st.p99_ns.map(ms),
         "max_ms": r.st.max_ns.map(ms),
         "lag_samples": r.lp.lags.len(),
+        "polling": r.lp.polling.iter().map(|p| polling_json(p, r.now_ns)).collect::<Vec<_>>(),
     })
 }
 
@@ -104,6 +132,25 @@ pub fn status(args: &StatusArgs) -> ExitCode {
         .iter()
         .map(|(_, r)| r.unsettled_slots)
         .sum();
+    // Every poll in progress, with the loop it belongs to (if known).
+    let polls: Vec<(&Polling, Option<&str>)> = reading
+        .registries
+        .iter()
+        .flat_map(|(_, reg)| {
+            reg.polling.iter().map(move |p| {
+                let owner = p
+                    .loop_slot
+                    .and_then(|s| reg.loops.iter().find(|l| l.slot == s))
+                    .map(|l| l.name.as_str());
+                (p, owner)
+            })
+        })
+        .collect();
+    let poll_refused: u64 = reading
+        .registries
+        .iter()
+        .map(|(_, r)| u64::from(r.poll_refused))
+        .sum();
     if args.json {
         for r in &rows {
             println!("{}", loop_json(args.pid, state, r));
@@ -121,6 +168,14 @@ pub fn status(args: &StatusArgs) -> ExitCode {
                 "refused_registrations": reading.refused(),
                 "unsettled_slots": unsettled,
                 "rejected_registries": reading.rejected.iter().map(|(_, r)| r.reason.clone()).collect::<Vec<_>>(),
+                "polling": polls.iter().map(|(p, owner)| {
+                    let mut v = polling_json(p, reading.now_ns);
+                    v["loop"] = json!(owner);
+                    v
+                }).collect::<Vec<_>>(),
+                "poll_board_entries": reading.registries.iter().map(|(_, r)| r.poll_entries).sum::<u32>(),
+                "poll_refused_threads": poll_refused,
+                "unsettled_polls": reading.registries.iter().map(|(_, r)| r.unsettled_polls).sum::<u32>(),
             })
         );
     } else {
@@ -152,9 +207,32 @@ pub fn status(args: &StatusArgs) -> ExitCode {
                 opt(r.st.max_ns),
                 if r.stalled { "  STALLED" } else { "" }
             );
+            for p in &r.lp.polling {
+                println!("    {}", polling_text(p, reading.now_ns));
+            }
         }
         if rows.is_empty() {
             println!("(no loop registered right now)");
+        }
+        let elsewhere: Vec<_> = polls.iter().filter(|(_, owner)| owner.is_none()).collect();
+        if !elsewhere.is_empty() {
+            println!("polling on threads of no loop:");
+            for (p, _) in elsewhere {
+                println!("    {}", polling_text(p, reading.now_ns));
+            }
+        }
+        if poll_refused > 0 {
+            println!(
+                "note: {poll_refused} threads could not show what they poll (the poll board was full)"
+            );
+        }
+        for (m, reg) in &reading.registries {
+            if let Some(why) = &reg.poll_problem {
+                eprintln!(
+                    "warning: ignored the poll board of the registry in {}: {why}",
+                    m.module.display()
+                );
+            }
         }
         if reading.refused() > 0 {
             println!(

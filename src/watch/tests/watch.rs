@@ -343,7 +343,7 @@ fn no_statsd_listener_and_an_unresolvable_host_do_not_stop_the_watch() {
         "no-such-host.invalid:8125".to_string(),
     ] {
         let dir = tempdir("nostatsd");
-        let mut w = Watch::start(
+        let w = Watch::start(
             fx.pid,
             &dir,
             &["--statsd", &target, "--dumps", "1", "--exit-on-hang"],
@@ -371,7 +371,7 @@ fn no_statsd_listener_and_an_unresolvable_host_do_not_stop_the_watch() {
 fn exit_on_hang_waits_for_the_episode_files() {
     let mut fx = Fixture::spawn("fx-thread-loop", Variant::NoPieStripped, &[]);
     let dir = tempdir("exit-on-hang");
-    let mut w = Watch::start(fx.pid, &dir, &["--exit-on-hang", "--dump-gap", "0.3"]);
+    let w = Watch::start(fx.pid, &dir, &["--exit-on-hang", "--dump-gap", "0.3"]);
     std::thread::sleep(Duration::from_millis(200));
     fx.ok("block ticker 2000");
     let start = Instant::now();
@@ -523,7 +523,7 @@ fn a_full_disk_is_a_warning_and_the_budget_deletes_nothing() {
     // Fill the file system but a few KiB.
     std::fs::write(dir.join("filler"), vec![0u8; 60 * 1024]).expect("fill");
     let mut fx = Fixture::spawn("fx-tokio-current", Variant::Pie, &[]);
-    let mut w = Watch::start(fx.pid, &dir, &["--dump-gap", "0.2", "--exit-on-hang"]);
+    let w = Watch::start(fx.pid, &dir, &["--dump-gap", "0.2", "--exit-on-hang"]);
     std::thread::sleep(Duration::from_millis(200));
     fx.ok("block main 1000");
     let (code, seen) = w.finish(Duration::from_secs(10));
