@@ -549,7 +549,7 @@ fn a_full_disk_is_a_warning_and_the_budget_deletes_nothing() {
 
     // Budget: 1 byte allowed, so every dump is skipped with one warning.
     let dir2 = tempdir("budget");
-    let mut w = Watch::start(
+    let w = Watch::start(
         fx.pid,
         &dir2,
         &[
