@@ -634,3 +634,166 @@ fn the_companion_crate_builds_without_dependencies() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// `watch` end to end: a hang in C, Python or a stuck tokio worker is caught
+// with three snapshots.
+
+/// Runs `watch --exit-on-hang` on `fx`, sends `cmd` once the watch runs, and
+/// returns the JSON events and the dump files' texts in snapshot order.
+fn watch_episode(fx: &mut Fixture, cmd: &str, extra: &[&str]) -> (Vec<Value>, Vec<String>) {
+    let dir = std::env::temp_dir().join(format!(
+        "aiodebug-companion-watch-{}-{}",
+        std::process::id(),
+        fx.pid
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut child = Command::new(watch_bin())
+        .args(["watch", &fx.pid.to_string(), "--json", "--exit-on-hang"])
+        .args(["--dump-gap", "0.3", "--output-dir"])
+        .arg(&dir)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start watch");
+    std::thread::sleep(Duration::from_millis(400));
+    fx.ok(cmd);
+    let end = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("watch did not exit after the episode");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    use std::io::Read;
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read");
+    assert_eq!(status.code(), Some(1), "--exit-on-hang exits 1:\n{out}");
+    let events: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON event"))
+        .collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    // Snapshot order is the N at the end of the name.
+    files.sort_by_key(|p| p.to_string_lossy().rsplit('-').next().map(str::to_owned));
+    let texts = files
+        .iter()
+        .map(|p| std::fs::read_to_string(p).expect("read dump"))
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    (events, texts)
+}
+
+/// The first thread block of a dump file (the stalled loop's or stuck worker's).
+fn first_thread(text: &str) -> &str {
+    text.split("\n\n")
+        .find(|b| b.starts_with("Thread "))
+        .expect("a thread block")
+}
+
+/// A fixture to spawn, the command that blocks its loop, its callback's name.
+type Case = (
+    &'static str,
+    Box<dyn Fn() -> Fixture>,
+    &'static str,
+    &'static str,
+);
+
+#[test]
+fn watch_catches_a_hang_in_c_static_c_shared_and_python() {
+    let cases: [Case; 3] = [
+        (
+            "c static",
+            Box::new(|| Fixture::spawn_path(c_loop_static(), &[])),
+            "block c-loop 1200",
+            "block_callback",
+        ),
+        (
+            "c shared",
+            Box::new(|| Fixture::spawn_path(c_loop_shared(), &[])),
+            "block c-loop 1200",
+            "block_callback",
+        ),
+        (
+            "python",
+            Box::new(python_fixture),
+            "block asyncio 1200",
+            "blocking_callback",
+        ),
+    ];
+    for (what, spawn, cmd, callback) in cases {
+        let mut fx = spawn();
+        std::thread::sleep(Duration::from_millis(150));
+        let (events, files) = watch_episode(&mut fx, cmd, &[]);
+        assert_eq!(files.len(), 3, "{what}: {events:#?}");
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e["event"] == "hang_started")
+                .count(),
+            1,
+            "{what}"
+        );
+        let first = &files[0];
+        assert!(first.contains("snapshot 1 of 3"), "{what}: {first}");
+        let block = first_thread(first);
+        assert!(block.contains("STALLED LOOP"), "{what}: {block}");
+        // The marked callback is named in the header, and for C also among
+        // the native frames of the loop's thread.
+        assert!(
+            first.contains("polling:    ") && first.contains(callback),
+            "{what}: {first}"
+        );
+        if what.starts_with('c') {
+            assert!(block.contains(callback), "{what}: {block}");
+        }
+    }
+}
+
+#[test]
+fn watch_catches_a_stuck_worker_while_the_loop_keeps_ticking() {
+    let mut fx = Fixture::spawn_path(companion_service(), &[]);
+    std::thread::sleep(Duration::from_millis(150));
+    let (events, files) = watch_episode(&mut fx, "stuck 1500", &[]);
+    let stuck: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "worker_stuck")
+        .collect();
+    assert_eq!(stuck.len(), 1, "{events:#?}");
+    assert!(
+        stuck[0]["polling"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("task 'orders' (")),
+        "{events:#?}"
+    );
+    // The loop never hung: its monitor kept ticking on the other worker.
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["event"] == "hang_started")
+            .count(),
+        0,
+        "{events:#?}"
+    );
+    assert_eq!(files.len(), 3);
+    let first = &files[0];
+    assert!(
+        first.contains("worker:     thread") && first.contains("polling task 'orders'"),
+        "{first}"
+    );
+    let block = first_thread(first);
+    assert!(block.contains("STUCK WORKER"), "{block}");
+    assert!(block.contains("block_worker"), "{block}");
+}

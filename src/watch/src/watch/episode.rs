@@ -92,7 +92,6 @@ impl Tracker {
     }
 
     /// Whether an episode is under way (hung, or its snapshots not all taken).
-    #[cfg(test)]
     pub fn in_episode(&self) -> bool {
         self.episode.is_some()
     }

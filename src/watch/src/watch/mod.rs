@@ -100,10 +100,14 @@ fn key(module_addr: u64, lp: &Loop) -> LoopKey {
     (module_addr, lp.slot, lp.registered_ns)
 }
 
-/// What the watch remembers of one loop.
+/// What the watch remembers of one loop, or of one worker thread's poll.
 struct Watched {
     name: String,
     tid: u32,
+    /// For a worker: what it polls; its "stall" is how long that poll runs.
+    stuck_poll: Option<String>,
+    /// For a worker: when the current poll began (target clock).
+    poll_since_ns: u64,
     tracker: Tracker,
     last_ticks: u64,
     window: Vec<u64>,
@@ -112,6 +116,7 @@ struct Watched {
     recovered_after_ns: Option<u64>,
     slow_frames: Option<String>,
     last_gauge_ns: u64,
+    last_read_ns: u64,
     tick_rate_ns: u64,
 }
 
@@ -229,6 +234,7 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
         .duration
         .map(|d| started.saturating_add(secs_to_ns(d)));
     let mut loops: HashMap<LoopKey, Watched> = HashMap::new();
+    let mut workers: HashMap<(u64, u32), Watched> = HashMap::new();
     let mut was_stopped = false;
     let mut last_summary = started;
     ctx.log.event(
@@ -288,6 +294,18 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
             .loops()
             .map(|l| (l.tid as i32, l.name.clone()))
             .collect();
+        let polls: HashMap<i32, String> = reading
+            .registries
+            .iter()
+            .flat_map(|(_, r)| r.polling.iter())
+            .map(|p| {
+                let d = p.duration_ns(reading.now_ns);
+                (
+                    p.tid as i32,
+                    format!("polling {} for {:.3} s", p.describe(), d as f64 / 1e9),
+                )
+            })
+            .collect();
         let mut deadline = now.saturating_add(MAX_SLEEP_NS);
         let mut seen = Vec::new();
         for (region, reg) in &reading.registries {
@@ -303,6 +321,8 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
                     Watched {
                         name: lp.name.clone(),
                         tid: lp.tid,
+                        stuck_poll: None,
+                        poll_since_ns: 0,
                         tracker: Tracker::new(cfg),
                         last_ticks: lp.ticks,
                         window: Vec::new(),
@@ -311,6 +331,7 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
                         recovered_after_ns: None,
                         slow_frames: None,
                         last_gauge_ns: 0,
+                        last_read_ns: now,
                         tick_rate_ns: lp.period_ns.max(1_000_000),
                     }
                 });
@@ -329,10 +350,12 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
                 }
                 let advanced = lp.ticks.saturating_sub(w.last_ticks);
                 w.lost += advanced.saturating_sub(fresh);
-                if advanced > 0 {
-                    let elapsed = now.saturating_sub(w.last_gauge_ns.max(started));
-                    w.tick_rate_ns = (elapsed / advanced).max(1);
+                // Time per tick since the previous read: read again before
+                // the ring can wrap.
+                if let Some(per_tick) = now.saturating_sub(w.last_read_ns).checked_div(advanced) {
+                    w.tick_rate_ns = per_tick.max(1);
                 }
+                w.last_read_ns = now;
                 w.last_ticks = w.last_ticks.max(lp.ticks);
                 let obs = Observation {
                     now_ns: now,
@@ -342,7 +365,7 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
                     stopped,
                 };
                 for action in w.tracker.observe(obs) {
-                    if let Some(code) = act(ctx, w, action, &tid_loops) {
+                    if let Some(code) = act(ctx, w, action, &tid_loops, &polls) {
                         return finish(ctx, &mut loops, code);
                     }
                 }
@@ -372,6 +395,24 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
             }
             keep
         });
+        let busy = loops.values().any(|w| w.tracker.in_episode())
+            || reading
+                .loops()
+                .any(|l| l.stats(reading.now_ns).stall_ns > cfg.interval_ns / 2);
+        match watch_workers(
+            ctx,
+            &mut workers,
+            &reading,
+            cfg,
+            now,
+            stopped || busy,
+            &tid_loops,
+            &polls,
+        ) {
+            Err(code) => return finish(ctx, &mut loops, code),
+            Ok(Some(d)) => deadline = deadline.min(d),
+            Ok(None) => {}
+        }
         if ctx.args.exit_on_hang && ctx.episodes_completed > 0 {
             return finish(ctx, &mut loops, exit::STALLED);
         }
@@ -391,6 +432,111 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
             .clamp(MIN_SLEEP_NS, MAX_SLEEP_NS);
         std::thread::sleep(Duration::from_nanos(sleep));
     }
+}
+
+/// Stuck workers: a thread polling one task longer than the interval while
+/// its loop keeps ticking (another worker of a multi-thread runtime runs the
+/// monitor). Each worker thread has its own tracker whose "stall" is how long
+/// the current poll has run. `quiet` (process stopped, or a loop hung or
+/// close to it) starts no new episode, so one hang never gives two episodes.
+/// Returns the earliest deadline, or the exit code that ends the watch.
+#[allow(clippy::too_many_arguments)]
+fn watch_workers(
+    ctx: &mut Ctx<'_>,
+    workers: &mut HashMap<(u64, u32), Watched>,
+    reading: &aiodebug_engine::target::Reading,
+    cfg: Config,
+    now: u64,
+    quiet: bool,
+    tid_loops: &HashMap<i32, String>,
+    polls: &HashMap<i32, String>,
+) -> Result<Option<u64>, u8> {
+    let cfg = Config {
+        slow_ns: None,
+        ..cfg
+    };
+    let mut active: Vec<(u64, u32)> = Vec::new();
+    let mut deadline: Option<u64> = None;
+    for (region, reg) in &reading.registries {
+        for p in &reg.polling {
+            let k = (region.addr, p.tid);
+            active.push(k);
+            let owner = p
+                .loop_slot
+                .and_then(|s| reg.loops.iter().find(|l| l.slot == s))
+                .map(|l| l.name.clone())
+                .unwrap_or_else(|| "?".into());
+            let w = workers.entry(k).or_insert_with(|| Watched {
+                name: owner,
+                tid: p.tid,
+                stuck_poll: Some(p.describe()),
+                poll_since_ns: p.since_ns,
+                tracker: Tracker::new(cfg),
+                last_ticks: 0,
+                window: Vec::new(),
+                lost: 0,
+                episode_prev_cpu: HashMap::new(),
+                recovered_after_ns: None,
+                slow_frames: None,
+                last_gauge_ns: 0,
+                last_read_ns: now,
+                tick_rate_ns: 0,
+            });
+            // Another poll than last time: the previous one ended.
+            let ticked = w.poll_since_ns != p.since_ns;
+            let finished_ns = if ticked {
+                p.since_ns.saturating_sub(w.poll_since_ns)
+            } else {
+                0
+            };
+            if ticked {
+                w.poll_since_ns = p.since_ns;
+                if !w.tracker.is_hung() {
+                    w.stuck_poll = Some(p.describe());
+                }
+            }
+            let obs = Observation {
+                now_ns: now,
+                stall_ns: p.duration_ns(reading.now_ns),
+                ticked,
+                new_max_lag_ns: finished_ns,
+                stopped: quiet,
+            };
+            for action in w.tracker.observe(obs) {
+                if let Some(code) = act(ctx, w, action, tid_loops, polls) {
+                    return Err(code);
+                }
+            }
+            if let Some(d) = w.tracker.next_deadline(&obs) {
+                deadline = Some(deadline.map_or(d, |x| x.min(d)));
+            }
+        }
+    }
+    // Threads whose poll ended: one last observation (recovery, pending
+    // snapshots), kept until their episode is over.
+    let mut result = Ok(deadline);
+    workers.retain(|k, w| {
+        if active.contains(k) || result.is_err() {
+            return true;
+        }
+        let obs = Observation {
+            now_ns: now,
+            stall_ns: 0,
+            ticked: true,
+            new_max_lag_ns: reading.now_ns.saturating_sub(w.poll_since_ns),
+            stopped: true,
+        };
+        for action in w.tracker.observe(obs) {
+            if let Some(code) = act(ctx, w, action, tid_loops, polls) {
+                result = Err(code);
+            }
+        }
+        if let (Ok(dl), Some(d)) = (&mut result, w.tracker.next_deadline(&obs)) {
+            *dl = Some(dl.map_or(d, |x| x.min(d)));
+        }
+        w.tracker.in_episode()
+    });
+    result
 }
 
 fn status_line(ctx: &Ctx<'_>, reading: &aiodebug_engine::target::Reading, stopped: bool) -> String {
@@ -493,6 +639,7 @@ fn act(
     w: &mut Watched,
     action: Action,
     tid_loops: &HashMap<i32, String>,
+    polls: &HashMap<i32, String>,
 ) -> Option<u8> {
     match action {
         Action::HangStarted { stall_ns } => {
@@ -502,29 +649,57 @@ fn act(
             if let Some(s) = &ctx.stats {
                 s.hang(&w.name);
             }
-            ctx.log.event(
-                "hang_started",
-                json!({"loop": w.name, "tid": w.tid, "stall_ms": stall_ns as f64 / 1e6}),
-                format!(
+            let text = match &w.stuck_poll {
+                None => format!(
                     "HANG: loop '{}' on thread {} is {} overdue (interval {:.3} s)",
                     w.name,
                     w.tid,
                     human(stall_ns),
                     ctx.args.interval
                 ),
+                Some(poll) => format!(
+                    "STUCK WORKER: thread {} of loop '{}' has been polling {poll} for {} (the loop keeps ticking)",
+                    w.tid,
+                    w.name,
+                    human(stall_ns)
+                ),
+            };
+            ctx.log.event(
+                if w.stuck_poll.is_some() {
+                    "worker_stuck"
+                } else {
+                    "hang_started"
+                },
+                json!({"loop": w.name, "tid": w.tid, "stall_ms": stall_ns as f64 / 1e6,
+                       "polling": w.stuck_poll}),
+                text,
             );
         }
-        Action::Dump { index, stall_ns } => return dump_now(ctx, w, index, stall_ns, tid_loops),
+        Action::Dump { index, stall_ns } => {
+            return dump_now(ctx, w, index, stall_ns, tid_loops, polls)
+        }
         Action::Recovered { hang_ns } => {
             w.recovered_after_ns = Some(hang_ns);
-            ctx.log.event(
-                "recovered",
-                json!({"loop": w.name, "tid": w.tid, "hang_ms": hang_ns as f64 / 1e6}),
-                format!(
+            let text = match &w.stuck_poll {
+                None => format!(
                     "recovered: loop '{}' ticks again after hanging {}",
                     w.name,
                     human(hang_ns)
                 ),
+                Some(poll) => format!(
+                    "recovered: worker thread {} finished polling {poll} after {}",
+                    w.tid,
+                    human(hang_ns)
+                ),
+            };
+            ctx.log.event(
+                if w.stuck_poll.is_some() {
+                    "worker_recovered"
+                } else {
+                    "recovered"
+                },
+                json!({"loop": w.name, "tid": w.tid, "hang_ms": hang_ns as f64 / 1e6}),
+                text,
             );
         }
         Action::SlowStarted => {
@@ -576,6 +751,7 @@ fn dump_now(
     index: u32,
     stall_ns: u64,
     tid_loops: &HashMap<i32, String>,
+    polls: &HashMap<i32, String>,
 ) -> Option<u8> {
     let at = chrono::Local::now();
     let dump = match ctx.dumper.dump(ctx.pid, Some(tid_loops)) {
@@ -598,7 +774,9 @@ fn dump_now(
         exe: &ctx.exe,
         loop_name: &w.name,
         loop_tid: w.tid,
+        stuck_poll: w.stuck_poll.as_deref(),
         stall_ns,
+        polls,
         recovered_after_ns: w.recovered_after_ns,
         index,
         of: ctx.args.dumps,

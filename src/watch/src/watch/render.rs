@@ -14,10 +14,15 @@ pub struct Header<'a> {
     pub exe: &'a str,
     /// The stalled loop's name.
     pub loop_name: &'a str,
-    /// Its thread (last tick).
+    /// Its thread (last tick), or the stuck worker.
     pub loop_tid: u32,
+    /// For a stuck worker: what it polls (`task 'orders' (src/main.rs:37)`).
+    pub stuck_poll: Option<&'a str>,
     /// How long it is overdue now (0 once it recovered).
     pub stall_ns: u64,
+    /// What each thread is polling right now (from the heartbeat's poll board):
+    /// `polling task 'orders' (src/main.rs:37) for 1.520 s`.
+    pub polls: &'a HashMap<i32, String>,
     /// Recovered after this long, if it did before this snapshot.
     pub recovered_after_ns: Option<u64>,
     /// Snapshot index, 0-based.
@@ -85,6 +90,7 @@ fn thread_block(
     t: &ThreadDump,
     prev_cpu: Option<Duration>,
     stalled: Option<&str>,
+    poll: Option<&String>,
 ) {
     let cpu = match prev_cpu {
         Some(p) => format!(
@@ -104,8 +110,11 @@ fn thread_block(
     if let Some(l) = &t.event_loop {
         let _ = write!(out, ", event loop '{l}'");
     }
+    if let Some(p) = poll {
+        let _ = write!(out, ", {p}");
+    }
     if let Some(l) = stalled {
-        let _ = write!(out, "   <== STALLED LOOP '{l}'");
+        let _ = write!(out, "   <== {l}");
     }
     out.push('\n');
     for (n, f) in t.frames.iter().enumerate() {
@@ -137,15 +146,31 @@ pub fn dump_file(h: &Header<'_>, d: &Dump, prev_cpu: &HashMap<i32, Duration>) ->
     );
     let _ = writeln!(out, "pid:        {} ({})", d.pid, d.name);
     let _ = writeln!(out, "executable: {}", h.exe);
-    let state = match h.recovered_after_ns {
-        Some(ns) => format!("recovered after {}", secs(ns)),
-        None => format!("stalled for {} so far", secs(h.stall_ns)),
+    let state = match (h.recovered_after_ns, h.stuck_poll.is_some()) {
+        (Some(ns), false) => format!("recovered after {}", secs(ns)),
+        (Some(ns), true) => format!("done after {}", secs(ns)),
+        (None, false) => format!("stalled for {} so far", secs(h.stall_ns)),
+        (None, true) => format!("stuck for {} so far", secs(h.stall_ns)),
     };
-    let _ = writeln!(
-        out,
-        "loop:       '{}' on thread {}: {state}",
-        h.loop_name, h.loop_tid
-    );
+    match h.stuck_poll {
+        None => {
+            let _ = writeln!(
+                out,
+                "loop:       '{}' on thread {}: {state}",
+                h.loop_name, h.loop_tid
+            );
+        }
+        Some(poll) => {
+            let _ = writeln!(
+                out,
+                "worker:     thread {} of loop '{}' polling {poll}: {state} (the loop itself keeps ticking)",
+                h.loop_tid, h.loop_name
+            );
+        }
+    }
+    if let Some(p) = h.polls.get(&(h.loop_tid as i32)) {
+        let _ = writeln!(out, "polling:    {}", p.trim_start_matches("polling "));
+    }
     let _ = writeln!(out, "taken:      {}", h.local_time);
     let _ = writeln!(
         out,
@@ -176,9 +201,19 @@ pub fn dump_file(h: &Header<'_>, d: &Dump, prev_cpu: &HashMap<i32, Duration>) ->
         .iter()
         .filter(|t| t.tid as u32 == h.loop_tid)
         .chain(d.threads.iter().filter(|t| t.tid as u32 != h.loop_tid));
+    let mark = match h.stuck_poll {
+        None => format!("STALLED LOOP '{}'", h.loop_name),
+        Some(_) => "STUCK WORKER".to_string(),
+    };
     for t in stalled_first {
-        let mark = (t.tid as u32 == h.loop_tid).then_some(h.loop_name);
-        thread_block(&mut out, t, prev_cpu.get(&t.tid).copied(), mark);
+        let m = (t.tid as u32 == h.loop_tid).then_some(mark.as_str());
+        thread_block(
+            &mut out,
+            t,
+            prev_cpu.get(&t.tid).copied(),
+            m,
+            h.polls.get(&t.tid),
+        );
     }
     out
 }
