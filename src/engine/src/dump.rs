@@ -88,6 +88,8 @@ pub struct Timings {
     pub freeze: Duration,
     /// The whole capture, /proc reads included.
     pub capture: Duration,
+    /// The capture's phases.
+    pub phases: crate::snapshot::CapturePhases,
     /// Unwinding, offline.
     pub unwind: Duration,
     /// Symbolizing (including loading modules and debug info).
@@ -246,6 +248,7 @@ impl Dumper {
             timings: Timings {
                 freeze: snap.freeze,
                 capture: snap.capture,
+                phases: snap.phases,
                 unwind: unwind_time,
                 symbolize: total.saturating_sub(unwind_time),
                 total: snap.capture + total,

@@ -104,6 +104,20 @@ impl ThreadSnapshot {
     }
 }
 
+/// Where the time of one capture went (the last three are the freeze).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CapturePhases {
+    /// /proc reads and `PTRACE_SEIZE`s before the first interrupt.
+    pub prepare: Duration,
+    /// From the first `PTRACE_INTERRUPT` until every stop was collected
+    /// (rescans of /proc/PID/task included).
+    pub stop: Duration,
+    /// Registers and stack copies.
+    pub copy: Duration,
+    /// Detaching every thread.
+    pub detach: Duration,
+}
+
 /// Every thread of a process, captured in one stop.
 #[derive(Debug, Clone)]
 pub struct ProcessSnapshot {
@@ -118,6 +132,8 @@ pub struct ProcessSnapshot {
     pub freeze: Duration,
     /// Time spent in the whole capture (including /proc reads before the stop).
     pub capture: Duration,
+    /// The capture's phases.
+    pub phases: CapturePhases,
     /// Threads in `/proc/PID/task` order (main thread first).
     pub threads: Vec<ThreadSnapshot>,
     /// The target's mappings, read just before the stop (re-read during the

@@ -94,7 +94,10 @@ struct Symbol {
 #[derive(Debug, Default)]
 struct SymbolData {
     dwarf: Option<DwarfContext>,
-    symbols: Vec<Symbol>,
+    /// The separate debug file, mapped.
+    debug: Option<Arc<MappedFile>>,
+    /// ELF symbols, read on first need (DWARF usually names every frame).
+    symbols: OnceCell<Vec<Symbol>>,
     debug_file: Option<PathBuf>,
 }
 
@@ -270,22 +273,30 @@ impl ElfImage {
             .as_ref()
             .and_then(|d| DwarfContext::load(d, sup.as_ref()))
             .or_else(|| DwarfContext::load(&self.file, sup.as_ref()));
-        // Symbols: .symtab of the debug file, else of the file, else .dynsym.
-        let mut symbols = debug
-            .as_ref()
-            .map(|d| read_symbols(d.bytes(), false))
-            .unwrap_or_default();
-        if symbols.is_empty() {
-            symbols = read_symbols(self.file.bytes(), false);
-        }
-        if symbols.is_empty() {
-            symbols = read_symbols(self.file.bytes(), true);
-        }
         SymbolData {
             dwarf,
-            symbols,
-            debug_file: debug.map(|_| debug_path.unwrap_or_default()),
+            debug_file: debug.as_ref().map(|_| debug_path.unwrap_or_default()),
+            debug,
+            symbols: OnceCell::new(),
         }
+    }
+
+    /// Symbols: `.symtab` of the debug file, else of the file, else `.dynsym`.
+    fn elf_symbols<'a>(&self, data: &'a SymbolData) -> &'a [Symbol] {
+        data.symbols.get_or_init(|| {
+            let mut symbols = data
+                .debug
+                .as_ref()
+                .map(|d| read_symbols(d.bytes(), false))
+                .unwrap_or_default();
+            if symbols.is_empty() {
+                symbols = read_symbols(self.file.bytes(), false);
+            }
+            if symbols.is_empty() {
+                symbols = read_symbols(self.file.bytes(), true);
+            }
+            symbols
+        })
     }
 
     fn find_altlink(&self, file: &Arc<MappedFile>) -> Option<Arc<MappedFile>> {
@@ -366,6 +377,10 @@ impl ElfImage {
     }
 
     fn lookup_inner(&self, probe: u64) -> Vec<SourceFrame> {
+        // addr2line computes `probe + 1`.
+        if probe == u64::MAX {
+            return Vec::new();
+        }
         let data = self.symbol_data();
         let mut frames = data
             .dwarf
@@ -377,7 +392,7 @@ impl ElfImage {
             None => true,
         };
         if needs_name {
-            if let Some(name) = symbol_for(&data.symbols, probe) {
+            if let Some(name) = symbol_for(self.elf_symbols(data), probe) {
                 let name = addr2line::demangle_auto(name.into(), None).into_owned();
                 match frames.last_mut() {
                     Some(f) => f.function = Some(name),
@@ -631,21 +646,6 @@ fn fnv(data: &[u8]) -> u64 {
     h
 }
 
-/// Opens the file behind a mapping: `/proc/PID/root/<path>` if it is the
-/// mapped file (same inode), else `/proc/PID/map_files/<start>-<end>`.
-fn open_mapped(pid: i32, m: &MapEntry, path: &Path) -> std::io::Result<File> {
-    let via_root = File::open(under_root(Path::new(&format!("/proc/{pid}/root")), path));
-    if let Ok(f) = &via_root {
-        if f.metadata().map(|md| md.ino() == m.inode).unwrap_or(false) {
-            return via_root;
-        }
-    }
-    match File::open(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end)) {
-        Ok(f) => Ok(f),
-        Err(e) => via_root.or(Err(e)),
-    }
-}
-
 impl Symbolizer {
     /// An empty symbolizer.
     pub fn new() -> Symbolizer {
@@ -724,7 +724,7 @@ impl Symbolizer {
             end,
             bias: 0,
         };
-        let file = match open_mapped(pid, exec, path) {
+        let file = match crate::elf::open_mapped_file(pid, exec) {
             Ok(f) => f,
             Err(e) => {
                 module.problem = Some(format!("cannot open: {e}"));
@@ -890,6 +890,63 @@ mod tests {
         assert!(ElfImage::parse("x".into(), f, PathBuf::from("/"), None).is_err());
         let f = Arc::new(MappedFile::owned(vec![0xff; 4096]));
         assert!(ElfImage::parse("x".into(), f, PathBuf::from("/"), None).is_err());
+    }
+
+    /// Truncated and corrupted copies of a real ELF file with DWARF (this
+    /// test binary): parsing and lookups never panic out, whatever they find.
+    #[test]
+    fn hostile_files_do_not_panic() {
+        let real = std::fs::read("/proc/self/exe").expect("read own executable");
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut variants: Vec<Vec<u8>> = Vec::new();
+        for cut in [
+            64usize,
+            1000,
+            4096,
+            real.len() / 3,
+            real.len() / 2,
+            real.len() - 1,
+        ] {
+            variants.push(real[..cut.min(real.len())].to_vec());
+        }
+        for _ in 0..24 {
+            let mut v = real.clone();
+            for _ in 0..64 {
+                let i = (next() % v.len() as u64) as usize;
+                v[i] = next() as u8;
+            }
+            // Also hit the headers, where sizes and offsets live.
+            for _ in 0..8 {
+                let i = (next() % 4096.min(v.len() as u64)) as usize;
+                v[i] = next() as u8;
+            }
+            variants.push(v);
+        }
+        for v in variants {
+            let file = Arc::new(MappedFile::owned(v));
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if let Ok(image) =
+                    ElfImage::parse("x".into(), file.clone(), PathBuf::from("/"), None)
+                {
+                    let _ = image.bias_for(0x5555_0000_0000, 0x1000);
+                    for probe in [0u64, 0x1000, 0x2_0000, 0x10_0000, u64::MAX] {
+                        let _ = image.lookup(probe);
+                    }
+                }
+                if let Some(ctx) = DwarfContext::load(&file, None) {
+                    for probe in [0u64, 0x1000, 0x2_0000, 0x10_0000] {
+                        let _ = ctx.frames(probe, 16);
+                    }
+                }
+            }));
+            assert!(result.is_ok(), "a parser panicked past the guards");
+        }
     }
 
     #[test]

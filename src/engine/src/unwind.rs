@@ -44,9 +44,11 @@ pub enum FrameKind {
 }
 
 impl FrameKind {
-    /// Whether symbolization should look at the instruction before the address.
+    /// Whether symbolization should look at the instruction before the
+    /// address (a call's return address). The signal trampoline is entered at
+    /// its first byte by the handler's return: it is looked up as is.
     pub fn is_return(self) -> bool {
-        matches!(self, FrameKind::Return | FrameKind::SignalTrampoline)
+        matches!(self, FrameKind::Return)
     }
 }
 

@@ -51,16 +51,21 @@ pub fn run_with_loops(args: &DumpArgs, loops: Option<&HashMap<i32, String>>) -> 
         max_frames: args.max_frames as usize,
         ..DumpOptions::default()
     });
-    let mut rendered: Vec<u8> = Vec::new();
+    let mut sink = Sink::new(args.output.clone());
     let mut code = exit::OK;
     for i in 0..args.repeat {
         let dump = match dumper.dump(args.pid, loops) {
             Ok(d) => d,
-            Err(e) => return exit::report(&e),
+            Err(e) => {
+                code = exit::code_for(&e);
+                eprintln!("aiodebug-watch: {e}");
+                break;
+            }
         };
         if args.timings {
             eprintln!("{}", timings_line(i + 1, &dump));
         }
+        let mut rendered = Vec::new();
         if args.json {
             rendered.extend_from_slice(dump_json(&dump).to_string().as_bytes());
             rendered.push(b'\n');
@@ -70,36 +75,71 @@ pub fn run_with_loops(args: &DumpArgs, loops: Option<&HashMap<i32, String>>) -> 
             }
             render_text(&dump, &mut rendered);
         }
+        if let Err(e) = sink.write(&rendered) {
+            eprintln!("aiodebug-watch: {e}");
+            return ExitCode::from(exit::OTHER);
+        }
         if let Some(e) = dump.exit_error() {
             eprintln!("aiodebug-watch: {e}: the dump above is partial");
             code = exit::code_for(&e);
             break;
         }
     }
-    let written = match &args.output {
-        Some(path) => std::fs::write(path, &rendered)
-            .map_err(|e| format!("cannot write {}: {e}", path.display())),
-        None => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&rendered)
-                .and_then(|()| out.flush())
-                .map_err(|e| format!("cannot write the dump: {e}"))
-        }
-    };
-    if let Err(e) = written {
-        eprintln!("aiodebug-watch: {e}");
-        return ExitCode::from(exit::OTHER);
-    }
+    // The process exits next: unmapping and freeing every cached module is
+    // wasted time (a few ms for big debug files).
+    std::mem::forget(dumper);
     ExitCode::from(code)
+}
+
+/// Where dumps go: stdout, or a file created on the first write (a dump that
+/// fails before anything was captured leaves no empty file behind).
+struct Sink {
+    path: Option<PathBuf>,
+    file: Option<std::fs::File>,
+}
+
+impl Sink {
+    fn new(path: Option<PathBuf>) -> Sink {
+        Sink { path, file: None }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
+        match &self.path {
+            None => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(bytes)
+                    .and_then(|()| out.flush())
+                    .map_err(|e| format!("cannot write the dump: {e}"))
+            }
+            Some(path) => {
+                if self.file.is_none() {
+                    let f = std::fs::File::create(path)
+                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                    self.file = Some(f);
+                }
+                match self.file.as_mut() {
+                    Some(f) => f
+                        .write_all(bytes)
+                        .map_err(|e| format!("cannot write {}: {e}", path.display())),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
 }
 
 fn timings_line(n: u32, d: &Dump) -> String {
     let ms = |x: Duration| x.as_secs_f64() * 1e3;
+    let p = &d.timings.phases;
     format!(
-        "dump {n}: threads={} freeze_ms={:.3} capture_ms={:.3} unwind_ms={:.3} symbolize_ms={:.3} total_ms={:.3}",
+        "dump {n}: threads={} freeze_ms={:.3} (stop {:.3} copy {:.3} detach {:.3}) capture_ms={:.3} (prepare {:.3}) unwind_ms={:.3} symbolize_ms={:.3} total_ms={:.3}",
         d.threads.len(),
         ms(d.timings.freeze),
+        ms(p.stop),
+        ms(p.copy),
+        ms(p.detach),
         ms(d.timings.capture),
+        ms(p.prepare),
         ms(d.timings.unwind),
         ms(d.timings.symbolize),
         ms(d.timings.total)

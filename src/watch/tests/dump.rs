@@ -76,7 +76,7 @@ fn c_stacks_match_gdb() {
         .filter(|f| {
             f["function"]
                 .as_str()
-                .is_some_and(|n| n.starts_with("inline_"))
+                .is_some_and(|n| ["inline_a", "inline_b", "inline_c"].contains(&n))
         })
         .map(|f| f["inlined"].as_bool().unwrap())
         .collect();
@@ -91,6 +91,129 @@ fn c_stacks_match_gdb() {
     for t in json["threads"].as_array().unwrap() {
         assert_eq!(t["end"]["reason"], "end-of-stack", "thread {}", t["tid"]);
     }
+}
+
+#[test]
+fn depth_cap_and_truncated_copy_end_stacks_with_a_reason() {
+    // 300 frames, capped at 50.
+    let v = Victim::spawn(&c_victim("stacks"), &[]);
+    let deep_tid = v.field("deep").unwrap();
+    let out = watch(&["dump", "--json", "--max-frames", "50", &v.pid.to_string()]);
+    assert!(out.status.success());
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let deep = d["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tid"] == deep_tid)
+        .unwrap();
+    assert_eq!(deep["end"]["reason"], "depth-cap");
+    assert!(deep["frames"].as_array().unwrap().len() <= 60);
+    drop(v);
+
+    // A stack deeper than the 1 MiB copy cap: the copy is cut, and the
+    // unwinding says so where it runs out.
+    let v = Victim::spawn(&c_victim("stacks"), &["40000"]);
+    let deep_tid = v.field("deep").unwrap();
+    let out = watch(&[
+        "dump",
+        "--json",
+        "--max-frames",
+        "100000",
+        &v.pid.to_string(),
+    ]);
+    assert!(out.status.success());
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let deep = d["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tid"] == deep_tid)
+        .unwrap();
+    assert_eq!(deep["stack_truncated"], true);
+    assert_eq!(deep["end"]["reason"], "truncated-copy", "{}", deep["end"]);
+    let frames = deep["frames"].as_array().unwrap();
+    assert!(frames.len() > 5000, "{} frames", frames.len());
+    assert_eq!(frames.last().unwrap()["function"], "recurse");
+}
+
+#[test]
+fn separate_debug_info_by_debuglink_and_deleted_binary() {
+    // The binary is stripped; its DWARF is in a file named by .gnu_debuglink.
+    let bin = c_victim_with_debuglink();
+    let v = Victim::spawn(&bin, &[]);
+    let (_, ours) = our_stacks(v.pid);
+    let inline = names(&ours[&v.field("inline").unwrap()]);
+    for f in [
+        "park_forever",
+        "inline_c",
+        "inline_b",
+        "inline_a",
+        "inline_thread",
+    ] {
+        assert!(inline.contains(&f), "{f} missing: {inline:?}");
+    }
+    drop(v);
+    // A deleted binary is still read, through /proc/PID/map_files.
+    let copy = bin.with_file_name(format!("stacks-deleted-{}", std::process::id()));
+    std::fs::copy(c_victim("stacks"), &copy).unwrap();
+    let v = Victim::spawn(&copy, &[]);
+    std::fs::remove_file(&copy).unwrap();
+    let (json, ours) = our_stacks(v.pid);
+    let inline = names(&ours[&v.field("inline").unwrap()]);
+    assert!(inline.contains(&"inline_b"), "{inline:?}");
+    assert!(
+        json["module_problems"].as_array().unwrap().is_empty(),
+        "{}",
+        json["module_problems"]
+    );
+}
+
+#[test]
+fn signals_arriving_during_dumps_are_delivered() {
+    // A queued real-time signal (nix cannot even name it) sent over and over
+    // while the target is dumped over and over: every one is handled.
+    let mut v = Victim::spawn(&c_victim("many"), &["8", "8"]);
+    let pid = v.pid;
+    let dumper = Command::new(watch_bin())
+        .args(["dump", "--repeat", "60", &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn dumper");
+    let rt = nix::libc::SIGRTMIN() + 1;
+    let mut sent = 0u64;
+    let mut rng = Rng::from_clock();
+    let until = Instant::now() + Duration::from_secs(20);
+    let mut dumper = dumper;
+    while dumper.try_wait().expect("try_wait").is_none() && Instant::now() < until {
+        // SAFETY: kill(2) with a valid signal number; no memory is involved.
+        let r = unsafe { nix::libc::kill(pid, rt) };
+        assert_eq!(r, 0);
+        sent += 1;
+        std::thread::sleep(Duration::from_micros(50 + rng.below(400)));
+    }
+    let out = dumper.wait_with_output().expect("dumper");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(sent > 50, "only {sent} signals sent");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut got = String::new();
+    while Instant::now() < deadline {
+        got = v
+            .ask_within("sigs", Duration::from_secs(5))
+            .unwrap_or_default();
+        if got == format!("SIGS {sent}") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(got, format!("SIGS {sent}"), "signals lost or duplicated");
+    assert_eq!(tracer(pid), 0);
 }
 
 #[test]
@@ -263,6 +386,26 @@ fn errors_have_their_exit_codes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such process"));
     // Usage.
     assert_eq!(watch(&["dump", "notapid"]).status.code(), Some(2));
+    // --output: the file gets the dump; an unwritable path is exit 6.
+    let v = Victim::spawn(&c_victim("many"), &["1", "4"]);
+    let file = std::env::temp_dir().join(format!("dump-out-{}.txt", std::process::id()));
+    let out = watch(&[
+        "dump",
+        "--output",
+        file.to_str().unwrap(),
+        &v.pid.to_string(),
+    ]);
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty());
+    let text = std::fs::read_to_string(&file).unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        text.contains("work_forever") && text.contains("meter_loop"),
+        "{text}"
+    );
+    let out = watch(&["dump", "--output", "/nonexistent/dir/x", &v.pid.to_string()]);
+    assert_eq!(out.status.code(), Some(6));
+    drop(v);
     // No permission: without CAP_SYS_PTRACE, as another user.
     let v = Victim::spawn(&c_victim("many"), &["1", "4"]);
     let out = Command::new("setpriv")
@@ -284,39 +427,63 @@ fn errors_have_their_exit_codes() {
 
 #[test]
 fn exit_mid_dump_is_partial_and_exit_5() {
-    // Dump over and over (warm caches: a few ms each) while the target exits.
-    let mut v = Victim::spawn(&c_victim("many"), &["64", "8"]);
+    // Dump over and over (warm caches: a few ms each) and kill the target
+    // while it is held: the dump that overlaps the death is partial (best
+    // effort: it may also be complete, taken just before), and the command
+    // ends with exit code 5.
+    let v = Victim::spawn(&c_victim("many"), &["64", "8"]);
     let pid = v.pid.to_string();
-    let dumper = Command::new(watch_bin())
+    let mut dumper = Command::new(watch_bin())
         .args(["dump", "--repeat", "10000", "--json", &pid])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn dumper");
-    std::thread::sleep(Duration::from_millis(1500));
-    v.send("exit");
+    let stdout = dumper.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    // Two dumps done: caches are warm, dumps now follow each other closely.
+    let mut lines = Vec::new();
+    while lines.len() < 2 {
+        lines.push(rx.recv_timeout(TIMEOUT).expect("a dump line"));
+    }
+    // Killed while the dumper holds it (its threads die in their stops).
+    assert!(wait_until(Duration::from_secs(10), || tracer(v.pid) > 0));
+    signal(v.pid, nix::sys::signal::Signal::SIGKILL);
     let started = Instant::now();
-    let out = dumper.wait_with_output().expect("dumper output");
+    let status = dumper.wait().expect("dumper exits");
     assert!(started.elapsed() < Duration::from_secs(30));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(5), "{err}");
+    let _ = reader.join();
+    lines.extend(rx.try_iter());
+    let mut err = String::new();
+    use std::io::Read;
+    if let Some(mut e) = dumper.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    assert_eq!(status.code(), Some(5), "{err}");
     assert!(
         err.contains("exited") || err.contains("no such process"),
         "{err}"
     );
-    // Whatever was printed is complete JSON lines; a partial dump says so.
-    let text = String::from_utf8_lossy(&out.stdout);
+    // Every line is a complete JSON dump; a partial one says so.
     let mut partial = 0;
-    for line in text.lines() {
+    for line in &lines {
         let d: serde_json::Value = serde_json::from_str(line).expect("JSON line");
         if d["exited"] == true {
             partial += 1;
             assert!(err.contains("partial"), "{err}");
+            assert!(
+                line == lines.last().unwrap(),
+                "a partial dump is the last one"
+            );
         }
     }
-    eprintln!(
-        "exit mid-dump: {} dumps, {partial} partial",
-        text.lines().count()
-    );
+    eprintln!("exit mid-dump: {} dumps, {partial} partial", lines.len());
 }

@@ -59,6 +59,45 @@ pub fn c_victim(name: &str) -> PathBuf {
     dst
 }
 
+/// `stacks` with its debug info moved to a separate file found through
+/// `.gnu_debuglink` (next to the binary), in a directory of its own.
+pub fn c_victim_with_debuglink() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = out_dir().join(format!("debuglink-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("create debuglink dir");
+            let bin = dir.join("stacks-dl");
+            std::fs::copy(c_victim("stacks"), &bin).expect("copy stacks");
+            let run = |args: &[&str]| {
+                let out = Command::new(args[0])
+                    .args(&args[1..])
+                    .current_dir(&dir)
+                    .output()
+                    .unwrap_or_else(|e| panic!("run {args:?}: {e}"));
+                assert!(
+                    out.status.success(),
+                    "{args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            run(&[
+                "objcopy",
+                "--only-keep-debug",
+                "stacks-dl",
+                "stacks-dl.debug",
+            ]);
+            run(&["strip", "--strip-all", "stacks-dl"]);
+            run(&[
+                "objcopy",
+                "--add-gnu-debuglink=stacks-dl.debug",
+                "stacks-dl",
+            ]);
+            bin
+        })
+        .clone()
+}
+
 /// Builds `fx-deep-rust` with the `fixture` profile (release + debug info)
 /// and returns a private copy of it.
 pub fn rust_victim() -> PathBuf {
