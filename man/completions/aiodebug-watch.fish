@@ -28,6 +28,7 @@ complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -s h -l help
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -s V -l version -d 'Print version'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "status" -d 'Show every event loop of a process: lag, stall, thread'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "list" -d 'List every process on this host that exports a heartbeat, with its loops'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "watch" -d 'Watch a process: catch every hang while it lasts (stack dumps to files), send loop lag to StatsD, warn about slow ticks'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "dump" -d 'Print the stacks of every thread of a process (any process, heartbeat or not)'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "demo" -d 'Run the bundled demo: a service whose loop hangs, watched live'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "generate" -d 'Generate the man page or shell completions on stdout (for packagers)'
@@ -39,22 +40,37 @@ complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand status" -s
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand list" -l threshold -d 'A loop overdue by more than this many seconds is shown as stalled' -r
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand list" -l json -d 'One JSON object per line on stdout'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand list" -s h -l help -d 'Print help'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l interval -d 'A loop overdue by more than this many seconds is hung: its episode starts' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l output-dir -d 'Where hang dumps go (created if missing; must be writable)' -r -F
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l dumps -d 'Snapshots of every thread per hang episode' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l dump-gap -d 'Seconds between the snapshots of one episode' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l max-dump-bytes -d 'Stop writing dumps once this many bytes were written (nothing is deleted)' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l statsd -d 'Send metrics to this StatsD server (HOST:PORT, UDP)' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l prefix -d 'Prefix of metric names' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l tag -d 'A DogStatsD tag added to every metric (repeatable)' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l slow -d 'Log a loop blocked longer than this many seconds (but not hung), with the frame that blocked it' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l duration -d 'Stop after this many seconds (exit 0)' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l exit-on-hang -d 'Exit 1 once the first hang episode\'s files are written'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l json -d 'One JSON event per line on stdout'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -s h -l help -d 'Print help'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -s o -l output -d 'Write the dump to FILE instead of stdout' -r -F
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l max-frames -d 'Sanity cap on frames per thread' -r
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l repeat -d 'Take this many dumps in one process (caches stay warm after the first)' -r
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l json -d 'One JSON object per dump, on one line (schema: docs/dump-json.md)'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l timings -d 'Print where the time of each dump went on stderr'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -s h -l help -d 'Print help'
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand demo" -l duration -d 'How long to watch, in seconds' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand demo" -l duration -d 'Give up after this many seconds if no hang was caught' -r
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand demo" -l threshold -d 'Stall threshold in seconds' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand demo" -l output-dir -d 'Where the dumps go (default: a new directory under the system temp dir)' -r -F
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand demo" -s h -l help -d 'Print help'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand generate" -l dir -d 'With `man`: write every page (main and per subcommand) into this directory' -r -F
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand generate" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand demo-target" -s h -l help -d 'Print help'
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list dump demo generate demo-target help" -f -a "status" -d 'Show every event loop of a process: lag, stall, thread'
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list dump demo generate demo-target help" -f -a "list" -d 'List every process on this host that exports a heartbeat, with its loops'
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list dump demo generate demo-target help" -f -a "dump" -d 'Print the stacks of every thread of a process (any process, heartbeat or not)'
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list dump demo generate demo-target help" -f -a "demo" -d 'Run the bundled demo: a service whose loop hangs, watched live'
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list dump demo generate demo-target help" -f -a "generate" -d 'Generate the man page or shell completions on stdout (for packagers)'
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list dump demo generate demo-target help" -f -a "demo-target" -d 'The bundled demo service (started by `demo`)'
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list dump demo generate demo-target help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump demo generate demo-target help" -f -a "status" -d 'Show every event loop of a process: lag, stall, thread'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump demo generate demo-target help" -f -a "list" -d 'List every process on this host that exports a heartbeat, with its loops'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump demo generate demo-target help" -f -a "watch" -d 'Watch a process: catch every hang while it lasts (stack dumps to files), send loop lag to StatsD, warn about slow ticks'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump demo generate demo-target help" -f -a "dump" -d 'Print the stacks of every thread of a process (any process, heartbeat or not)'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump demo generate demo-target help" -f -a "demo" -d 'Run the bundled demo: a service whose loop hangs, watched live'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump demo generate demo-target help" -f -a "generate" -d 'Generate the man page or shell completions on stdout (for packagers)'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump demo generate demo-target help" -f -a "demo-target" -d 'The bundled demo service (started by `demo`)'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump demo generate demo-target help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
