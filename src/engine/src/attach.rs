@@ -58,6 +58,9 @@ pub struct SnapshotOptions {
     /// Detach as a `SCHED_FIFO` thread when allowed (default true): a
     /// shorter freeze for targets with many threads (see `RealTime`).
     pub realtime_detach: bool,
+    /// Capture only these threads (default: all). A one-thread capture
+    /// freezes nothing but that thread (`watch --slow` uses it).
+    pub only_threads: Option<Vec<i32>>,
 }
 
 impl Default for SnapshotOptions {
@@ -68,6 +71,7 @@ impl Default for SnapshotOptions {
             stop_timeout: Duration::from_millis(250),
             max_threads: 1 << 16,
             realtime_detach: true,
+            only_threads: None,
         }
     }
 }
@@ -541,6 +545,13 @@ pub fn snapshot(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnapshot> {
         let mut fresh: Vec<i32> = Vec::new();
         for tid in tids {
             if known.contains(&tid) {
+                continue;
+            }
+            if opts
+                .only_threads
+                .as_ref()
+                .is_some_and(|only| !only.contains(&tid))
+            {
                 continue;
             }
             if known.len() >= opts.max_threads {

@@ -170,6 +170,40 @@ impl Dumper {
         Ok(dump)
     }
 
+    /// Captures only the threads `tids` of `pid` (the rest keep running) and
+    /// symbolizes them.
+    pub fn dump_threads(&mut self, pid: i32, tids: &[i32]) -> Result<Dump> {
+        let start = Instant::now();
+        let opts = SnapshotOptions {
+            only_threads: Some(tids.to_vec()),
+            ..self.options.snapshot.clone()
+        };
+        let snap = attach::snapshot(pid, &opts)?;
+        let mut dump = self.process(&snap, None);
+        dump.timings.total = start.elapsed();
+        Ok(dump)
+    }
+
+    /// Loads every module `pid` maps, with its symbols and debug info, into
+    /// the caches, without stopping the process: the first dump of a hang
+    /// then costs only the capture and a warm symbolization. Returns how many
+    /// modules are cached.
+    pub fn prepare(&mut self, pid: i32) -> Result<usize> {
+        let maps = crate::proc::read_maps(pid)?;
+        let space = self.symbolizer.address_space(pid, &maps);
+        let starts: Vec<u64> = space
+            .modules
+            .iter()
+            .filter(|m| m.image.is_some())
+            .map(|m| m.start)
+            .collect();
+        // One lookup per module loads its symbol table and debug info.
+        for addr in starts {
+            let _ = self.symbolizer.symbolize(&space, addr, false);
+        }
+        Ok(self.symbolizer.cached_modules())
+    }
+
     /// Unwinds and symbolizes a snapshot taken earlier (offline).
     pub fn process(
         &mut self,

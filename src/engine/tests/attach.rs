@@ -149,3 +149,43 @@ fn own_process_is_refused() {
     let err = snapshot(std::process::id() as i32, &SnapshotOptions::default()).unwrap_err();
     assert!(matches!(err, Error::PermissionDenied { .. }), "{err:?}");
 }
+
+#[test]
+fn a_one_thread_capture_stops_only_that_thread() {
+    let child = Command::new("python3")
+        .args([
+            "-c",
+            "import threading,time\n\
+             [threading.Thread(target=time.sleep,args=(30,),daemon=True).start() for _ in range(3)]\n\
+             time.sleep(30)",
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn python3");
+    let child = Reaped(child);
+    let pid = child.0.id() as i32;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let tids = loop {
+        let tids = proc::list_tasks(pid).expect("tasks");
+        if tids.len() >= 4 {
+            break tids;
+        }
+        assert!(Instant::now() < deadline, "threads never started: {tids:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let one = *tids.last().expect("a thread");
+    let mut dumper = Dumper::new();
+    let d = dumper.dump_threads(pid, &[one]).expect("dump one thread");
+    let got: Vec<i32> = d.threads.iter().map(|t| t.tid).collect();
+    assert_eq!(got, [one]);
+    assert!(!d.threads[0].frames.is_empty());
+    // Released: no tracer, nobody stopped.
+    let st = proc::read_status(pid).expect("status");
+    assert_eq!(st.tracer_pid, 0);
+    assert!(state(pid) != 'T' && state(pid) != 't');
+    // Preparing caches loads modules without stopping anything.
+    let mut fresh = Dumper::new();
+    let n = fresh.prepare(pid).expect("prepare");
+    assert!(n >= 2, "python3 and libc at least: {n}");
+    assert_eq!(proc::read_status(pid).expect("status").tracer_pid, 0);
+}

@@ -205,6 +205,15 @@ pub fn watch(args: &WatchArgs) -> (u8, Summary) {
         episodes_completed: 0,
         summary: Summary::default(),
     };
+    // Load the target's modules and debug info now, not when the first hang
+    // is already being dumped.
+    if let Err(e) = ctx.dumper.prepare(args.pid) {
+        ctx.log.event(
+            "warning",
+            json!({"message": e.to_string()}),
+            format!("WARNING cannot preload symbols of PID {}: {e}", args.pid),
+        );
+    }
     let code = watch_loop(&mut ctx, &target, &stop);
     ctx.log.finish();
     if let Some(s) = &ctx.stats {
@@ -730,7 +739,7 @@ fn act(
 /// A one-thread snapshot of a loop's thread, as text: the culprit first,
 /// then the top frames.
 fn snapshot_loop_thread(ctx: &mut Ctx<'_>, tid: u32) -> Option<String> {
-    let d = ctx.dumper.dump(ctx.pid, None).ok()?;
+    let d = ctx.dumper.dump_threads(ctx.pid, &[tid as i32]).ok()?;
     let t = d.threads.iter().find(|t| t.tid as u32 == tid)?;
     let culprit = render::culprit(&t.frames)
         .map(render::short_frame)
