@@ -56,7 +56,7 @@ complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -s 
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -s o -l output -d 'Write the dump to FILE instead of stdout' -r -F
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l max-frames -d 'Sanity cap on frames per thread' -r
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l repeat -d 'Take this many dumps in one process (caches stay warm after the first)' -r
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l json -d 'One JSON object per dump, on one line (schema: docs/dump-json.md)'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l json -d 'One JSON object per dump, on one line (schema: README.md, "dump --json schema")'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l timings -d 'Print where the time of each dump went on stderr'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -s h -l help -d 'Print help'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand demo" -l duration -d 'Give up after this many seconds if no hang was caught' -r

@@ -25,7 +25,7 @@ pub struct DumpArgs {
     /// Write the dump to FILE instead of stdout.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// One JSON object per dump, on one line (schema: docs/dump-json.md).
+    /// One JSON object per dump, on one line (schema: README.md, "dump --json schema").
     #[arg(long)]
     pub json: bool,
     /// Sanity cap on frames per thread.
@@ -263,7 +263,7 @@ pub fn render_text(d: &Dump, out: &mut Vec<u8>) {
 }
 
 // ---------------------------------------------------------------------------
-// JSON (schema: docs/dump-json.md)
+// JSON (schema: README.md, "dump --json schema")
 
 fn kind_str(k: FrameKind) -> &'static str {
     match k {
