@@ -18,7 +18,7 @@ use crate::exit;
 use crate::status::{human, secs_to_ns};
 use aiodebug_engine::dump::Dumper;
 use aiodebug_engine::heartbeat::{percentile, Loop};
-use aiodebug_engine::target::{monotonic_ns, Target};
+use aiodebug_engine::target::{monotonic_ns, Reading, Target};
 use aiodebug_engine::{proc, ErrorKind};
 use episode::{Action, Config, Observation, Tracker};
 use files::{Outcome, OutputDir};
@@ -91,6 +91,29 @@ impl Log {
             bar.finish_and_clear();
         }
     }
+}
+
+/// What the heartbeat says about each thread at `reading`: the loop running
+/// on it, and what it is polling (`polling task 'orders' (src/main.rs:37) for
+/// 1.520 s`). Only computed when a snapshot is taken.
+fn thread_notes(reading: &Reading) -> (HashMap<i32, String>, HashMap<i32, String>) {
+    let loops = reading
+        .loops()
+        .map(|l| (l.tid as i32, l.name.clone()))
+        .collect();
+    let polls = reading
+        .registries
+        .iter()
+        .flat_map(|(_, r)| r.polling.iter())
+        .map(|p| {
+            let d = p.duration_ns(reading.now_ns);
+            (
+                p.tid as i32,
+                format!("polling {} for {:.3} s", p.describe(), d as f64 / 1e9),
+            )
+        })
+        .collect();
+    (loops, polls)
 }
 
 /// Identity of a registration: a slot reused by another loop is another loop.
@@ -299,22 +322,6 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
             );
         }
         let now = monotonic_ns();
-        let tid_loops: HashMap<i32, String> = reading
-            .loops()
-            .map(|l| (l.tid as i32, l.name.clone()))
-            .collect();
-        let polls: HashMap<i32, String> = reading
-            .registries
-            .iter()
-            .flat_map(|(_, r)| r.polling.iter())
-            .map(|p| {
-                let d = p.duration_ns(reading.now_ns);
-                (
-                    p.tid as i32,
-                    format!("polling {} for {:.3} s", p.describe(), d as f64 / 1e9),
-                )
-            })
-            .collect();
         let mut deadline = now.saturating_add(MAX_SLEEP_NS);
         let mut seen = Vec::new();
         for (region, reg) in &reading.registries {
@@ -374,7 +381,7 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
                     stopped,
                 };
                 for action in w.tracker.observe(obs) {
-                    if let Some(code) = act(ctx, w, action, &tid_loops, &polls) {
+                    if let Some(code) = act(ctx, w, action, &reading) {
                         return finish(ctx, &mut loops, code);
                     }
                 }
@@ -383,8 +390,6 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
                         s.stall(&w.name, st.stall_ns);
                         w.last_gauge_ns = now;
                     }
-                } else if now.saturating_sub(w.last_gauge_ns) >= 1_000_000_000 {
-                    w.last_gauge_ns = now;
                 }
                 if let Some(d) = w.tracker.next_deadline(&obs) {
                     deadline = deadline.min(d);
@@ -408,16 +413,7 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
             || reading
                 .loops()
                 .any(|l| l.stats(reading.now_ns).stall_ns > cfg.interval_ns / 2);
-        match watch_workers(
-            ctx,
-            &mut workers,
-            &reading,
-            cfg,
-            now,
-            stopped || busy,
-            &tid_loops,
-            &polls,
-        ) {
+        match watch_workers(ctx, &mut workers, &reading, cfg, now, stopped || busy) {
             Err(code) => return finish(ctx, &mut loops, code),
             Ok(Some(d)) => deadline = deadline.min(d),
             Ok(None) => {}
@@ -449,16 +445,13 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
 /// the current poll has run. `quiet` (process stopped, or a loop hung or
 /// close to it) starts no new episode, so one hang never gives two episodes.
 /// Returns the earliest deadline, or the exit code that ends the watch.
-#[allow(clippy::too_many_arguments)]
 fn watch_workers(
     ctx: &mut Ctx<'_>,
     workers: &mut HashMap<(u64, u32), Watched>,
-    reading: &aiodebug_engine::target::Reading,
+    reading: &Reading,
     cfg: Config,
     now: u64,
     quiet: bool,
-    tid_loops: &HashMap<i32, String>,
-    polls: &HashMap<i32, String>,
 ) -> Result<Option<u64>, u8> {
     let cfg = Config {
         slow_ns: None,
@@ -512,7 +505,7 @@ fn watch_workers(
                 stopped: quiet,
             };
             for action in w.tracker.observe(obs) {
-                if let Some(code) = act(ctx, w, action, tid_loops, polls) {
+                if let Some(code) = act(ctx, w, action, reading) {
                     return Err(code);
                 }
             }
@@ -536,7 +529,7 @@ fn watch_workers(
             stopped: true,
         };
         for action in w.tracker.observe(obs) {
-            if let Some(code) = act(ctx, w, action, tid_loops, polls) {
+            if let Some(code) = act(ctx, w, action, reading) {
                 result = Err(code);
             }
         }
@@ -548,7 +541,7 @@ fn watch_workers(
     result
 }
 
-fn status_line(ctx: &Ctx<'_>, reading: &aiodebug_engine::target::Reading, stopped: bool) -> String {
+fn status_line(ctx: &Ctx<'_>, reading: &Reading, stopped: bool) -> String {
     let parts: Vec<String> = reading
         .loops()
         .map(|l| {
@@ -643,13 +636,7 @@ fn gone_or_error(ctx: &mut Ctx<'_>, e: &aiodebug_engine::Error) -> u8 {
 }
 
 /// Performs one action; `Some(code)` ends the watch.
-fn act(
-    ctx: &mut Ctx<'_>,
-    w: &mut Watched,
-    action: Action,
-    tid_loops: &HashMap<i32, String>,
-    polls: &HashMap<i32, String>,
-) -> Option<u8> {
+fn act(ctx: &mut Ctx<'_>, w: &mut Watched, action: Action, reading: &Reading) -> Option<u8> {
     match action {
         Action::HangStarted { stall_ns } => {
             ctx.hangs += 1;
@@ -684,9 +671,7 @@ fn act(
                 text,
             );
         }
-        Action::Dump { index, stall_ns } => {
-            return dump_now(ctx, w, index, stall_ns, tid_loops, polls)
-        }
+        Action::Dump { index, stall_ns } => return dump_now(ctx, w, index, stall_ns, reading),
         Action::Recovered { hang_ns } => {
             w.recovered_after_ns = Some(hang_ns);
             let text = match &w.stuck_poll {
@@ -759,11 +744,12 @@ fn dump_now(
     w: &mut Watched,
     index: u32,
     stall_ns: u64,
-    tid_loops: &HashMap<i32, String>,
-    polls: &HashMap<i32, String>,
+    reading: &Reading,
 ) -> Option<u8> {
+    let (tid_loops, polls) = thread_notes(reading);
+    let polls = &polls;
     let at = chrono::Local::now();
-    let dump = match ctx.dumper.dump(ctx.pid, Some(tid_loops)) {
+    let dump = match ctx.dumper.dump(ctx.pid, Some(&tid_loops)) {
         Ok(d) => d,
         Err(e) if e.kind() == ErrorKind::Gone => return Some(exit::GONE),
         Err(e) => {
