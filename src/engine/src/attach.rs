@@ -18,7 +18,19 @@
 //!    preempt it one by one.
 //!
 //! ptrace requests must come from the thread that seized: [`Attached`] is not
-//! `Send`, and [`snapshot`] does everything on the calling thread.
+//! `Send`. [`snapshot`] runs each capture on a **short-lived thread of its
+//! own**, because a tracee that never reached its stop (a thread in
+//! uninterruptible sleep, `D`, e.g. a `vfork` parent or an NFS read) cannot be
+//! detached with `PTRACE_DETACH` (it must be stopped first), and would enter a
+//! ptrace stop as soon as its sleep ends, held by a tracer that has moved on.
+//! The kernel detaches every tracee of a tracer *thread* when that thread
+//! exits (`exit_ptrace`, which also cancels the pending interrupt): so when the
+//! capture thread ends, no thread of the target stays traced, whatever state it
+//! was in. A child process would give the same guarantee but would have to
+//! ship the snapshot back through a pipe; a thread costs ~30 µs before the
+//! freeze and nothing during it. A thread still in `D` after
+//! [`SnapshotOptions::stuck_grace`] is given up (reported with its `wchan` and
+//! kernel stack) without extending the others' freeze.
 //!
 //! All of this crate's raw system calls for ptrace live here (the only other
 //! `unsafe` is the file mapping in [`crate::mapped`]).
@@ -50,9 +62,17 @@ pub struct SnapshotOptions {
     /// Most bytes of stack copied for the whole process (default 256 MiB);
     /// past it, each thread gets at most 64 KiB.
     pub total_stack_cap: usize,
-    /// How long to wait for one thread to reach its stop (default 250 ms; a
-    /// thread in uninterruptible sleep only stops when it wakes up).
+    /// How long to wait for a thread to reach its stop (default 250 ms): a
+    /// runnable thread on a loaded machine may wait for a CPU first.
     pub stop_timeout: Duration,
+    /// How long a thread found in uninterruptible sleep (`D`) is waited for
+    /// (default 5 ms): it stops only when its sleep ends, which may be never;
+    /// past this it is given up and reported, and the others go on.
+    pub stuck_grace: Duration,
+    /// How long to keep retrying while another tracer holds the process
+    /// (default 150 ms): another `aiodebug-watch` holds it for about a
+    /// millisecond per snapshot; a debugger that holds on is reported after it.
+    pub busy_retry: Duration,
     /// Most threads captured (default 65 536).
     pub max_threads: usize,
     /// Detach as a `SCHED_FIFO` thread when allowed (default true): a
@@ -69,6 +89,8 @@ impl Default for SnapshotOptions {
             stack_cap: 1 << 20,
             total_stack_cap: 256 << 20,
             stop_timeout: Duration::from_millis(250),
+            stuck_grace: Duration::from_millis(5),
+            busy_retry: Duration::from_millis(150),
             max_threads: 1 << 16,
             realtime_detach: true,
             only_threads: None,
@@ -206,22 +228,22 @@ impl Attached {
             self.detached_at = Some(Instant::now());
         }
         if late {
-            // A thread interrupted but not yet stopped cannot be detached until it
-            // stops: wait for it a little (the others already run again).
-            let deadline = Instant::now() + Duration::from_millis(500);
+            // A thread interrupted but not yet stopped cannot be detached until
+            // it stops. One that has stopped meanwhile is detached now; the
+            // rest are detached by the kernel when the capture thread exits
+            // (see the module documentation): no waiting here, the others
+            // already run again.
             for t in &mut self.tracees {
                 if matches!(t.state, TraceeState::Pending | TraceeState::Late) {
-                    match wait_stop(t.tid, deadline) {
-                        WaitOutcome::Stopped(_) => {
+                    match poll_stop(t.tid) {
+                        Poll::Stopped(_) => {
                             t.state = match ptrace::detach(Pid::from_raw(t.tid), None) {
                                 Ok(()) => TraceeState::Gone,
                                 Err(_) => TraceeState::Dead,
                             };
                         }
-                        WaitOutcome::Gone => t.state = TraceeState::Gone,
-                        // Still not stopped: the kernel detaches it when this
-                        // thread exits; nothing else can be done.
-                        WaitOutcome::Timeout => {}
+                        Poll::Gone => t.state = TraceeState::Gone,
+                        Poll::NotYet => {}
                     }
                 }
             }
@@ -252,26 +274,29 @@ impl Drop for Attached {
     }
 }
 
-enum WaitOutcome {
+/// What one non-blocking look at a tracee found.
+enum Poll {
+    /// In a ptrace stop of ours.
     Stopped(StopKind),
+    /// Exited, or no longer ours.
     Gone,
-    Timeout,
+    /// Not stopped yet.
+    NotYet,
 }
 
 fn is_job_control_signal(sig: i32) -> bool {
     sig == libc::SIGSTOP || sig == libc::SIGTSTP || sig == libc::SIGTTIN || sig == libc::SIGTTOU
 }
 
-/// Waits until `tid` reports a ptrace stop of ours. Signal-delivery stops of
-/// other signals are resumed with the signal (re-injected), and the wait goes
-/// on for the interrupt.
-fn wait_stop(tid: i32, deadline: Instant) -> WaitOutcome {
-    let mut spins = 0u32;
+/// Collects whatever `tid` has reported, without blocking. A signal-delivery
+/// stop of a signal that is not ours is resumed with that signal
+/// (re-injected); the interrupt stays pending and is reported later.
+fn poll_stop(tid: i32) -> Poll {
     loop {
         match waitpid_nohang(tid) {
             Ok(Some(status)) => {
                 if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
-                    return WaitOutcome::Gone;
+                    return Poll::Gone;
                 }
                 if !libc::WIFSTOPPED(status) {
                     continue;
@@ -280,34 +305,83 @@ fn wait_stop(tid: i32, deadline: Instant) -> WaitOutcome {
                 let event = (status >> 16) & 0xff;
                 if event == libc::PTRACE_EVENT_STOP {
                     return if is_job_control_signal(sig) {
-                        WaitOutcome::Stopped(StopKind::JobControl(sig))
+                        Poll::Stopped(StopKind::JobControl(sig))
                     } else {
-                        WaitOutcome::Stopped(StopKind::Interrupted)
+                        Poll::Stopped(StopKind::Interrupted)
                     };
                 }
                 if event != 0 {
                     // Another ptrace event (none is requested): still a stop.
-                    return WaitOutcome::Stopped(StopKind::Interrupted);
+                    return Poll::Stopped(StopKind::Interrupted);
                 }
-                // Signal-delivery stop of a signal that is not ours: deliver it
-                // and keep waiting for the interrupt, which stays pending.
                 if ptrace_int(libc::PTRACE_CONT, tid, sig as libc::c_long).is_err() {
-                    return WaitOutcome::Gone;
+                    return Poll::Gone;
                 }
             }
-            Ok(None) => {
-                if Instant::now() >= deadline {
-                    return WaitOutcome::Timeout;
-                }
-                spins += 1;
-                if spins < 64 {
-                    std::thread::yield_now();
-                } else {
-                    std::thread::sleep(Duration::from_micros(20));
-                }
-            }
+            Ok(None) => return Poll::NotYet,
             // ECHILD: not (or no longer) our tracee; ESRCH likewise.
-            Err(_) => return WaitOutcome::Gone,
+            Err(_) => return Poll::Gone,
+        }
+    }
+}
+
+/// Waits for the interrupted threads `tracees[first..]` to stop, all at once.
+/// A thread still running after `stuck_grace` whose state reads `D`
+/// (uninterruptible sleep: it stops only when the sleep ends) is given up
+/// then; any other after `stop_timeout`. Given-up threads become
+/// [`TraceeState::Late`] with the state they were seen in.
+fn collect_stops(tracees: &mut [Tracee], pid: i32, opts: &SnapshotOptions) {
+    let start = Instant::now();
+    let mut next_d_check = start + opts.stuck_grace;
+    let mut spins = 0u32;
+    loop {
+        let mut pending = 0usize;
+        for t in tracees
+            .iter_mut()
+            .filter(|t| t.state == TraceeState::Pending)
+        {
+            match poll_stop(t.tid) {
+                Poll::Stopped(kind) => t.state = TraceeState::Stopped(kind),
+                Poll::Gone => t.state = TraceeState::Gone,
+                Poll::NotYet => pending += 1,
+            }
+        }
+        if pending == 0 {
+            return;
+        }
+        let now = Instant::now();
+        if now.saturating_duration_since(start) >= opts.stop_timeout {
+            for t in tracees
+                .iter_mut()
+                .filter(|t| t.state == TraceeState::Pending)
+            {
+                t.state = TraceeState::Late;
+            }
+            return;
+        }
+        if now >= next_d_check {
+            // Re-checked every grace period: a thread can enter D after the
+            // interrupt (it was on its way into a disk read).
+            next_d_check = now + opts.stuck_grace;
+            for t in tracees
+                .iter_mut()
+                .filter(|t| t.state == TraceeState::Pending)
+            {
+                if let Ok(st) = proc::read_task_stat(pid, t.tid) {
+                    if st.state == 'D' {
+                        t.state = TraceeState::Late;
+                        if let Some(f) = t.facts.as_mut() {
+                            f.state = 'D';
+                        }
+                    }
+                }
+            }
+        }
+        spins += 1;
+        if spins < 64 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(20));
         }
     }
 }
@@ -337,8 +411,12 @@ fn is_own_thread(tid: i32) -> bool {
     Path::new(&format!("/proc/self/task/{tid}")).exists()
 }
 
-fn task_exists(pid: i32, tid: i32) -> bool {
-    Path::new(&format!("/proc/{pid}/task/{tid}")).exists()
+/// Whether thread `tid` is gone or exiting (a zombie, or no longer listed).
+fn thread_exited(pid: i32, tid: i32) -> bool {
+    match proc::read_task_stat(pid, tid) {
+        Ok(st) => st.state == 'Z' || st.state == 'X',
+        Err(_) => true,
+    }
 }
 
 /// Whether the process still runs: its main thread may be a zombie (it
@@ -479,11 +557,57 @@ fn refusal(pid: i32, tid: i32) -> Error {
 
 /// Stops every thread of `pid`, captures registers and stacks, and lets it go.
 ///
+/// The capture runs on a thread of its own that ends before this returns, so
+/// that no thread of the target stays traced, whatever state it was in (see
+/// the module documentation). While another tracer holds the process, it is
+/// retried for [`SnapshotOptions::busy_retry`].
+///
 /// Returns a partial snapshot with [`ProcessSnapshot::exited`] set when the
 /// process exits during the capture. Errors: [`Error::NoSuchProcess`],
 /// [`Error::Exited`] (gone before anything was captured),
-/// [`Error::AlreadyTraced`], [`Error::PermissionDenied`].
+/// [`Error::AlreadyTraced`], [`Error::PermissionDenied`], [`Error::Io`] (no
+/// thread could be started).
 pub fn snapshot(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnapshot> {
+    let give_up = Instant::now() + opts.busy_retry;
+    loop {
+        match capture_on_own_thread(pid, opts) {
+            // Another capture (a second watcher) holds it for a millisecond
+            // or so: try again shortly, a bounded number of times.
+            Err(Error::AlreadyTraced { .. }) if Instant::now() < give_up => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Runs [`capture`] on a new thread and waits until that thread is gone from
+/// `/proc/self/task`: only then has the kernel detached whatever it still
+/// traced (`pthread_join` returns a little earlier, when the thread's TID is
+/// cleared, before `exit_ptrace`).
+fn capture_on_own_thread(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnapshot> {
+    let (tracer, result) = std::thread::scope(|scope| {
+        let handle = std::thread::Builder::new()
+            .name("aiodebug-capture".to_string())
+            .spawn_scoped(scope, || {
+                // SAFETY: gettid takes no arguments and cannot fail.
+                let tid = unsafe { libc::gettid() };
+                (tid, capture(pid, opts))
+            })
+            .map_err(|e| Error::io("starting the capture thread", e))?;
+        handle
+            .join()
+            .map_err(|_| Error::io("the capture thread", std::io::Error::other("it panicked")))
+    })?;
+    let deadline = Instant::now() + Duration::from_millis(200);
+    while is_own_thread(tracer) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    result
+}
+
+/// The capture itself, on the calling thread (see [`snapshot`]).
+fn capture(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnapshot> {
     let started = Instant::now();
     if pid <= 0 {
         return Err(Error::NoSuchProcess { pid });
@@ -498,7 +622,7 @@ pub fn snapshot(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnapshot> {
     let status = proc::read_status(pid)?;
     if status.tgid > 0 && status.tgid != pid {
         // A thread id: dump its whole process.
-        return snapshot(status.tgid, opts);
+        return capture(status.tgid, opts);
     }
     if (status.state == 'Z' || status.state == 'X') && status.threads <= 1 {
         return Err(Error::Exited { pid });
@@ -591,16 +715,25 @@ pub fn snapshot(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnapshot> {
             match ptrace::seize(Pid::from_raw(tid), ptrace::Options::empty()) {
                 Ok(()) => seized.push((tid, f)),
                 Err(nix::errno::Errno::ESRCH) => vanished.push(tid),
-                Err(nix::errno::Errno::EPERM) if !task_exists(pid, tid) => vanished.push(tid),
+                Err(nix::errno::Errno::EPERM) if thread_exited(pid, tid) => vanished.push(tid),
                 Err(nix::errno::Errno::EPERM)
                     if proc::tracer_of(tid).is_some_and(|(t, _)| is_own_thread(t)) =>
                 {
                     held.push((tid, f))
                 }
                 Err(nix::errno::Errno::EPERM) => {
+                    // The kernel also says EPERM for a thread that is exiting
+                    // (its exit_state is set before /proc shows it gone), and
+                    // for the whole process while it exits: look again
+                    // before calling it a refusal.
+                    std::thread::sleep(Duration::from_millis(2));
                     if !process_alive(pid) {
                         exited = true;
                         break;
+                    }
+                    if thread_exited(pid, tid) {
+                        vanished.push(tid);
+                        continue;
                     }
                     return Err(refusal(pid, tid));
                 }
@@ -630,17 +763,7 @@ pub fn snapshot(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnapshot> {
             }
         }
         // Collect each stop before rescanning.
-        let deadline = Instant::now() + opts.stop_timeout;
-        for t in att.tracees.iter_mut().skip(first_new) {
-            if t.state != TraceeState::Pending {
-                continue;
-            }
-            t.state = match wait_stop(t.tid, deadline) {
-                WaitOutcome::Stopped(kind) => TraceeState::Stopped(kind),
-                WaitOutcome::Gone => TraceeState::Gone,
-                WaitOutcome::Timeout => TraceeState::Late,
-            };
-        }
+        collect_stops(&mut att.tracees[first_new..], pid, opts);
         if exited || capped {
             break;
         }
@@ -652,6 +775,8 @@ pub fn snapshot(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnapshot> {
     let mut spans: Vec<(usize, usize, usize)> = Vec::new();
     let mut arena_used = 0usize;
     let mut threads: Vec<ThreadSnapshot> = Vec::with_capacity(att.tracees.len());
+    // Indexes in `threads` of threads that did not stop.
+    let mut late: Vec<usize> = Vec::new();
     let mut budget = opts.total_stack_cap;
     let mut maps_reread = false;
     for t in att.tracees.iter_mut() {
@@ -670,6 +795,7 @@ pub fn snapshot(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnapshot> {
             stack: Vec::new(),
             stack_truncated: false,
             stack_error: None,
+            kernel_wait: None,
         };
         match &t.state {
             TraceeState::Gone | TraceeState::Dead => {
@@ -677,11 +803,18 @@ pub fn snapshot(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnapshot> {
                 continue;
             }
             TraceeState::Late | TraceeState::Pending => {
+                let waited = if th.state == 'D' {
+                    opts.stuck_grace
+                } else {
+                    opts.stop_timeout
+                };
                 th.stop = StopKind::NotStopped(format!(
-                    "did not stop within {} ms (state {})",
-                    opts.stop_timeout.as_millis(),
-                    th.state
+                    "did not stop within {:.1} ms (state {}: {})",
+                    waited.as_secs_f64() * 1e3,
+                    th.state,
+                    proc::state_name(th.state)
                 ));
+                late.push(threads.len());
                 threads.push(th);
                 continue;
             }
@@ -768,6 +901,7 @@ pub fn snapshot(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnapshot> {
             stack: Vec::new(),
             stack_truncated: false,
             stack_error: None,
+            kernel_wait: Some(proc::read_kernel_wait(pid, tid)),
         });
     }
     let detach_start = Instant::now();
@@ -790,6 +924,13 @@ pub fn snapshot(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnapshot> {
         _ => Duration::ZERO,
     };
     drop(att);
+    // Where the threads that never stopped wait in the kernel, read now that
+    // the others run again.
+    for i in late {
+        if let Some(th) = threads.get_mut(i) {
+            th.kernel_wait = Some(proc::read_kernel_wait(pid, th.tid));
+        }
+    }
     // The target runs again: give each thread its own copy of its stack.
     for (i, off, n) in spans {
         if let (Some(th), Some(bytes)) = (threads.get_mut(i), arena.get(off..off + n)) {

@@ -79,6 +79,8 @@ pub struct ThreadDump {
     pub stack_truncated: bool,
     /// Bytes of stack copied.
     pub stack_bytes: usize,
+    /// For a thread that could not be stopped: where it waits in the kernel.
+    pub kernel_wait: Option<crate::snapshot::KernelWait>,
 }
 
 /// Where the time of one dump went.
@@ -266,6 +268,7 @@ impl Dumper {
                 end: unwound.end,
                 stack_truncated: t.stack_truncated,
                 stack_bytes: t.stack.len(),
+                kernel_wait: t.kernel_wait.clone(),
             });
         }
         let pid = snap.pid;

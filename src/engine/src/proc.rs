@@ -577,6 +577,57 @@ fn numeric_dir_entries(path: &Path) -> std::io::Result<Vec<i32>> {
     Ok(out)
 }
 
+/// Parses `/proc/PID/task/TID/wchan`: a kernel function name, or `None`
+/// for `0`/empty (running, or hidden by the kernel).
+pub fn parse_wchan(data: &[u8]) -> Option<String> {
+    let name = data.trim_ascii();
+    if name.is_empty() || name == b"0" || name.len() > 128 {
+        return None;
+    }
+    Some(String::from_utf8_lossy(name).into_owned())
+}
+
+/// Parses `/proc/PID/task/TID/stack` (`[<0>] do_wait+0x1a5/0x2b0` per line):
+/// the function names, innermost first, at most
+/// [`crate::snapshot::KernelWait::MAX_FRAMES`], each at most 128 bytes.
+pub fn parse_kernel_stack(data: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in data.split(|&b| b == b'\n') {
+        if out.len() >= crate::snapshot::KernelWait::MAX_FRAMES {
+            break;
+        }
+        let line = line.trim_ascii();
+        // Strip the "[<address>] " prefix.
+        let rest = match line.iter().position(|&b| b == b']') {
+            Some(i) if line.starts_with(b"[") => line[i + 1..].trim_ascii(),
+            _ => line,
+        };
+        let name = rest
+            .split(|&b| b == b'+' || b == b' ')
+            .next()
+            .unwrap_or(b"");
+        if name.is_empty() {
+            continue;
+        }
+        let name = &name[..name.len().min(128)];
+        out.push(String::from_utf8_lossy(name).into_owned());
+    }
+    out
+}
+
+/// Where thread `tid` of `pid` waits in the kernel; fields left empty where
+/// unreadable (the stack needs root).
+pub fn read_kernel_wait(pid: i32, tid: i32) -> crate::snapshot::KernelWait {
+    crate::snapshot::KernelWait {
+        wchan: read_small(&proc_path(pid, &format!("task/{tid}/wchan")))
+            .ok()
+            .and_then(|d| parse_wchan(&d)),
+        stack: read_small(&proc_path(pid, &format!("task/{tid}/stack")))
+            .map(|d| parse_kernel_stack(&d))
+            .unwrap_or_default(),
+    }
+}
+
 /// The thread ids of `pid`, sorted (from `/proc/PID/task`).
 pub fn list_tasks(pid: i32) -> Result<Vec<i32>> {
     let path = proc_path(pid, "task");
@@ -833,6 +884,30 @@ CapPrm:\t000001ffffffffff\nCapEff:\t000001ffffffffff\n";
         assert_eq!(t.boottime_ns, -1_000_000_000);
         let t = parse_timens_offsets(b"monotonic 9223372036854775807 999999999\n");
         assert_eq!(t.monotonic_ns, i64::MAX);
+    }
+
+    #[test]
+    fn kernel_wait_parsers() {
+        let stack = b"[<0>] do_wait_for_vfork_done+0x5e/0x130\n[<0>] kernel_clone+0x1f9/0x400\n[<ffffffffa1>] __do_sys_vfork+0x4c/0x70\n\n";
+        assert_eq!(
+            parse_kernel_stack(stack),
+            ["do_wait_for_vfork_done", "kernel_clone", "__do_sys_vfork"]
+        );
+        assert!(parse_kernel_stack(b"").is_empty());
+        assert!(parse_kernel_stack(b"[<0>]\n[<0>] \n").is_empty());
+        let many = b"[<0>] f+0x1/0x2\n".repeat(1000);
+        assert_eq!(
+            parse_kernel_stack(&many).len(),
+            crate::snapshot::KernelWait::MAX_FRAMES
+        );
+        let long = [b'a'; 4000];
+        assert_eq!(parse_kernel_stack(&long)[0].len(), 128);
+        assert_eq!(
+            parse_wchan(b"do_wait_for_vfork_done"),
+            Some("do_wait_for_vfork_done".into())
+        );
+        assert_eq!(parse_wchan(b"0"), None);
+        assert_eq!(parse_wchan(b""), None);
     }
 
     #[test]

@@ -87,6 +87,25 @@ pub struct ThreadSnapshot {
     pub stack_truncated: bool,
     /// Why no stack (or less than asked) could be copied, if something failed.
     pub stack_error: Option<String>,
+    /// For a thread that could not be stopped: where it waits in the kernel,
+    /// read just after the others were let go.
+    pub kernel_wait: Option<KernelWait>,
+}
+
+/// Where a thread waits inside the kernel (`/proc/PID/task/TID/wchan` and
+/// `/proc/PID/task/TID/stack`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelWait {
+    /// The kernel function it sleeps in, if the kernel tells (`wchan`).
+    pub wchan: Option<String>,
+    /// Kernel stack, innermost first, function names only (readable by root
+    /// only; empty otherwise). At most [`KernelWait::MAX_FRAMES`] frames.
+    pub stack: Vec<String>,
+}
+
+impl KernelWait {
+    /// Most kernel frames kept.
+    pub const MAX_FRAMES: usize = 32;
 }
 
 impl ThreadSnapshot {

@@ -52,7 +52,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
     let service = match start_service() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("aiodebug-watch: {e}");
+            crate::errln!("aiodebug-watch: {e}");
             return ExitCode::from(exit::OTHER);
         }
     };
@@ -63,7 +63,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
             chrono::Local::now().format("%Y%m%d-%H%M%S")
         ))
     });
-    println!(
+    crate::outln!(
         "demo: started a tokio service (PID {pid}) whose event loop blocks for {:.1} s every {} s.\n\
          demo: watching it from outside (no ptrace until it hangs); dumps go to {}",
         BLOCK.as_secs_f64(),
@@ -88,22 +88,22 @@ pub fn run(args: &DemoArgs) -> ExitCode {
     let (code, summary) = crate::watch::watch(&watch_args);
     drop(service);
     if summary.files.is_empty() {
-        eprintln!("demo: no hang was caught (watch ended with code {code})");
+        crate::errln!("demo: no hang was caught (watch ended with code {code})");
         return ExitCode::from(if code == exit::OK { exit::OTHER } else { code });
     }
-    println!();
-    println!(
+    crate::outln!();
+    crate::outln!(
         "demo: caught the hang while it lasted and wrote {} snapshots of every thread:",
         summary.files.len()
     );
     for f in &summary.files {
-        println!("  {}", f.display());
+        crate::outln!("  {}", f.display());
     }
     match &summary.culprit {
-        Some(c) => println!("demo: the loop was blocked in {c}"),
-        None => println!("demo: (the blocking frame could not be named)"),
+        Some(c) => crate::outln!("demo: the loop was blocked in {c}"),
+        None => crate::outln!("demo: (the blocking frame could not be named)"),
     }
-    println!(
+    crate::outln!(
         "next: `aiodebug-watch watch PID` against your own service (see README), or `less {}`",
         summary
             .files
@@ -122,7 +122,7 @@ pub fn target() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("demo-target: cannot start tokio: {e}");
+            crate::errln!("demo-target: cannot start tokio: {e}");
             return ExitCode::from(exit::OTHER);
         }
     };
@@ -139,7 +139,7 @@ pub fn target() -> ExitCode {
     rt.block_on(async {
         let _monitor = aiodebug::tokio::spawn_monitor("main");
         tokio::time::sleep(Duration::from_millis(100)).await;
-        println!("READY pid={} kind=demo loops=main", std::process::id());
+        crate::outln!("READY pid={} kind=demo loops=main", std::process::id());
         let mut next = tokio::time::Instant::now() + Duration::from_secs(2);
         loop {
             tokio::time::sleep_until(next).await;

@@ -58,12 +58,12 @@ pub fn run_with_loops(args: &DumpArgs, loops: Option<&HashMap<i32, String>>) -> 
             Ok(d) => d,
             Err(e) => {
                 code = exit::code_for(&e);
-                eprintln!("aiodebug-watch: {e}");
+                crate::errln!("aiodebug-watch: {e}");
                 break;
             }
         };
         if args.timings {
-            eprintln!("{}", timings_line(i + 1, &dump));
+            crate::errln!("{}", timings_line(i + 1, &dump));
         }
         let mut rendered = Vec::new();
         if args.json {
@@ -76,11 +76,11 @@ pub fn run_with_loops(args: &DumpArgs, loops: Option<&HashMap<i32, String>>) -> 
             render_text(&dump, &mut rendered);
         }
         if let Err(e) = sink.write(&rendered) {
-            eprintln!("aiodebug-watch: {e}");
+            crate::errln!("aiodebug-watch: {e}");
             return ExitCode::from(exit::OTHER);
         }
         if let Some(e) = dump.exit_error() {
-            eprintln!("aiodebug-watch: {e}: the dump above is partial");
+            crate::errln!("aiodebug-watch: {e}: the dump above is partial");
             code = exit::code_for(&e);
             break;
         }
@@ -106,10 +106,9 @@ impl Sink {
     fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
         match &self.path {
             None => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(bytes)
-                    .and_then(|()| out.flush())
-                    .map_err(|e| format!("cannot write the dump: {e}"))
+                // A closed or full stdout is handled (and said) by `out`.
+                crate::out::bytes(bytes);
+                Ok(())
             }
             Some(path) => {
                 if self.file.is_none() {
@@ -159,14 +158,25 @@ fn signal_name(sig: i32) -> String {
         .unwrap_or_else(|_| format!("signal {sig}"))
 }
 
-fn stop_text(stop: &StopKind) -> Option<String> {
-    match stop {
+pub fn stop_text(t: &ThreadDump) -> Option<String> {
+    match &t.stop {
         StopKind::Interrupted => None,
         StopKind::JobControl(sig) => Some(format!(
             "stopped by {} (job control; left stopped)",
             signal_name(*sig)
         )),
-        StopKind::NotStopped(why) => Some(format!("not captured: {why}")),
+        StopKind::NotStopped(why) => {
+            let mut s = format!("not captured: {why}");
+            if let Some(k) = &t.kernel_wait {
+                if let Some(w) = &k.wchan {
+                    s.push_str(&format!("; waits in the kernel in {w}"));
+                }
+                if !k.stack.is_empty() {
+                    s.push_str(&format!("; kernel stack: {}", k.stack.join(" <- ")));
+                }
+            }
+            Some(s)
+        }
     }
 }
 
@@ -211,7 +221,7 @@ fn thread_header(t: &ThreadDump) -> String {
     if let Some(l) = &t.event_loop {
         s.push_str(&format!(", event loop \"{l}\""));
     }
-    if let Some(stop) = stop_text(&t.stop) {
+    if let Some(stop) = stop_text(t) {
         s.push_str(&format!(", {stop}"));
     }
     s
@@ -284,13 +294,18 @@ fn end_json(e: &StackEnd) -> serde_json::Value {
     json!({"reason": e.code(), "message": e.to_string(), "address": address})
 }
 
-fn stop_json(s: &StopKind) -> serde_json::Value {
-    match s {
+fn stop_json(t: &ThreadDump) -> serde_json::Value {
+    match &t.stop {
         StopKind::Interrupted => json!({"kind": "interrupted"}),
         StopKind::JobControl(sig) => {
             json!({"kind": "job-control", "signal": sig, "signal_name": signal_name(*sig)})
         }
-        StopKind::NotStopped(why) => json!({"kind": "not-stopped", "reason": why}),
+        StopKind::NotStopped(why) => json!({
+            "kind": "not-stopped",
+            "reason": why,
+            "wchan": t.kernel_wait.as_ref().and_then(|k| k.wchan.clone()),
+            "kernel_stack": t.kernel_wait.as_ref().map(|k| k.stack.clone()).unwrap_or_default(),
+        }),
     }
 }
 
@@ -322,7 +337,7 @@ pub fn dump_json(d: &Dump) -> serde_json::Value {
                 "state_name": proc::state_name(t.state),
                 "cpu_time_ms": ms(t.cpu_time),
                 "event_loop": t.event_loop,
-                "stop": stop_json(&t.stop),
+                "stop": stop_json(t),
                 "stack_bytes": t.stack_bytes,
                 "stack_truncated": t.stack_truncated,
                 "end": end_json(&t.end),

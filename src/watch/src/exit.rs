@@ -28,6 +28,6 @@ pub fn code_for(e: &Error) -> u8 {
 
 /// Prints an engine error on stderr and returns its exit code.
 pub fn report(e: &Error) -> ExitCode {
-    eprintln!("aiodebug-watch: {e}");
+    crate::errln!("aiodebug-watch: {e}");
     ExitCode::from(code_for(e))
 }

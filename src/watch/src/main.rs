@@ -5,6 +5,7 @@ mod demo;
 mod dump;
 mod exit;
 mod generate;
+mod out;
 mod status;
 mod watch;
 
@@ -13,6 +14,17 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    let code = run(&cli);
+    // Output lost to a write error (stdout full) is a failure of a command
+    // whose product is its output; a reader that went away is not.
+    if code == ExitCode::SUCCESS && out::lost() {
+        ExitCode::from(exit::OTHER)
+    } else {
+        code
+    }
+}
+
+fn run(cli: &cli::Cli) -> ExitCode {
     match &cli.command {
         cli::Command::Status(a) => status::status(a),
         cli::Command::List(a) => status::list(a),
@@ -28,7 +40,7 @@ fn main() -> ExitCode {
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("aiodebug-watch: {e}");
+                    crate::errln!("aiodebug-watch: {e}");
                     ExitCode::from(exit::OTHER)
                 }
             }

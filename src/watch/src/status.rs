@@ -153,9 +153,9 @@ pub fn status(args: &StatusArgs) -> ExitCode {
         .sum();
     if args.json {
         for r in &rows {
-            println!("{}", loop_json(args.pid, state, r));
+            crate::outln!("{}", loop_json(args.pid, state, r));
         }
-        println!(
+        crate::outln!(
             "{}",
             json!({
                 "event": "process",
@@ -184,17 +184,25 @@ pub fn status(args: &StatusArgs) -> ExitCode {
         } else {
             ""
         };
-        println!(
+        crate::outln!(
             "PID {} ({comm}) state {state} ({}){stopped_note}",
             args.pid,
             proc::state_name(state)
         );
-        println!(
+        crate::outln!(
             "{:<20} {:>8} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "LOOP", "TID", "TICKS", "PERIOD", "STALL", "LAST LAG", "P50", "P99", "MAX"
+            "LOOP",
+            "TID",
+            "TICKS",
+            "PERIOD",
+            "STALL",
+            "LAST LAG",
+            "P50",
+            "P99",
+            "MAX"
         );
         for r in &rows {
-            println!(
+            crate::outln!(
                 "{:<20} {:>8} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}{}",
                 r.lp.name,
                 r.lp.tid,
@@ -208,40 +216,40 @@ pub fn status(args: &StatusArgs) -> ExitCode {
                 if r.stalled { "  STALLED" } else { "" }
             );
             for p in &r.lp.polling {
-                println!("    {}", polling_text(p, reading.now_ns));
+                crate::outln!("    {}", polling_text(p, reading.now_ns));
             }
         }
         if rows.is_empty() {
-            println!("(no loop registered right now)");
+            crate::outln!("(no loop registered right now)");
         }
         let elsewhere: Vec<_> = polls.iter().filter(|(_, owner)| owner.is_none()).collect();
         if !elsewhere.is_empty() {
-            println!("polling on threads of no loop:");
+            crate::outln!("polling on threads of no loop:");
             for (p, _) in elsewhere {
-                println!("    {}", polling_text(p, reading.now_ns));
+                crate::outln!("    {}", polling_text(p, reading.now_ns));
             }
         }
         if poll_refused > 0 {
-            println!(
+            crate::outln!(
                 "note: {poll_refused} threads could not show what they poll (the poll board was full)"
             );
         }
         for (m, reg) in &reading.registries {
             if let Some(why) = &reg.poll_problem {
-                eprintln!(
+                crate::errln!(
                     "warning: ignored the poll board of the registry in {}: {why}",
                     m.module.display()
                 );
             }
         }
         if reading.refused() > 0 {
-            println!(
+            crate::outln!(
                 "note: {} registrations were refused because the registry was full",
                 reading.refused()
             );
         }
         for (m, rej) in &reading.rejected {
-            eprintln!(
+            crate::errln!(
                 "warning: ignored an invalid registry in {}: {}",
                 m.module.display(),
                 rej.reason
@@ -263,7 +271,7 @@ pub fn list(args: &ListArgs) -> ExitCode {
     let mut denied = 0usize;
     let mut found = 0usize;
     if !args.json {
-        println!("{:>8}  {:<16} {:<5} LOOPS", "PID", "COMMAND", "STATE");
+        crate::outln!("{:>8}  {:<16} {:<5} LOOPS", "PID", "COMMAND", "STATE");
     }
     for pid in proc::list_pids() {
         if pid == me {
@@ -285,7 +293,7 @@ pub fn list(args: &ListArgs) -> ExitCode {
         found += 1;
         if args.json {
             let loops: Vec<_> = rows.iter().map(|r| loop_json(pid, state, r)).collect();
-            println!(
+            crate::outln!(
                 "{}",
                 json!({"event": "process", "pid": pid, "comm": comm, "process_state": state.to_string(),
                        "stopped": is_stopped(state), "loops": loops})
@@ -308,16 +316,16 @@ pub fn list(args: &ListArgs) -> ExitCode {
             } else {
                 loops.join(", ")
             };
-            println!("{pid:>8}  {comm:<16} {state:<5} {loops}");
+            crate::outln!("{pid:>8}  {comm:<16} {state:<5} {loops}");
         }
     }
     if denied > 0 {
-        eprintln!(
+        crate::errln!(
             "note: {denied} processes could not be read (permission); run as root with CAP_SYS_PTRACE to see them"
         );
     }
     if found == 0 && !args.json {
-        println!("(no process exports an aiodebug heartbeat)");
+        crate::outln!("(no process exports an aiodebug heartbeat)");
     }
     ExitCode::from(exit::OK)
 }

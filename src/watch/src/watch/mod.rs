@@ -67,12 +67,12 @@ impl Log {
                 m.insert("event".into(), kind.into());
                 m.insert("time".into(), chrono::Local::now().to_rfc3339().into());
             }
-            println!("{fields}");
+            crate::outln!("{fields}");
         } else {
             let line = format!("{} {text}", chrono::Local::now().format("%H:%M:%S%.3f"));
             match &self.bar {
                 Some(bar) => bar.println(line),
-                None => println!("{line}"),
+                None => crate::outln!("{line}"),
             }
         }
     }
@@ -180,14 +180,14 @@ pub fn watch(args: &WatchArgs) -> (u8, Summary) {
     let out = match OutputDir::open(&args.output_dir, args.max_dump_bytes) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("aiodebug-watch: {e}");
+            crate::errln!("aiodebug-watch: {e}");
             return (exit::OTHER, Summary::default());
         }
     };
     let target = match Target::open(args.pid) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("aiodebug-watch: {e}");
+            crate::errln!("aiodebug-watch: {e}");
             return (exit::code_for(&e), Summary::default());
         }
     };
@@ -208,7 +208,7 @@ pub fn watch(args: &WatchArgs) -> (u8, Summary) {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
-            eprintln!("aiodebug-watch: cannot handle signal {sig}: {e}");
+            crate::errln!("aiodebug-watch: cannot handle signal {sig}: {e}");
         }
     }
     let exe = proc::read_exe(args.pid)
@@ -630,7 +630,7 @@ fn gone_or_error(ctx: &mut Ctx<'_>, e: &aiodebug_engine::Error) -> u8 {
         text.clone(),
     );
     if !ctx.args.json {
-        eprintln!("aiodebug-watch: {text}");
+        crate::errln!("aiodebug-watch: {text}");
     }
     code
 }

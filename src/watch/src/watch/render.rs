@@ -113,6 +113,9 @@ fn thread_block(
     if let Some(p) = poll {
         let _ = write!(out, ", {p}");
     }
+    if let Some(stop) = crate::dump::stop_text(t) {
+        let _ = write!(out, ", {stop}");
+    }
     if let Some(l) = stalled {
         let _ = write!(out, "   <== {l}");
     }

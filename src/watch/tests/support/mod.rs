@@ -3,6 +3,8 @@
 //! their line protocol (see `fixtures/src/lib.rs`).
 #![allow(dead_code)]
 
+pub mod cbuild;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,248 @@
+//! Never harm the target, never lose a dump (issue 8): each defect found by
+//! hostile testing, reproduced on real processes.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use support::cbuild::c_loop_static;
+use support::{watch_bin, Fixture};
+
+/// A temporary directory removed on drop, also when the test fails.
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("aiodebug-watch-hardening-{tag}-"))
+        .tempdir()
+        .expect("create a temporary directory")
+}
+
+fn c_loop() -> Fixture {
+    Fixture::spawn_path(c_loop_static(), &[])
+}
+
+/// `TracerPid` and state letter of every thread of `pid`.
+fn traced_threads(pid: i32) -> HashMap<i32, (i32, char)> {
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        let tracer = status
+            .lines()
+            .find_map(|l| l.strip_prefix("TracerPid:"))
+            .and_then(|v| v.trim().parse::<i32>().ok())
+            .unwrap_or(0);
+        let state = status
+            .lines()
+            .find_map(|l| l.strip_prefix("State:"))
+            .and_then(|v| v.trim().chars().next())
+            .unwrap_or('?');
+        out.insert(tid, (tracer, state));
+    }
+    out
+}
+
+fn dump_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with("stacktrace-") && n.ends_with(".txt"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+        .iter()
+        .map(|n| std::fs::read_to_string(dir.join(n)).unwrap_or_default())
+        .collect()
+}
+
+/// Item 1: a thread in uninterruptible sleep (a vfork parent) while a hang
+/// snapshot is taken is reported, does not lengthen the others' freeze, and
+/// is never left traced: once its sleep ends it runs on.
+#[test]
+fn a_thread_in_d_state_during_a_snapshot_is_never_left_traced() {
+    let out = temp_dir("dstate");
+    let mut fx = c_loop();
+    let pid = fx.pid;
+    let mut watcher = Command::new(watch_bin())
+        .args([
+            "watch",
+            &pid.to_string(),
+            "--interval",
+            "0.25",
+            "--duration",
+            "5",
+        ])
+        .arg("--output-dir")
+        .arg(out.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start watch");
+    let watcher_pid = watcher.id() as i32;
+    // Let the watcher find the loop, then: a thread in D for 1.5 s, and the
+    // loop blocked for 2.6 s (three snapshots at 0.25, 1.25 and 2.25 s).
+    std::thread::sleep(Duration::from_millis(700));
+    fx.ok("vfork 1500");
+    let t0 = Instant::now();
+    fx.ok("block c-loop 2600");
+    // Sample every thread's tracer until the watch ends.
+    let mut traced_since: HashMap<i32, Instant> = HashMap::new();
+    let mut longest = Duration::ZERO;
+    let mut longest_tid = 0;
+    while t0.elapsed() < Duration::from_millis(3400) {
+        let now = Instant::now();
+        let threads = traced_threads(pid);
+        for (tid, (tracer, _state)) in &threads {
+            if *tracer == 0 {
+                traced_since.remove(tid);
+                continue;
+            }
+            let since = *traced_since.entry(*tid).or_insert(now);
+            if now - since > longest {
+                longest = now - since;
+                longest_tid = *tid;
+            }
+        }
+        traced_since.retain(|tid, _| threads.contains_key(tid));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let status = watcher.wait().expect("wait for watch");
+    let stderr = std::io::read_to_string(watcher.stderr.take().unwrap()).unwrap_or_default();
+    assert!(status.success(), "watch failed ({status}):\n{stderr}");
+    // The watcher was running the whole time: a thread held past its
+    // snapshot would show TracerPid = watcher (or its capture thread) for
+    // over a second (the D sleep ends 1.5 s in, the next snapshot is ~1 s
+    // later). A snapshot itself holds threads for a few milliseconds.
+    assert!(
+        longest < Duration::from_millis(150),
+        "thread {longest_tid} stayed traced for {longest:?} (watcher {watcher_pid})"
+    );
+    for (tid, (tracer, state)) in traced_threads(pid) {
+        assert_eq!(tracer, 0, "thread {tid} still traced (state {state})");
+        assert!(
+            state != 't' && state != 'T',
+            "thread {tid} left in state {state}"
+        );
+    }
+    let files = dump_files(out.path());
+    assert_eq!(files.len(), 3, "three snapshots expected:\n{stderr}");
+    let first = &files[0];
+    assert!(
+        first.contains("not captured: did not stop within 5.0 ms (state D"),
+        "the D thread is reported in the first snapshot:\n{first}"
+    );
+    if nix::unistd::geteuid().is_root() {
+        // The kernel stack (root only) says where it waits.
+        assert!(
+            first.contains("kernel stack:") && first.contains("vfork"),
+            "kernel stack of the vfork parent:\n{first}"
+        );
+    }
+    let freeze_ms: f64 = first
+        .lines()
+        .find_map(|l| l.strip_prefix("freeze:"))
+        .and_then(|l| l.trim().split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("freeze line");
+    // Before the fix every other thread waited the full 250 ms stop timeout.
+    assert!(
+        freeze_ms < 100.0,
+        "freeze {freeze_ms} ms: the D thread extended it\n{first}"
+    );
+    assert!(first.contains("blocked in: block_callback"), "{first}");
+    // The loop and the vfork thread both run on: the fixture still answers.
+    assert_eq!(fx.send("ping"), "OK pong");
+    fx.exit();
+}
+
+/// Runs `aiodebug-watch ARGS` with stdout going into `stdout` and returns
+/// its output (stderr captured).
+fn run_with_stdout(args: &[&str], stdout: Stdio) -> Output {
+    Command::new(watch_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run aiodebug-watch")
+}
+
+/// A stdout whose reader has gone: a pipe with its read end closed.
+fn closed_pipe() -> Stdio {
+    let (reader, writer) = nix::unistd::pipe().expect("pipe");
+    drop(reader);
+    Stdio::from(writer)
+}
+
+/// Item 2: a closed stdout ends `status` and `list` quietly; `/dev/full` is
+/// a warning; nothing panics.
+#[test]
+fn status_and_list_survive_a_closed_or_full_stdout() {
+    let fx = c_loop();
+    let pid = fx.pid.to_string();
+    for args in [
+        vec!["status", pid.as_str()],
+        vec!["status", pid.as_str(), "--json"],
+        vec!["list"],
+        vec!["list", "--json"],
+        vec!["dump", pid.as_str()],
+    ] {
+        let out = run_with_stdout(&args, closed_pipe());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?} closed stdout: {stderr}"
+        );
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+        let out = run_with_stdout(&args, Stdio::from(full));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(6), "{args:?} full stdout: {stderr}");
+        assert!(
+            stderr.contains("cannot write to standard output"),
+            "{args:?}: {stderr}"
+        );
+    }
+    fx.exit();
+}
+
+/// Item 2: `watch | head` during a hang: the reader goes away after the
+/// first lines, and every snapshot file is still written.
+#[test]
+fn watch_keeps_writing_files_when_stdout_closes() {
+    let out = temp_dir("pipe");
+    let mut fx = c_loop();
+    let pid = fx.pid.to_string();
+    let dir = out.path().to_str().unwrap().to_string();
+    let mut watcher = Command::new(watch_bin())
+        .args(["watch", &pid, "--interval", "0.25", "--dump-gap", "0.3"])
+        .args(["--exit-on-hang", "--json", "--output-dir", &dir])
+        .stdin(Stdio::null())
+        .stdout(closed_pipe())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start watch");
+    std::thread::sleep(Duration::from_millis(500));
+    fx.ok("block c-loop 1500");
+    let status = watcher.wait().expect("wait for watch");
+    let stderr = std::io::read_to_string(watcher.stderr.take().unwrap()).unwrap_or_default();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(status.code(), Some(1), "--exit-on-hang: {stderr}");
+    assert_eq!(dump_files(out.path()).len(), 3, "{stderr}");
+    fx.exit();
+}
