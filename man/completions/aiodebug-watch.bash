@@ -125,7 +125,7 @@ _aiodebug__watch() {
             return 0
             ;;
         aiodebug__subcmd__watch__subcmd__dump)
-            opts="-o -h --output --json --max-frames --repeat --timings --help"
+            opts="-o -h --output --force --json --max-frames --repeat --timings --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -335,7 +335,7 @@ _aiodebug__watch() {
             return 0
             ;;
         aiodebug__subcmd__watch__subcmd__watch)
-            opts="-h --interval --output-dir --dumps --dump-gap --max-dump-bytes --statsd --prefix --tag --slow --exit-on-hang --duration --json --help"
+            opts="-h --interval --output-dir --follow-symlinks --dumps --dump-gap --max-dump-bytes --statsd --prefix --tag --slow --exit-on-hang --duration --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -34,28 +34,30 @@ complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "demo"
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "generate" -d 'Generate the man page or shell completions on stdout (for packagers)'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "demo-target" -d 'The bundled demo service (started by `demo`)'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand status" -l threshold -d 'A loop whose next tick is overdue by more than this many seconds is stalled (exit 1)' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand status" -l threshold -d 'A loop whose next tick is overdue by more than this many seconds is stalled (exit 1; at least 0.001)' -r
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand status" -l json -d 'One JSON object per line on stdout'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand status" -s h -l help -d 'Print help'
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand list" -l threshold -d 'A loop overdue by more than this many seconds is shown as stalled' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand list" -l threshold -d 'A loop overdue by more than this many seconds is shown as stalled (at least 0.001)' -r
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand list" -l json -d 'One JSON object per line on stdout'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand list" -s h -l help -d 'Print help'
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l interval -d 'A loop overdue by more than this many seconds is hung: its episode starts' -r
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l output-dir -d 'Where hang dumps go (created if missing; must be writable)' -r -F
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l dumps -d 'Snapshots of every thread per hang episode' -r
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l dump-gap -d 'Seconds between the snapshots of one episode' -r
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l max-dump-bytes -d 'Stop writing dumps once this many bytes were written (nothing is deleted)' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l interval -d 'A loop overdue by more than this many seconds is hung: its episode starts (at least 0.01)' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l output-dir -d 'Where hang dumps go (created if missing; must be a writable directory, not a symlink)' -r -F
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l dumps -d 'Snapshots of every thread per hang episode (1 to 100)' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l dump-gap -d 'Seconds between the snapshots of one episode (at least 0.1)' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l max-dump-bytes -d 'Stop writing dumps once this many bytes were written (nothing is deleted; at least 1024)' -r
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l statsd -d 'Send metrics to this StatsD server (HOST:PORT, UDP)' -r
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l prefix -d 'Prefix of metric names' -r
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l tag -d 'A DogStatsD tag added to every metric (repeatable)' -r
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l slow -d 'Log a loop blocked longer than this many seconds (but not hung), with the frame that blocked it' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l prefix -d 'Prefix of metric names (letters, digits, `_`, `-`, `.`; at most 100)' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l tag -d 'A DogStatsD tag added to every metric (repeatable, at most 32; each at most 200 bytes)' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l slow -d 'Log a loop blocked longer than this many seconds (but not hung), with the frame that blocked it (at least 0.001, less than --interval)' -r
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l duration -d 'Stop after this many seconds (exit 0)' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l follow-symlinks -d 'Accept an --output-dir that is a symbolic link (refused by default: a link can redirect dumps written as root)'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l exit-on-hang -d 'Exit 1 once the first hang episode\'s files are written'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l json -d 'One JSON event per line on stdout'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -s h -l help -d 'Print help'
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -s o -l output -d 'Write the dump to FILE instead of stdout' -r -F
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -s o -l output -d 'Write the dump to FILE instead of stdout (created exclusively, never through a symlink; an existing file is refused unless --force)' -r -F
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l max-frames -d 'Sanity cap on frames per thread' -r
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l repeat -d 'Take this many dumps in one process (caches stay warm after the first)' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l force -d 'With --output: replace FILE if it is an existing regular file'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l json -d 'One JSON object per dump, on one line (schema: README.md, "dump --json schema")'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l timings -d 'Print where the time of each dump went on stderr'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -s h -l help -d 'Print help'

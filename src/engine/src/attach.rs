@@ -722,9 +722,21 @@ fn capture(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnapshot> {
                     held.push((tid, f))
                 }
                 Err(nix::errno::Errno::EPERM) => {
+                    // Another tracer (a second watcher holds it for a
+                    // millisecond): `snapshot` retries the whole capture.
+                    if let Some((tracer_pid, tracer_name)) =
+                        proc::tracer_of(tid).or_else(|| proc::tracer_of(pid))
+                    {
+                        return Err(Error::AlreadyTraced {
+                            pid,
+                            tracer_pid,
+                            tracer_name,
+                        });
+                    }
                     // The kernel also says EPERM for a thread that is exiting
-                    // (its exit_state is set before /proc shows it gone), and
-                    // for the whole process while it exits: look again
+                    // (its exit_state is set before /proc shows it gone), for
+                    // the whole process while it exits, and for a thread a
+                    // tracer was just leaving: look again, and try once more,
                     // before calling it a refusal.
                     std::thread::sleep(Duration::from_millis(2));
                     if !process_alive(pid) {
@@ -735,7 +747,11 @@ fn capture(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnapshot> {
                         vanished.push(tid);
                         continue;
                     }
-                    return Err(refusal(pid, tid));
+                    match ptrace::seize(Pid::from_raw(tid), ptrace::Options::empty()) {
+                        Ok(()) => seized.push((tid, f)),
+                        Err(nix::errno::Errno::ESRCH) => vanished.push(tid),
+                        Err(_) => return Err(refusal(pid, tid)),
+                    }
                 }
                 Err(e) => {
                     return Err(Error::io(

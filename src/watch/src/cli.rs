@@ -55,9 +55,10 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct StatusArgs {
     /// Process id of the target.
+    #[arg(value_parser = parse_pid)]
     pub pid: i32,
-    /// A loop whose next tick is overdue by more than this many seconds is stalled (exit 1).
-    #[arg(long, default_value_t = 0.25, value_parser = parse_secs)]
+    /// A loop whose next tick is overdue by more than this many seconds is stalled (exit 1; at least 0.001).
+    #[arg(long, default_value_t = 0.25, value_parser = parse_threshold)]
     pub threshold: f64,
     /// One JSON object per line on stdout.
     #[arg(long)]
@@ -67,8 +68,8 @@ pub struct StatusArgs {
 /// Arguments of `list`.
 #[derive(Args, Debug, Clone)]
 pub struct ListArgs {
-    /// A loop overdue by more than this many seconds is shown as stalled.
-    #[arg(long, default_value_t = 0.25, value_parser = parse_secs)]
+    /// A loop overdue by more than this many seconds is shown as stalled (at least 0.001).
+    #[arg(long, default_value_t = 0.25, value_parser = parse_threshold)]
     pub threshold: f64,
     /// One JSON object per line on stdout.
     #[arg(long)]
@@ -79,33 +80,39 @@ pub struct ListArgs {
 #[derive(Args, Debug, Clone)]
 pub struct WatchArgs {
     /// Process id of the target (it must export a heartbeat).
+    #[arg(value_parser = parse_pid)]
     pub pid: i32,
-    /// A loop overdue by more than this many seconds is hung: its episode starts.
-    #[arg(long, default_value_t = 0.25, value_parser = parse_secs)]
+    /// A loop overdue by more than this many seconds is hung: its episode starts (at least 0.01).
+    #[arg(long, default_value_t = 0.25, value_parser = parse_interval)]
     pub interval: f64,
-    /// Where hang dumps go (created if missing; must be writable).
+    /// Where hang dumps go (created if missing; must be a writable directory, not a symlink).
     #[arg(long, default_value = ".")]
     pub output_dir: std::path::PathBuf,
-    /// Snapshots of every thread per hang episode.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=100))]
+    /// Accept an --output-dir that is a symbolic link (refused by default: a link can redirect
+    /// dumps written as root).
+    #[arg(long)]
+    pub follow_symlinks: bool,
+    /// Snapshots of every thread per hang episode (1 to 100).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub dumps: u32,
-    /// Seconds between the snapshots of one episode.
-    #[arg(long, default_value_t = 1.0, value_parser = parse_secs)]
+    /// Seconds between the snapshots of one episode (at least 0.1).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_dump_gap)]
     pub dump_gap: f64,
-    /// Stop writing dumps once this many bytes were written (nothing is deleted).
-    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    /// Stop writing dumps once this many bytes were written (nothing is deleted; at least 1024).
+    #[arg(long, default_value_t = 256 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
     pub max_dump_bytes: u64,
     /// Send metrics to this StatsD server (HOST:PORT, UDP).
     #[arg(long, value_name = "HOST:PORT")]
     pub statsd: Option<String>,
-    /// Prefix of metric names.
-    #[arg(long, default_value = "aiodebug")]
+    /// Prefix of metric names (letters, digits, `_`, `-`, `.`; at most 100).
+    #[arg(long, default_value = "aiodebug", value_parser = parse_prefix)]
     pub prefix: String,
-    /// A DogStatsD tag added to every metric (repeatable).
+    /// A DogStatsD tag added to every metric (repeatable, at most 32; each at most 200 bytes).
     #[arg(long = "tag", value_name = "K:V", value_parser = parse_tag)]
     pub tags: Vec<(String, String)>,
-    /// Log a loop blocked longer than this many seconds (but not hung), with the frame that blocked it.
-    #[arg(long, value_parser = parse_secs)]
+    /// Log a loop blocked longer than this many seconds (but not hung), with the frame that
+    /// blocked it (at least 0.001, less than --interval).
+    #[arg(long, value_parser = parse_threshold)]
     pub slow: Option<f64>,
     /// Exit 1 once the first hang episode's files are written.
     #[arg(long)]
@@ -118,8 +125,25 @@ pub struct WatchArgs {
     pub json: bool,
 }
 
+/// Most `--tag`s.
+pub const MAX_TAGS: usize = 32;
+/// Longest `--tag`, in bytes: StatsD datagrams must stay well under a UDP payload.
+pub const MAX_TAG_LEN: usize = 200;
+
 /// Parses a `K:V` tag.
 pub fn parse_tag(s: &str) -> Result<(String, String), String> {
+    if s.len() > MAX_TAG_LEN {
+        return Err(format!(
+            "a tag of {} bytes is too long (at most {MAX_TAG_LEN})",
+            s.len()
+        ));
+    }
+    if s.contains(|c: char| c.is_control()) {
+        return Err(format!(
+            "`{}` contains a control character",
+            s.escape_debug()
+        ));
+    }
     match s.split_once(':') {
         Some((k, v))
             if !k.is_empty() && !k.contains([',', '|', '#']) && !v.contains([',', '|']) =>
@@ -167,6 +191,72 @@ pub struct GenerateArgs {
     pub dir: Option<std::path::PathBuf>,
 }
 
+/// Parses a process id: a positive number.
+pub fn parse_pid(s: &str) -> Result<i32, String> {
+    match s.parse::<i32>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("`{s}` is not a process id (a number from 1)")),
+    }
+}
+
+/// Parses a metric prefix: letters, digits, `_`, `-` and `.`, 1 to 100
+/// characters (`:` `|` `@` `#` would make malformed StatsD lines).
+pub fn parse_prefix(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 100
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "`{}` is not a metric prefix (1 to 100 of letters, digits, `_`, `-`, `.`)",
+            s.escape_debug()
+        ))
+    }
+}
+
+fn secs_at_least(s: &str, min: f64) -> Result<f64, String> {
+    let v = parse_secs(s)?;
+    if v < min {
+        return Err(format!("`{s}` is too small: at least {min} s"));
+    }
+    Ok(v)
+}
+
+/// `--interval`: at least 10 ms (a shorter one calls a healthy loop hung
+/// between two of its ticks).
+pub fn parse_interval(s: &str) -> Result<f64, String> {
+    secs_at_least(s, 0.01)
+}
+
+/// `--threshold`, `--slow`: at least 1 ms.
+pub fn parse_threshold(s: &str) -> Result<f64, String> {
+    secs_at_least(s, 0.001)
+}
+
+/// `--dump-gap`: at least 0.1 s (each snapshot freezes the target).
+pub fn parse_dump_gap(s: &str) -> Result<f64, String> {
+    secs_at_least(s, 0.1)
+}
+
+/// Checks what no single argument can: `--slow` below `--interval`, the
+/// number of tags. `Err` is a usage error (exit 2).
+pub fn check_watch(a: &WatchArgs) -> Result<(), String> {
+    if let Some(slow) = a.slow {
+        if slow >= a.interval {
+            return Err(format!(
+                "--slow {slow} must be less than --interval {} (a tick that slow is already a hang)",
+                a.interval
+            ));
+        }
+    }
+    if a.tags.len() > MAX_TAGS {
+        return Err(format!("{} tags given; at most {MAX_TAGS}", a.tags.len()));
+    }
+    Ok(())
+}
+
 /// Parses a non-negative, finite number of seconds.
 pub fn parse_secs(s: &str) -> Result<f64, String> {
     let v: f64 = s
@@ -195,6 +285,12 @@ mod tests {
         assert!(parse_tag("novalue").is_err());
         assert!(parse_tag(":v").is_err());
         assert!(parse_tag("a|b:c").is_err());
+        assert!(parse_tag(&format!("k:{}", "v".repeat(100_000))).is_err());
+        assert!(parse_tag("k:a\nb").is_err());
+        assert_eq!(parse_prefix("svc.orders_1-a"), Ok("svc.orders_1-a".into()));
+        for bad in ["", "a:b", "a|b", "a@b", "a#b", "a b"] {
+            assert!(parse_prefix(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -204,5 +300,12 @@ mod tests {
         assert!(parse_secs("NaN").is_err());
         assert!(parse_secs("inf").is_err());
         assert!(parse_secs("abc").is_err());
+        assert!(parse_interval("0").is_err());
+        assert_eq!(parse_interval("0.01"), Ok(0.01));
+        assert!(parse_dump_gap("0").is_err());
+        assert!(parse_threshold("0").is_err());
+        assert!(parse_pid("0").is_err());
+        assert!(parse_pid("-5").is_err());
+        assert_eq!(parse_pid("42"), Ok(42));
     }
 }

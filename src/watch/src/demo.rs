@@ -74,6 +74,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         pid,
         interval: args.threshold,
         output_dir: dir.clone(),
+        follow_symlinks: false,
         dumps: 3,
         dump_gap: 1.0,
         max_dump_bytes: 64 * 1024 * 1024,

@@ -3,7 +3,6 @@
 //! Rendering (text and JSON) lives here; the engine does the rest.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,10 +20,15 @@ use crate::exit;
 pub struct DumpArgs {
     /// Process id of the target (any process, heartbeat or not). It is
     /// stopped for about a millisecond and never left stopped.
+    #[arg(value_parser = crate::cli::parse_pid)]
     pub pid: i32,
-    /// Write the dump to FILE instead of stdout.
+    /// Write the dump to FILE instead of stdout (created exclusively, never through a
+    /// symlink; an existing file is refused unless --force).
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// With --output: replace FILE if it is an existing regular file.
+    #[arg(long, requires = "output")]
+    pub force: bool,
     /// One JSON object per dump, on one line (schema: README.md, "dump --json schema").
     #[arg(long)]
     pub json: bool,
@@ -51,7 +55,11 @@ pub fn run_with_loops(args: &DumpArgs, loops: Option<&HashMap<i32, String>>) -> 
         max_frames: args.max_frames as usize,
         ..DumpOptions::default()
     });
-    let mut sink = Sink::new(args.output.clone());
+    let mut sink = Sink::new(args.output.clone(), args.force);
+    if let Err(e) = sink.check() {
+        crate::errln!("aiodebug-watch: {e}");
+        return ExitCode::from(exit::OTHER);
+    }
     let mut code = exit::OK;
     for i in 0..args.repeat {
         let dump = match dumper.dump(args.pid, loops) {
@@ -75,15 +83,16 @@ pub fn run_with_loops(args: &DumpArgs, loops: Option<&HashMap<i32, String>>) -> 
             }
             render_text(&dump, &mut rendered);
         }
-        if let Err(e) = sink.write(&rendered) {
-            crate::errln!("aiodebug-watch: {e}");
-            return ExitCode::from(exit::OTHER);
-        }
+        sink.write(&rendered);
         if let Some(e) = dump.exit_error() {
             crate::errln!("aiodebug-watch: {e}: the dump above is partial");
             code = exit::code_for(&e);
             break;
         }
+    }
+    if let Err(e) = sink.finish() {
+        crate::errln!("aiodebug-watch: {e}");
+        return ExitCode::from(exit::OTHER);
     }
     // The process exits next: unmapping and freeing every cached module is
     // wasted time (a few ms for big debug files).
@@ -91,38 +100,63 @@ pub fn run_with_loops(args: &DumpArgs, loops: Option<&HashMap<i32, String>>) -> 
     ExitCode::from(code)
 }
 
-/// Where dumps go: stdout, or a file created on the first write (a dump that
-/// fails before anything was captured leaves no empty file behind).
+/// Where dumps go: stdout as they come, or a file written once at the end
+/// the way hang dumps are (temporary file, no symlink followed, no existing
+/// file replaced without `--force`); a dump that fails before anything was
+/// captured leaves no file behind.
 struct Sink {
     path: Option<PathBuf>,
-    file: Option<std::fs::File>,
+    force: bool,
+    pending: Vec<u8>,
 }
 
 impl Sink {
-    fn new(path: Option<PathBuf>) -> Sink {
-        Sink { path, file: None }
+    fn new(path: Option<PathBuf>, force: bool) -> Sink {
+        Sink {
+            path,
+            force,
+            pending: Vec::new(),
+        }
     }
 
-    fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
+    /// Refuses an --output that cannot be written, before anything is stopped.
+    fn check(&self) -> Result<(), String> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => Err(format!(
+                "cannot write {}: it is a symbolic link; refusing to follow it",
+                path.display()
+            )),
+            Ok(m) if !m.is_file() => Err(format!(
+                "cannot write {}: not a regular file",
+                path.display()
+            )),
+            Ok(_) if !self.force => Err(format!(
+                "cannot write {}: it exists (pass --force to replace it)",
+                path.display()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
         match &self.path {
+            // A closed or full stdout is handled (and said) by `out`.
             None => {
-                // A closed or full stdout is handled (and said) by `out`.
                 crate::out::bytes(bytes);
-                Ok(())
             }
-            Some(path) => {
-                if self.file.is_none() {
-                    let f = std::fs::File::create(path)
-                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-                    self.file = Some(f);
-                }
-                match self.file.as_mut() {
-                    Some(f) => f
-                        .write_all(bytes)
-                        .map_err(|e| format!("cannot write {}: {e}", path.display())),
-                    None => Ok(()),
-                }
+            Some(_) => self.pending.extend_from_slice(bytes),
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), String> {
+        match &self.path {
+            Some(path) if !self.pending.is_empty() => {
+                crate::watch::files::write_file(path, &self.pending, self.force)
             }
+            _ => Ok(()),
         }
     }
 }

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 pub const OK: u8 = 0;
 /// A loop stalled past the threshold.
 pub const STALLED: u8 = 1;
+/// Usage error (clap's own, and checks across arguments).
+pub const USAGE: u8 = 2;
 /// The target exports no heartbeat.
 pub const NO_HEARTBEAT: u8 = 3;
 /// Permission denied, or already traced.

@@ -9,11 +9,14 @@ mod out;
 mod status;
 mod watch;
 
-use clap::Parser;
+use clap::Parser as _;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e),
+    };
     let code = run(&cli);
     // Output lost to a write error (stdout full) is a failure of a command
     // whose product is its output; a reader that went away is not.
@@ -22,6 +25,33 @@ fn main() -> ExitCode {
     } else {
         code
     }
+}
+
+/// Prints clap's message (help and version on stdout, errors on stderr),
+/// with every line cut to a bounded length: an argument of 100 KB is not
+/// echoed back whole.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let text = e.render().to_string();
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        crate::outln!("{}", text.trim_end());
+        return ExitCode::SUCCESS;
+    }
+    for line in text.trim_end().lines() {
+        let n = line.chars().count();
+        if n > 240 {
+            // Keep both ends: clap says why after the value it echoes.
+            let head: String = line.chars().take(120).collect();
+            let tail: String = line.chars().skip(n - 120).collect();
+            crate::errln!(
+                "{head}…[{} bytes cut]…{tail}",
+                line.len() - head.len() - tail.len()
+            );
+        } else {
+            crate::errln!("{line}");
+        }
+    }
+    ExitCode::from(exit::USAGE)
 }
 
 fn run(cli: &cli::Cli) -> ExitCode {

@@ -487,3 +487,88 @@ fn exit_mid_dump_is_partial_and_exit_5() {
     }
     eprintln!("exit mid-dump: {} dumps, {partial} partial", lines.len());
 }
+
+/// Issue 8 item 3: `--output` never follows a symlink and never replaces a
+/// file unless `--force` (and then only a regular file).
+#[test]
+fn output_refuses_symlinks_and_existing_files() {
+    let v = Victim::spawn(&c_victim("many"), &["1", "4"]);
+    let dir = std::env::temp_dir().join(format!("aiodebug-dump-output-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    let pid = v.pid.to_string();
+    let keep = dir.join("keep.txt");
+    std::fs::write(&keep, b"precious").unwrap();
+    let link = dir.join("link");
+    std::os::unix::fs::symlink(&keep, &link).unwrap();
+    let out = watch(&["dump", &pid, "--output", link.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("symbolic link"));
+    // --force does not follow a link either.
+    let out = watch(&["dump", &pid, "--force", "--output", link.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(6));
+    assert_eq!(std::fs::read(&keep).unwrap(), b"precious");
+    // An existing regular file: refused, then replaced with --force.
+    let out = watch(&["dump", &pid, "--output", keep.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert_eq!(std::fs::read(&keep).unwrap(), b"precious");
+    let out = watch(&["dump", &pid, "--force", "--output", keep.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read_to_string(&keep)
+        .unwrap()
+        .contains("work_forever"));
+    // No temporary file left behind.
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+}
+
+/// Issue 8 item 4: a target with 300 threads exiting while it is dumped
+/// gives exit 0 (captured before) or 5 "exited" — never 4 (permission).
+#[test]
+fn a_target_exiting_during_the_dump_is_exit_5_never_4() {
+    let mut rng = Rng::from_clock();
+    let mut fives = 0;
+    for _ in 0..12 {
+        let mut v = Victim::spawn(&c_victim("many"), &["300", "4"]);
+        let pid = v.pid.to_string();
+        let dumper = Command::new(watch_bin())
+            .args(["dump", &pid])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("dump");
+        std::thread::sleep(Duration::from_micros(rng.below(4000)));
+        v.send("exit");
+        let out = dumper.wait_with_output().expect("wait dump");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match out.status.code() {
+            Some(0) => {}
+            Some(5) => {
+                fives += 1;
+                assert!(
+                    stderr.contains("exited") || stderr.contains("no such process"),
+                    "{stderr}"
+                );
+            }
+            other => panic!("exit {other:?}: {stderr}"),
+        }
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    eprintln!("{fives} of 12 dumps saw the target exit");
+}

@@ -11,11 +11,8 @@ use support::cbuild::c_loop_static;
 use support::{watch_bin, Fixture};
 
 /// A temporary directory removed on drop, also when the test fails.
-fn temp_dir(tag: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("aiodebug-watch-hardening-{tag}-"))
-        .tempdir()
-        .expect("create a temporary directory")
+fn temp_dir(tag: &str) -> support::TempDir {
+    support::TempDir::new(&format!("hardening-{tag}"))
 }
 
 fn c_loop() -> Fixture {
@@ -64,6 +61,43 @@ fn dump_files(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Starts `aiodebug-watch ARGS --json --output-dir DIR` and waits until it
+/// watches the loop (start-up takes a while on a loaded machine); the rest
+/// of its stdout is collected by the returned thread.
+fn start_watch(
+    args: &[&str],
+    dir: &Path,
+) -> (std::process::Child, std::thread::JoinHandle<String>) {
+    let mut child = Command::new(watch_bin())
+        .args(args)
+        .arg("--json")
+        .arg("--output-dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start watch");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut lines, &mut line).unwrap_or(0) == 0 {
+            panic!("watch ended before finding the loop: {seen}");
+        }
+        seen.push_str(&line);
+        if line.contains("\"loop_found\"") {
+            break;
+        }
+    }
+    let rest = std::thread::spawn(move || {
+        let mut s = seen;
+        let _ = std::io::Read::read_to_string(&mut lines, &mut s);
+        s
+    });
+    (child, rest)
+}
+
 /// Item 1: a thread in uninterruptible sleep (a vfork parent) while a hang
 /// snapshot is taken is reported, does not lengthen the others' freeze, and
 /// is never left traced: once its sleep ends it runs on.
@@ -72,26 +106,14 @@ fn a_thread_in_d_state_during_a_snapshot_is_never_left_traced() {
     let out = temp_dir("dstate");
     let mut fx = c_loop();
     let pid = fx.pid;
-    let mut watcher = Command::new(watch_bin())
-        .args([
-            "watch",
-            &pid.to_string(),
-            "--interval",
-            "0.25",
-            "--duration",
-            "5",
-        ])
-        .arg("--output-dir")
-        .arg(out.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start watch");
+    let pid_s = pid.to_string();
+    let (mut watcher, rest) = start_watch(
+        &["watch", &pid_s, "--interval", "0.25", "--duration", "5"],
+        out.path(),
+    );
     let watcher_pid = watcher.id() as i32;
-    // Let the watcher find the loop, then: a thread in D for 1.5 s, and the
-    // loop blocked for 2.6 s (three snapshots at 0.25, 1.25 and 2.25 s).
-    std::thread::sleep(Duration::from_millis(700));
+    // A thread in D for 1.5 s, and the loop blocked for 2.6 s (three
+    // snapshots at 0.25, 1.25 and 2.25 s).
     fx.ok("vfork 1500");
     let t0 = Instant::now();
     fx.ok("block c-loop 2600");
@@ -118,7 +140,11 @@ fn a_thread_in_d_state_during_a_snapshot_is_never_left_traced() {
     }
     let status = watcher.wait().expect("wait for watch");
     let stderr = std::io::read_to_string(watcher.stderr.take().unwrap()).unwrap_or_default();
-    assert!(status.success(), "watch failed ({status}):\n{stderr}");
+    let stdout = rest.join().unwrap_or_default();
+    assert!(
+        status.success(),
+        "watch failed ({status}):\n{stdout}\n{stderr}"
+    );
     // The watcher was running the whole time: a thread held past its
     // snapshot would show TracerPid = watcher (or its capture thread) for
     // over a second (the D sleep ends 1.5 s in, the next snapshot is ~1 s
@@ -135,7 +161,11 @@ fn a_thread_in_d_state_during_a_snapshot_is_never_left_traced() {
         );
     }
     let files = dump_files(out.path());
-    assert_eq!(files.len(), 3, "three snapshots expected:\n{stderr}");
+    assert_eq!(
+        files.len(),
+        3,
+        "three snapshots expected:\n{stdout}\n{stderr}"
+    );
     let first = &files[0];
     assert!(
         first.contains("not captured: did not stop within 5.0 ms (state D"),
@@ -237,12 +267,101 @@ fn watch_keeps_writing_files_when_stdout_closes() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start watch");
-    std::thread::sleep(Duration::from_millis(500));
-    fx.ok("block c-loop 1500");
+    // Its stdout is closed, so readiness cannot be read from it: give it
+    // time, and block long enough to be caught even after a slow start.
+    std::thread::sleep(Duration::from_millis(1500));
+    fx.ok("block c-loop 2500");
     let status = watcher.wait().expect("wait for watch");
     let stderr = std::io::read_to_string(watcher.stderr.take().unwrap()).unwrap_or_default();
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(status.code(), Some(1), "--exit-on-hang: {stderr}");
     assert_eq!(dump_files(out.path()).len(), 3, "{stderr}");
+    fx.exit();
+}
+
+/// Item 5: two watchers see the same hang at the same moment; both write
+/// every snapshot (the second waits the millisecond the first holds the
+/// target instead of dropping its snapshot).
+#[test]
+fn two_watchers_on_one_target_both_write_every_snapshot() {
+    let a = temp_dir("twoa");
+    let b = temp_dir("twob");
+    let mut fx = c_loop();
+    let pid = fx.pid.to_string();
+    let start = |dir: &Path| {
+        let args = ["watch", &pid, "--interval", "0.25", "--dump-gap", "0.3"];
+        start_watch(
+            &[&args[..], &["--exit-on-hang", "--duration", "20"]].concat(),
+            dir,
+        )
+    };
+    let wa = start(a.path());
+    let wb = start(b.path());
+    fx.ok("block c-loop 1500");
+    for ((w, rest), dir) in [(wa, a.path()), (wb, b.path())] {
+        let out = w.wait_with_output().expect("wait watch");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = rest.join().unwrap_or_default();
+        assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+        assert!(!stdout.contains("already traced"), "{stdout}");
+        let files = dump_files(dir);
+        assert_eq!(files.len(), 3, "{stdout}\n{stderr}");
+        assert!(files
+            .iter()
+            .all(|f| f.contains("blocked in: block_callback")));
+    }
+    fx.exit();
+}
+
+/// Item 11: input that makes no sense is a usage error (exit 2) with a
+/// message naming the argument.
+#[test]
+fn nonsense_arguments_are_usage_errors() {
+    let fx = c_loop();
+    let pid = fx.pid.to_string();
+    let file = temp_dir("args");
+    let regular = file.path().join("regular");
+    std::fs::write(&regular, b"x").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["watch", &pid, "--interval", "0"], "--interval"),
+        (vec!["status", &pid, "--threshold", "0"], "--threshold"),
+        (vec!["watch", &pid, "--dumps", "0"], "--dumps"),
+        (
+            vec!["watch", &pid, "--max-dump-bytes", "0"],
+            "--max-dump-bytes",
+        ),
+        (vec!["watch", &pid, "--dump-gap", "0"], "--dump-gap"),
+        (
+            vec!["watch", &pid, "--slow", "0.5", "--interval", "0.25"],
+            "--slow",
+        ),
+        (vec!["watch", &pid, "--prefix", "a:b"], "--prefix"),
+        (vec!["watch", &pid, "--prefix", "a|b"], "--prefix"),
+        (vec!["status", "0"], "process id"),
+        (vec!["dump", "-3"], ""),
+    ];
+    let long_tag = format!("k:{}", "v".repeat(100_000));
+    let mut cases = cases;
+    cases.push((vec!["watch", &pid, "--tag", &long_tag], "too long"));
+    for (args, needle) in &cases {
+        let out = run_with_stdout(args, Stdio::null());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let shown: Vec<String> = args.iter().map(|a| a.chars().take(40).collect()).collect();
+        assert!(
+            stderr.len() < 4096,
+            "{shown:?}: {} bytes of message",
+            stderr.len()
+        );
+        assert_eq!(out.status.code(), Some(2), "{shown:?}: {stderr}");
+        assert!(stderr.contains(needle), "{shown:?}: {stderr}");
+    }
+    // An --output-dir that is a regular file: not a directory (exit 6).
+    let out = run_with_stdout(
+        &["watch", &pid, "--output-dir", regular.to_str().unwrap()],
+        Stdio::null(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("not a directory"), "{stderr}");
     fx.exit();
 }

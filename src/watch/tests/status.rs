@@ -228,8 +228,9 @@ fn no_such_process_exits_5() {
     let out = watch(&["status", "2147483600"]);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such process"));
+    // 0 is not a process id: a usage error.
     let out = watch(&["status", "0"]);
-    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
 
 #[test]

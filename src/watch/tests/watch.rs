@@ -111,11 +111,8 @@ impl Drop for Watch {
     }
 }
 
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("aiodebug-watch-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("tempdir");
-    d
+fn tempdir(tag: &str) -> support::TempDir {
+    support::TempDir::new(&format!("watch-{tag}"))
 }
 
 fn dump_files(dir: &Path) -> Vec<PathBuf> {
@@ -547,14 +544,14 @@ fn a_full_disk_is_a_warning_and_the_budget_deletes_nothing() {
         "{names:?}"
     );
 
-    // Budget: 1 byte allowed, so every dump is skipped with one warning.
+    // Budget: 1 KiB allowed (the smallest), so every dump is skipped with one warning.
     let dir2 = tempdir("budget");
     let w = Watch::start(
         fx.pid,
         &dir2,
         &[
             "--max-dump-bytes",
-            "1",
+            "1024",
             "--dump-gap",
             "0.2",
             "--exit-on-hang",

@@ -113,7 +113,12 @@ impl Tracker {
                 });
             }
             let taken = self.cfg.dumps - ep.dumps_due;
-            if ep.dumps_due > 0 && o.now_ns >= ep.started_ns + u64::from(taken) * self.cfg.gap_ns {
+            // A stopped process (job control, a debugger) is not the hang:
+            // its remaining snapshots wait until it runs again.
+            if ep.dumps_due > 0
+                && !o.stopped
+                && o.now_ns >= ep.started_ns + u64::from(taken) * self.cfg.gap_ns
+            {
                 ep.dumps_due -= 1;
                 actions.push(Action::Dump {
                     index: taken,
@@ -169,7 +174,8 @@ impl Tracker {
     pub fn next_deadline(&self, o: &Observation) -> Option<u64> {
         if let Some(ep) = &self.episode {
             let taken = self.cfg.dumps - ep.dumps_due;
-            return (ep.dumps_due > 0).then(|| ep.started_ns + u64::from(taken) * self.cfg.gap_ns);
+            return (ep.dumps_due > 0 && !o.stopped)
+                .then(|| ep.started_ns + u64::from(taken) * self.cfg.gap_ns);
         }
         let mut next = None::<u64>;
         let mut consider = |threshold: u64| {
@@ -277,6 +283,27 @@ mod tests {
         assert_eq!(dumps, 2, "the first dump came with HangStarted; 3 in all");
         assert!(t.is_hung());
         assert!(t.next_deadline(&obs(10_000, 10_000, false)).is_none());
+    }
+
+    #[test]
+    fn a_process_stopped_mid_episode_takes_no_snapshot_until_it_runs() {
+        let mut t = Tracker::new(cfg());
+        let mut o = obs(0, 300 * MS, false);
+        assert!(t
+            .observe(o)
+            .iter()
+            .any(|a| matches!(a, Action::Dump { index: 0, .. })));
+        o.now_ns = 1500 * MS;
+        o.stall_ns = 1800 * MS;
+        o.stopped = true;
+        assert!(t.observe(o).is_empty());
+        assert_eq!(t.next_deadline(&o), None);
+        o.stopped = false;
+        o.now_ns = 1600 * MS;
+        assert!(t
+            .observe(o)
+            .iter()
+            .any(|a| matches!(a, Action::Dump { index: 1, .. })));
     }
 
     #[test]

@@ -177,7 +177,11 @@ pub fn run(args: &WatchArgs) -> ExitCode {
 
 /// Runs a watch; returns its exit code and what it did.
 pub fn watch(args: &WatchArgs) -> (u8, Summary) {
-    let out = match OutputDir::open(&args.output_dir, args.max_dump_bytes) {
+    if let Err(e) = crate::cli::check_watch(args) {
+        crate::errln!("aiodebug-watch: {e}");
+        return (exit::USAGE, Summary::default());
+    }
+    let out = match OutputDir::open(&args.output_dir, args.max_dump_bytes, args.follow_symlinks) {
         Ok(o) => o,
         Err(e) => {
             crate::errln!("aiodebug-watch: {e}");
@@ -307,7 +311,11 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
         if stopped != was_stopped {
             was_stopped = stopped;
             let text = if stopped {
-                format!("PID {} is stopped (state {state}: job control or a debugger); not a hang, no dumps", ctx.pid)
+                if loops.values().any(|w| w.tracker.is_hung()) {
+                    format!("PID {} is stopped (state {state}: job control or a debugger); the hang's remaining snapshots wait until it runs again", ctx.pid)
+                } else {
+                    format!("PID {} is stopped (state {state}: job control or a debugger); not a hang, no dumps", ctx.pid)
+                }
             } else {
                 format!("PID {} runs again", ctx.pid)
             };
@@ -830,6 +838,7 @@ fn dump_now(
             ctx.log
                 .event("warning", json!({"message": why}), format!("WARNING {why}"));
         }
+        Outcome::Off => {}
     }
     if index + 1 == ctx.args.dumps {
         ctx.episodes_completed += 1;
