@@ -48,6 +48,8 @@ pub trait Source {
     fn module(&self, entry: &MapEntry) -> Option<MappedFile>;
     /// CLOCK_MONOTONIC now, ns.
     fn now_ns(&self) -> u64;
+    /// CLOCK_BOOTTIME now, ns.
+    fn boottime_ns(&self) -> Option<u64>;
 }
 
 /// A live process.
@@ -104,6 +106,14 @@ impl Source for Live {
 
     fn now_ns(&self) -> u64 {
         crate::target::monotonic_ns()
+    }
+
+    fn boottime_ns(&self) -> Option<u64> {
+        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
+        u64::try_from(t.tv_sec())
+            .ok()?
+            .checked_mul(1_000_000_000)?
+            .checked_add(u64::try_from(t.tv_nsec()).ok()?)
     }
 }
 
@@ -243,10 +253,18 @@ impl<S: Source> Collector<S> {
                 Arg::Timespec => {
                     facts.sleep = self.timespec(a).map(|ns| {
                         let clock = (name == "clock_nanosleep").then_some(call.args[0]);
+                        let absolute = name == "clock_nanosleep" && call.args[1] & 1 != 0;
+                        let remaining_ns = if absolute {
+                            self.clock_now(call.args[0])
+                                .map(|now| ns.saturating_sub(now))
+                        } else {
+                            None
+                        };
                         Sleep {
                             ns,
-                            absolute: name == "clock_nanosleep" && call.args[1] & 1 != 0,
+                            absolute,
                             clock,
+                            remaining_ns,
                         }
                     })
                 }
@@ -274,6 +292,31 @@ impl<S: Source> Collector<S> {
             }
         }
         facts
+    }
+
+    /// The target's reading of clock `id` now (CLOCK_REALTIME, or
+    /// CLOCK_MONOTONIC / CLOCK_BOOTTIME shifted by its time namespace).
+    fn clock_now(&self, id: u64) -> Option<u64> {
+        let offsets = self
+            .src
+            .proc_file("timens_offsets")
+            .map(|d| crate::proc::parse_timens_offsets(&d))
+            .unwrap_or_default();
+        match id {
+            0 => u64::try_from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()?
+                    .as_nanos(),
+            )
+            .ok(),
+            1 => self.src.now_ns().checked_add_signed(offsets.monotonic_ns),
+            7 => self
+                .src
+                .boottime_ns()?
+                .checked_add_signed(offsets.boottime_ns),
+            _ => None,
+        }
     }
 
     /// What fd `fd` of the target refers to.
@@ -585,6 +628,9 @@ mod tests {
         fn now_ns(&self) -> u64 {
             self.now
         }
+        fn boottime_ns(&self) -> Option<u64> {
+            None
+        }
     }
 
     fn call(name: &'static str, args: [u64; 6]) -> Call {
@@ -649,9 +695,24 @@ mod tests {
             Some(Sleep {
                 ns: 2_005_000_000,
                 absolute: false,
-                clock: Some(1)
+                clock: Some(1),
+                remaining_ns: None,
             })
         );
+        // Absolute, on CLOCK_MONOTONIC, in a time namespace 1 s ahead.
+        c.src.now = 500_000_000;
+        c.src.proc.insert(
+            "timens_offsets".into(),
+            b"monotonic 1 0\nboottime 0 0\n".to_vec(),
+        );
+        let abs = c.facts(
+            1,
+            Some(&call("clock_nanosleep", [1, 1, 0x2000, 0, 0, 0])),
+            &[],
+        );
+        let s = abs.sleep.unwrap();
+        assert!(s.absolute);
+        assert_eq!(s.remaining_ns, Some(505_000_000));
         assert_eq!(c.c_string(0x5000).as_deref(), Some("aaaaaaaaaaaaaaaa…"));
         assert_eq!(c.c_string(0x9000), None);
         assert_eq!(c.timespec(0x9000), None);

@@ -295,6 +295,9 @@ pub struct Sleep {
     pub absolute: bool,
     /// The clock id (`clock_nanosleep`), if given.
     pub clock: Option<u64>,
+    /// For an absolute sleep: how long until its deadline, when the clock
+    /// could be read (the target's time namespace accounted for).
+    pub remaining_ns: Option<u64>,
 }
 
 /// A process a `wait4` waits for.
@@ -535,11 +538,11 @@ pub fn describe_call(call: &Call, facts: &Facts) -> String {
             _ => String::new(),
         };
         if s.absolute {
-            parts.push(format!(
-                "until {} on {}",
-                secs(s.ns),
-                clock_name(s.clock.unwrap_or(0))
-            ));
+            let clock = clock_name(s.clock.unwrap_or(0));
+            parts.push(match s.remaining_ns {
+                Some(left) => format!("{} left, until {} on {clock}", secs(left), secs(s.ns)),
+                None => format!("until {} on {clock}", secs(s.ns)),
+            });
         } else {
             parts.push(format!("{clock}{}", secs(s.ns)));
         }

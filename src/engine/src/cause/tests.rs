@@ -102,6 +102,7 @@ fn sleeps_children_paths_and_connects() {
             ns: 2 * S,
             absolute: false,
             clock: Some(1),
+            remaining_ns: None,
         }),
         ..Facts::default()
     };

@@ -84,13 +84,16 @@ impl Stats {
             .try_send();
     }
 
-    /// `P.hangs`: one more hang episode.
-    pub fn hang(&self, loop_name: &str) {
-        let _ = self
+    /// `P.hangs`: one more hang episode, tagged `cause:KIND` when known.
+    pub fn hang(&self, loop_name: &str, cause: Option<&str>) {
+        let mut metric = self
             .client
             .count_with_tags("hangs", 1)
-            .with_tag("loop", loop_name)
-            .try_send();
+            .with_tag("loop", loop_name);
+        if let Some(kind) = cause {
+            metric = metric.with_tag("cause", kind);
+        }
+        let _ = metric.try_send();
     }
 
     /// `P.dumps`: one more dump file written.
