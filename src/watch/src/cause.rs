@@ -39,8 +39,9 @@ pub struct LoopCause {
     moved: bool,
     /// Snapshots of this episode so far.
     snapshots: u32,
-    /// The last blocking call a capture saw (for `restart_syscall`).
-    remembered: Option<Remembered>,
+    /// The last blocking call a capture saw in each thread (a sleep that
+    /// our stop interrupted resumes as `restart_syscall`).
+    remembered: HashMap<i32, Remembered>,
     /// When the thread was first seen in `D` during this stall.
     d_since_ns: Option<u64>,
     /// The snapshot taken when the hang was detected, for the episode's
@@ -151,19 +152,12 @@ impl LoopCause {
             &mut col,
             dump,
             t,
-            self.remembered.as_ref(),
+            &self.remembered,
             delta,
             d_state_ns,
             progress,
         );
-        if let (Some(r), Some(c)) = (&t.regs, &cause.call) {
-            if c.blocked {
-                self.remembered = Some(Remembered {
-                    ip: r.rip,
-                    call: c.clone(),
-                });
-            }
-        }
+        remember_calls(&mut self.remembered, dump);
         if episode {
             self.previous = Some(now);
         }
@@ -198,15 +192,31 @@ impl LoopCause {
     }
 }
 
+/// Keeps the blocking call of every thread of `dump` (bounded by the
+/// snapshot's thread count; threads gone are forgotten).
+fn remember_calls(memory: &mut HashMap<i32, Remembered>, dump: &Dump) {
+    let mut next = HashMap::with_capacity(dump.threads.len());
+    for t in &dump.threads {
+        let Some(r) = &t.regs else { continue };
+        match syscalls::from_regs(r, memory.get(&t.tid)) {
+            Some(call) if call.blocked => {
+                next.insert(t.tid, Remembered { ip: r.rip, call });
+            }
+            _ => {}
+        }
+    }
+    *memory = next;
+}
+
 /// The call thread `t` was in: from its registers, or, for a thread that
 /// could not be stopped, from `/proc/PID/task/TID/syscall`.
 fn thread_call(
     col: &Collector<Live>,
     t: &ThreadDump,
-    remembered: Option<&Remembered>,
+    remembered: &HashMap<i32, Remembered>,
 ) -> (Option<Call>, Option<parse::ProcSyscall>) {
     if let Some(r) = &t.regs {
-        return (syscalls::from_regs(r, remembered), None);
+        return (syscalls::from_regs(r, remembered.get(&t.tid)), None);
     }
     let ps = std::fs::read(format!("/proc/{}/task/{}/syscall", col.source().pid, t.tid))
         .ok()
@@ -224,7 +234,7 @@ fn thread_cause(
     col: &mut Collector<Live>,
     dump: &Dump,
     t: &ThreadDump,
-    remembered: Option<&Remembered>,
+    remembered: &HashMap<i32, Remembered>,
     delta: Option<Delta>,
     d_state_ns: Option<u64>,
     progress: Option<Progress>,
@@ -258,7 +268,7 @@ fn thread_cause(
                 syscall: o
                     .regs
                     .as_ref()
-                    .and_then(|r| syscalls::from_regs(r, None))
+                    .and_then(|r| syscalls::from_regs(r, remembered.get(&o.tid)))
                     .filter(|c| c.blocked)
                     .map(|c| c.display_name()),
             });
@@ -283,12 +293,13 @@ fn thread_cause(
 /// The cause of every thread of a one-off `dump` (no deltas, no progress).
 pub fn for_dump(pid: i32, dump: &Dump) -> HashMap<i32, Cause> {
     let mut col = Collector::new(Live { pid });
+    let none = HashMap::new();
     dump.threads
         .iter()
         .map(|t| {
             (
                 t.tid,
-                thread_cause(&mut col, dump, t, None, None, None, None),
+                thread_cause(&mut col, dump, t, &none, None, None, None),
             )
         })
         .collect()

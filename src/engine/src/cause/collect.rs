@@ -254,9 +254,13 @@ impl<S: Source> Collector<S> {
                     facts.sleep = self.timespec(a).map(|ns| {
                         let clock = (name == "clock_nanosleep").then_some(call.args[0]);
                         let absolute = name == "clock_nanosleep" && call.args[1] & 1 != 0;
+                        // The remainder pointer follows the request.
+                        let rem = call.args.get(i + 1).copied();
                         let remaining_ns = if absolute {
                             self.clock_now(call.args[0])
                                 .map(|now| ns.saturating_sub(now))
+                        } else if rem == Some(a) {
+                            Some(ns)
                         } else {
                             None
                         };
@@ -435,9 +439,7 @@ impl<S: Source> Collector<S> {
             info.owner_tid = mutex_owner(&b[..got], syscalls::futex_is_pi(op))
                 .filter(|t| *t != waiter && tids.contains(t));
         }
-        if info.owner_tid.is_none() {
-            info.symbol = self.data_symbol(addr);
-        }
+        info.symbol = self.data_symbol(addr);
         info
     }
 
@@ -687,7 +689,7 @@ mod tests {
         assert_eq!(facts.path.as_deref(), Some("/mnt/nfs/data.db"));
         let facts = c.facts(
             1,
-            Some(&call("clock_nanosleep", [1, 0, 0x2000, 0x2000, 0, 0])),
+            Some(&call("clock_nanosleep", [1, 0, 0x2000, 0x3000, 0, 0])),
             &[],
         );
         assert_eq!(
@@ -699,6 +701,13 @@ mod tests {
                 remaining_ns: None,
             })
         );
+        // The remainder written over the request: what is read is what is left.
+        let same = c.facts(
+            1,
+            Some(&call("nanosleep", [0x2000, 0x2000, 0, 0, 0, 0])),
+            &[],
+        );
+        assert_eq!(same.sleep.unwrap().remaining_ns, Some(2_005_000_000));
         // Absolute, on CLOCK_MONOTONIC, in a time namespace 1 s ahead.
         c.src.now = 500_000_000;
         c.src.proc.insert(

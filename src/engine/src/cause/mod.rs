@@ -295,8 +295,11 @@ pub struct Sleep {
     pub absolute: bool,
     /// The clock id (`clock_nanosleep`), if given.
     pub clock: Option<u64>,
-    /// For an absolute sleep: how long until its deadline, when the clock
-    /// could be read (the target's time namespace accounted for).
+    /// How long is left: for an absolute sleep, until its deadline (when
+    /// the clock could be read, the target's time namespace accounted for);
+    /// for a relative one whose request and remainder are the same buffer,
+    /// `ns` itself (the kernel writes the remainder there at every stop, so
+    /// the request is lost).
     pub remaining_ns: Option<u64>,
 }
 
@@ -543,6 +546,8 @@ pub fn describe_call(call: &Call, facts: &Facts) -> String {
                 Some(left) => format!("{} left, until {} on {clock}", secs(left), secs(s.ns)),
                 None => format!("until {} on {clock}", secs(s.ns)),
             });
+        } else if s.remaining_ns.is_some() {
+            parts.push(format!("{clock}{} left", secs(s.ns)));
         } else {
             parts.push(format!("{clock}{}", secs(s.ns)));
         }
@@ -570,10 +575,14 @@ pub fn describe_call(call: &Call, facts: &Facts) -> String {
 fn lock_summary(lock: &LockInfo) -> String {
     match (&lock.owner, lock.owner_tid) {
         (Some(o), _) => {
-            let mut s = format!("waiting for a lock held by thread {} '{}'", o.tid, o.name);
+            let mut s = "waiting for a lock".to_string();
+            if let Some(sym) = &lock.symbol {
+                let _ = write!(s, " ({sym})");
+            }
+            let _ = write!(s, " held by thread {} '{}'", o.tid, o.name);
             match (&o.frame, &o.syscall) {
                 (Some(f), Some(c)) => {
-                    let _ = write!(s, ", which is blocked in {f} (in {c})");
+                    let _ = write!(s, ", which is blocked in {f}, in {c}");
                 }
                 (Some(f), None) => {
                     let _ = write!(s, ", which is in {f}");
@@ -585,7 +594,10 @@ fn lock_summary(lock: &LockInfo) -> String {
             }
             s
         }
-        (None, Some(tid)) => format!("waiting for a lock held by thread {tid}"),
+        (None, Some(tid)) => match &lock.symbol {
+            Some(sym) => format!("waiting for a lock ({sym}) held by thread {tid}"),
+            None => format!("waiting for a lock held by thread {tid}"),
+        },
         (None, None) => {
             let mut s = format!("futex wait on 0x{:x}", lock.futex);
             if let Some(sym) = &lock.symbol {
@@ -725,6 +737,13 @@ fn decide(input: &Input<'_>) -> (CauseKind, String) {
             .filter(|_| c.name == Some("futex") && syscalls::futex_waits(c.args[1]))
         {
             return (CauseKind::Lock, lock_summary(lock));
+        }
+        if c.name == Some("restart_syscall") {
+            return (
+                CauseKind::Syscall,
+                "blocked in restart_syscall() (a sleep or wait that an earlier stop interrupted, resumed)"
+                    .into(),
+            );
         }
         return (
             CauseKind::Syscall,

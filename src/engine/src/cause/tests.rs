@@ -187,7 +187,7 @@ fn a_lock_names_its_owner() {
     assert_eq!(c.kind, CauseKind::Lock);
     assert_eq!(
         c.summary,
-        "waiting for a lock held by thread 4242 'db-writer', which is blocked in flush_journal (src/journal.c:88) (in clock_nanosleep)"
+        "waiting for a lock held by thread 4242 'db-writer', which is blocked in flush_journal (src/journal.c:88), in clock_nanosleep"
     );
     let anon = Facts {
         lock: Some(LockInfo {
