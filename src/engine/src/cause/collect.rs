@@ -60,7 +60,9 @@ pub struct Live {
 }
 
 fn read_bounded(path: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
+    // One big read where a small buffer would take several: each read of a
+    // generated file (a socket table) redoes the kernel's walk.
+    let mut out = Vec::with_capacity(64 << 10);
     std::fs::File::open(path)
         .ok()?
         .take(MAX_FILE)
@@ -69,9 +71,40 @@ fn read_bounded(path: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Reads a kernel-generated table (`/proc/PID/net/tcp`…) stopping at the
+/// first short read instead of reading again to see the end of file: a
+/// seq_file read fills the whole buffer unless the table ends, and every
+/// read redoes the kernel's walk of its socket hash (~1.7 ms each here).
+fn read_seq_file(path: &str) -> Option<Vec<u8>> {
+    const CHUNK: usize = 256 << 10;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut out = Vec::new();
+    while (out.len() as u64) < MAX_FILE {
+        let start = out.len();
+        out.resize(start + CHUNK, 0);
+        let n = loop {
+            match f.read(&mut out[start..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return None,
+            }
+        };
+        out.truncate(start + n);
+        if n < CHUNK {
+            break;
+        }
+    }
+    Some(out)
+}
+
 impl Source for Live {
     fn proc_file(&self, rel: &str) -> Option<Vec<u8>> {
-        read_bounded(&format!("/proc/{}/{rel}", self.pid))
+        let path = format!("/proc/{}/{rel}", self.pid);
+        if rel.starts_with("net/") {
+            read_seq_file(&path)
+        } else {
+            read_bounded(&path)
+        }
     }
 
     fn proc_link(&self, rel: &str) -> Option<Vec<u8>> {
@@ -124,6 +157,12 @@ impl Source for Live {
 pub struct Collector<S: Source> {
     src: S,
     sockets: Option<SocketTables>,
+    /// How many of the socket tables were read into `sockets`.
+    tables_read: usize,
+    /// The target's mappings (for data symbols), read on first need.
+    maps: Option<Vec<MapEntry>>,
+    /// Data symbols by the start of the module's first mapping.
+    modules: std::collections::HashMap<u64, Option<ModuleSymbols>>,
     mounts: Option<Vec<CgroupMount>>,
 }
 
@@ -133,6 +172,9 @@ impl<S: Source> Collector<S> {
         Collector {
             src,
             sockets: None,
+            tables_read: 0,
+            maps: None,
+            modules: std::collections::HashMap::new(),
             mounts: None,
         }
     }
@@ -145,6 +187,7 @@ impl<S: Source> Collector<S> {
     /// Drops the cached socket tables (the next fd lookup reads them again).
     pub fn forget_sockets(&mut self) {
         self.sockets = None;
+        self.tables_read = 0;
     }
 
     /// Counters of thread `tid` now.
@@ -337,22 +380,25 @@ impl<S: Source> Collector<S> {
     }
 
     fn socket(&mut self, inode: u64) -> FdTarget {
-        if self.sockets.is_none() {
-            let mut t = SocketTables::default();
-            for (file, proto) in [
-                ("net/tcp", Proto::Tcp),
-                ("net/tcp6", Proto::Tcp),
-                ("net/udp", Proto::Udp),
-                ("net/udp6", Proto::Udp),
-            ] {
-                if let Some(d) = self.src.proc_file(file) {
-                    t.add_inet(parse::parse_inet_table(&d, proto));
+        // Generating a socket table costs the kernel a walk of its whole
+        // hash (~1.7 ms per read on a 2-core VM whatever the socket count):
+        // tables are read one at a time, most likely first, until the inode
+        // is found, and kept for the rest of the snapshot.
+        const TABLES: [&str; 5] = ["net/tcp", "net/tcp6", "net/unix", "net/udp", "net/udp6"];
+        let tables = self.sockets.get_or_insert_with(SocketTables::default);
+        while tables.get(inode).is_none() && self.tables_read < TABLES.len() {
+            let file = TABLES[self.tables_read];
+            self.tables_read += 1;
+            let Some(d) = self.src.proc_file(file) else {
+                continue;
+            };
+            match file {
+                "net/unix" => tables.add_unix(parse::parse_unix_table(&d)),
+                f if f.starts_with("net/tcp") => {
+                    tables.add_inet(parse::parse_inet_table(&d, Proto::Tcp))
                 }
+                _ => tables.add_inet(parse::parse_inet_table(&d, Proto::Udp)),
             }
-            if let Some(d) = self.src.proc_file("net/unix") {
-                t.add_unix(parse::parse_unix_table(&d));
-            }
-            self.sockets = Some(t);
         }
         match self.sockets.as_ref().and_then(|t| t.get(inode)) {
             Some(Socket::Inet(s)) if s.proto == Proto::Tcp => FdTarget::Tcp {
@@ -426,7 +472,7 @@ impl<S: Source> Collector<S> {
     }
 
     /// What is known of a futex wait on `addr` by thread `waiter`.
-    pub fn lock(&self, waiter: i32, addr: u64, op: u64, tids: &[i32]) -> LockInfo {
+    pub fn lock(&mut self, waiter: i32, addr: u64, op: u64, tids: &[i32]) -> LockInfo {
         let mut info = LockInfo {
             futex: addr,
             symbol: None,
@@ -485,31 +531,65 @@ impl<S: Source> Collector<S> {
     }
 
     /// The data symbol of the module containing `addr` that covers it
-    /// (`journal_lock`), for a futex word in a static.
-    pub fn data_symbol(&self, addr: u64) -> Option<String> {
-        let maps = crate::proc::parse_maps(&self.src.proc_file("maps")?);
+    /// (`journal_lock`), for a futex word in a static. Each module's data
+    /// symbols are read once per collector (a dump of many threads parked
+    /// on futexes looks up many addresses).
+    pub fn data_symbol(&mut self, addr: u64) -> Option<String> {
+        if self.maps.is_none() {
+            let mut maps = self
+                .src
+                .proc_file("maps")
+                .map(|d| crate::proc::parse_maps(&d))
+                .unwrap_or_default();
+            maps.sort_by_key(|m| m.start);
+            self.maps = Some(maps);
+        }
+        let maps = self.maps.as_deref().unwrap_or_default();
         // The module is the nearest file mapping at or below the address
         // (its .bss may be an anonymous mapping right after it).
         let below = maps
             .iter()
             .filter(|m| m.start <= addr && matches!(m.path, crate::proc::MapPath::File { .. }))
             .max_by_key(|m| m.start)?;
-        let first = maps
-            .iter()
-            .filter(|m| m.path == below.path)
-            .min_by_key(|m| m.start)?;
-        let mapped = self.src.module(first)?;
-        let segments = crate::elf::load_segments(mapped.bytes()).ok()?;
-        let bias = crate::elf::load_bias(&segments, first)?;
-        let svma = addr.wrapping_sub(bias);
-        if !segments
+        let first = maps.iter().find(|m| m.path == below.path)?;
+        if !self.modules.contains_key(&first.start) {
+            if self.modules.len() >= MAX_MODULES {
+                return None;
+            }
+            let data = self.src.module(first).and_then(|mapped| {
+                let segments = crate::elf::load_segments(mapped.bytes()).ok()?;
+                let bias = crate::elf::load_bias(&segments, first)?;
+                Some(ModuleSymbols {
+                    bias,
+                    segments,
+                    symbols: data_symbols(mapped.bytes()),
+                })
+            });
+            self.modules.insert(first.start, data);
+        }
+        let m = self.modules.get(&first.start)?.as_ref()?;
+        let svma = addr.wrapping_sub(m.bias);
+        if !m
+            .segments
             .iter()
             .any(|s| s.vaddr <= svma && svma < s.vaddr.saturating_add(s.memsz))
         {
             return None;
         }
-        object_symbol(mapped.bytes(), svma)
+        symbol_covering(&m.symbols, svma)
     }
+}
+
+/// Most modules whose symbols one collector keeps.
+const MAX_MODULES: usize = 256;
+
+/// The data symbols of one module.
+#[derive(Debug)]
+struct ModuleSymbols {
+    bias: u64,
+    segments: Vec<crate::elf::LoadSegment>,
+    /// (address, size, raw name), sorted by address.
+    symbols: Vec<(u64, u64, String)>,
 }
 
 /// The `NSpid:` of a `status` file: the pid in the innermost namespace.
@@ -548,31 +628,41 @@ pub fn mutex_owner(bytes: &[u8], pi: bool) -> Option<i32> {
     plausible.then_some(owner)
 }
 
-/// The name of the data symbol of an ELF file covering `svma`.
-pub fn object_symbol(elf: &[u8], svma: u64) -> Option<String> {
+/// The defined data symbols of an ELF file, sorted by address (at most
+/// 2^20).
+fn data_symbols(elf: &[u8]) -> Vec<(u64, u64, String)> {
     use object::{Object, ObjectSymbol, SymbolKind};
-    let obj = object::File::parse(elf).ok()?;
-    let mut best: Option<(u64, String)> = None;
-    for sym in obj.symbols().chain(obj.dynamic_symbols()).take(1 << 20) {
-        if sym.kind() != SymbolKind::Data || sym.is_undefined() {
-            continue;
-        }
-        let (a, size) = (sym.address(), sym.size().max(1));
-        if a <= svma && svma < a.saturating_add(size) {
-            let Ok(name) = sym.name() else { continue };
-            let name = addr2line::demangle_auto(name.into(), None);
-            let off = svma - a;
-            let text = if off == 0 {
-                name.to_string()
-            } else {
-                format!("{name}+0x{off:x}")
-            };
-            if best.as_ref().is_none_or(|(o, _)| off < *o) {
-                best = Some((off, text));
-            }
-        }
-    }
-    best.map(|(_, n)| n)
+    let Ok(obj) = object::File::parse(elf) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(u64, u64, String)> = obj
+        .symbols()
+        .chain(obj.dynamic_symbols())
+        .take(1 << 20)
+        .filter(|s| s.kind() == SymbolKind::Data && !s.is_undefined())
+        .filter_map(|s| Some((s.address(), s.size().max(1), s.name().ok()?.to_string())))
+        .collect();
+    out.sort();
+    out.dedup_by_key(|s| s.0);
+    out
+}
+
+/// The (demangled) name of the symbol covering `svma`, `name+0xoff` inside it.
+fn symbol_covering(symbols: &[(u64, u64, String)], svma: u64) -> Option<String> {
+    let i = symbols.partition_point(|s| s.0 <= svma);
+    // Symbols may nest (a struct and its fields): look a few back.
+    let (a, _, name) = symbols[..i]
+        .iter()
+        .rev()
+        .take(8)
+        .find(|(a, size, _)| svma < a.saturating_add(*size))?;
+    let name = addr2line::demangle_auto(name.as_str().into(), None);
+    let off = svma - a;
+    Some(if off == 0 {
+        name.to_string()
+    } else {
+        format!("{name}+0x{off:x}")
+    })
 }
 
 #[cfg(test)]
@@ -754,7 +844,7 @@ mod tests {
 
         let mut f = Fake::default();
         f.memory.push((0x3000, m));
-        let c = Collector::new(f);
+        let mut c = Collector::new(f);
         let info = c.lock(10, 0x3000, 128, &[10, 4242]);
         assert_eq!(info.owner_tid, Some(4242));
         // Not a thread of this process: no owner claimed.
@@ -816,7 +906,7 @@ mod tests {
         let me = Live {
             pid: std::process::id() as i32,
         };
-        let c = Collector::new(me);
+        let mut c = Collector::new(me);
         let addr = JOURNAL_LOCK.as_ptr() as u64;
         let name = c.data_symbol(addr).expect("a data symbol");
         assert!(name.ends_with("JOURNAL_LOCK"), "{name}");
