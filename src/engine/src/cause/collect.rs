@@ -598,8 +598,7 @@ fn ns_pid(status: &[u8]) -> Option<i32> {
         .split(|&b| b == b'\n')
         .find_map(|l| l.strip_prefix(b"NSpid:"))?;
     line.split(|b| b.is_ascii_whitespace())
-        .filter(|s| !s.is_empty())
-        .last()
+        .rfind(|s| !s.is_empty())
         .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok())
 }
 
@@ -855,8 +854,10 @@ mod tests {
 
     #[test]
     fn samples_read_cgroup_v1_throttling() {
-        let mut f = Fake::default();
-        f.now = 5_000;
+        let mut f = Fake {
+            now: 5_000,
+            ..Fake::default()
+        };
         f.proc
             .insert("task/9/schedstat".into(), b"1000 2000 3\n".to_vec());
         f.proc.insert(

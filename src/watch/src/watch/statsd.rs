@@ -145,7 +145,7 @@ mod tests {
             Stats::connect(&addr, "aiodebug", &[("env".into(), "test".into())]).expect("connect");
         stats.lag("main", 12_400_000);
         stats.stall("main", 1_500_000_000);
-        stats.hang("main");
+        stats.hang("main", Some("lock"));
         stats.dump("main");
         stats.drain(Duration::from_secs(2));
         let mut got = String::new();
@@ -165,6 +165,11 @@ mod tests {
             got.contains("aiodebug.hangs:1|c") && got.contains("aiodebug.dumps:1|c"),
             "{got}"
         );
+        let hangs = got
+            .lines()
+            .find(|l| l.starts_with("aiodebug.hangs"))
+            .expect("hangs");
+        assert!(hangs.contains("cause:lock"), "{hangs}");
     }
 
     #[test]
