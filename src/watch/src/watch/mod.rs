@@ -776,8 +776,12 @@ fn dump_now(
 ) -> Option<u8> {
     let (tid_loops, polls) = thread_notes(reading);
     let polls = &polls;
-    let at = chrono::Local::now();
     let taken = w.cause.take_pending();
+    // A snapshot taken when the hang was detected is named by its own time.
+    let at = match &taken {
+        Some(Ok(d)) => chrono::DateTime::<chrono::Local>::from(d.taken_at),
+        _ => chrono::Local::now(),
+    };
     let dump = match taken.unwrap_or_else(|| ctx.dumper.dump(ctx.pid, Some(&tid_loops))) {
         Ok(d) => d,
         Err(e) if e.kind() == ErrorKind::Gone => return Some(exit::GONE),
