@@ -81,6 +81,9 @@ pub struct ThreadDump {
     pub stack_bytes: usize,
     /// For a thread that could not be stopped: where it waits in the kernel.
     pub kernel_wait: Option<crate::snapshot::KernelWait>,
+    /// Registers at the stop (the system call and its arguments, for
+    /// [`crate::cause`]), if the thread was stopped.
+    pub regs: Option<crate::snapshot::Registers>,
 }
 
 /// Where the time of one dump went.
@@ -269,6 +272,7 @@ impl Dumper {
                 stack_truncated: t.stack_truncated,
                 stack_bytes: t.stack.len(),
                 kernel_wait: t.kernel_wait.clone(),
+                regs: t.regs,
             });
         }
         let pid = snap.pid;

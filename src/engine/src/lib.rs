@@ -7,7 +7,8 @@
 //!   their load bias;
 //! - [`memory`]: read the target's memory with `process_vm_readv`;
 //! - [`heartbeat`]: decode registry bytes (pure, untrusted input);
-//! - [`target`]: the glue — open a PID, locate its registries, read loops.
+//! - [`target`]: the glue — open a PID, locate its registries, read loops;
+//! - [`cause`]: why a thread is stuck (system call, lock owner, throttling).
 //!
 //! Every value read from a target is untrusted: sizes, counts and strings are
 //! bounds-checked, nothing is allocated from a count without a cap.
@@ -15,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod attach;
+pub mod cause;
 pub mod dump;
 pub mod elf;
 pub mod error;

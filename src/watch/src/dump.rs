@@ -70,18 +70,28 @@ pub fn run_with_loops(args: &DumpArgs, loops: Option<&HashMap<i32, String>>) -> 
                 break;
             }
         };
+        // Why each thread is where it is: read after the detach.
+        let cause_start = std::time::Instant::now();
+        let causes = crate::cause::for_dump(args.pid, &dump);
+        let cause_time = cause_start.elapsed();
         if args.timings {
-            crate::errln!("{}", timings_line(i + 1, &dump));
+            crate::errln!(
+                "{} cause_ms={:.3}",
+                timings_line(i + 1, &dump),
+                cause_time.as_secs_f64() * 1e3
+            );
         }
         let mut rendered = Vec::new();
         if args.json {
-            rendered.extend_from_slice(dump_json(&dump).to_string().as_bytes());
+            let mut v = dump_json(&dump);
+            crate::cause::add_to_dump_json(&mut v, &causes);
+            rendered.extend_from_slice(v.to_string().as_bytes());
             rendered.push(b'\n');
         } else {
             if i > 0 {
                 rendered.push(b'\n');
             }
-            render_text(&dump, &mut rendered);
+            render_text(&dump, &causes, &mut rendered);
         }
         sink.write(&rendered);
         if let Some(e) = dump.exit_error() {
@@ -261,8 +271,8 @@ fn thread_header(t: &ThreadDump) -> String {
     s
 }
 
-/// Renders a dump as text.
-pub fn render_text(d: &Dump, out: &mut Vec<u8>) {
+/// Renders a dump as text, with each thread's cause under its header.
+pub fn render_text(d: &Dump, causes: &HashMap<i32, crate::cause::Cause>, out: &mut Vec<u8>) {
     let mut w = |line: String| {
         out.extend_from_slice(line.as_bytes());
         out.push(b'\n');
@@ -294,6 +304,9 @@ pub fn render_text(d: &Dump, out: &mut Vec<u8>) {
     for t in &d.threads {
         w(String::new());
         w(thread_header(t));
+        if let Some(c) = causes.get(&t.tid) {
+            w(format!("  cause: {}", c.line()));
+        }
         for (i, f) in t.frames.iter().enumerate() {
             w(frame_line(i, f));
         }

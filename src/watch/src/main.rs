@@ -1,5 +1,6 @@
 //! `aiodebug-watch`: the command-line shell over `aiodebug-engine`.
 
+mod cause;
 mod cli;
 mod demo;
 mod dump;

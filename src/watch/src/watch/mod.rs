@@ -141,6 +141,7 @@ struct Watched {
     last_gauge_ns: u64,
     last_read_ns: u64,
     tick_rate_ns: u64,
+    cause: crate::cause::LoopCause,
 }
 
 /// Everything a watch run needs besides the loop state.
@@ -357,6 +358,7 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
                         last_gauge_ns: 0,
                         last_read_ns: now,
                         tick_rate_ns: lp.period_ns.max(1_000_000),
+                        cause: Default::default(),
                     }
                 });
                 w.tid = lp.tid;
@@ -388,6 +390,7 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
                     new_max_lag_ns: new_max,
                     stopped,
                 };
+                w.cause.observe(ctx.pid, w.tid, obs.stall_ns);
                 for action in w.tracker.observe(obs) {
                     if let Some(code) = act(ctx, w, action, &reading) {
                         return finish(ctx, &mut loops, code);
@@ -491,6 +494,7 @@ fn watch_workers(
                 last_gauge_ns: 0,
                 last_read_ns: now,
                 tick_rate_ns: 0,
+                cause: Default::default(),
             });
             // Another poll than last time: the previous one ended.
             let ticked = w.poll_since_ns != p.since_ns;
@@ -512,6 +516,7 @@ fn watch_workers(
                 new_max_lag_ns: finished_ns,
                 stopped: quiet,
             };
+            w.cause.observe(ctx.pid, w.tid, obs.stall_ns);
             for action in w.tracker.observe(obs) {
                 if let Some(code) = act(ctx, w, action, reading) {
                     return Err(code);
@@ -650,8 +655,17 @@ fn act(ctx: &mut Ctx<'_>, w: &mut Watched, action: Action, reading: &Reading) ->
             ctx.hangs += 1;
             w.recovered_after_ns = None;
             w.episode_prev_cpu.clear();
+            // The episode's first snapshot, taken now: the event and the
+            // counter carry its cause (the file is written by Dump 0).
+            let cause = (ctx.args.dumps > 0)
+                .then(|| {
+                    let (tid_loops, _) = thread_notes(reading);
+                    w.cause
+                        .hang_snapshot(&mut ctx.dumper, ctx.pid, w.tid, &tid_loops)
+                })
+                .flatten();
             if let Some(s) = &ctx.stats {
-                s.hang(&w.name);
+                s.hang(&w.name, cause.as_ref().map(|c| c.kind.as_str()));
             }
             let text = match &w.stuck_poll {
                 None => format!(
@@ -675,8 +689,11 @@ fn act(ctx: &mut Ctx<'_>, w: &mut Watched, action: Action, reading: &Reading) ->
                     "hang_started"
                 },
                 json!({"loop": w.name, "tid": w.tid, "stall_ms": stall_ns as f64 / 1e6,
-                       "polling": w.stuck_poll}),
-                text,
+                       "polling": w.stuck_poll, "cause": crate::cause::json_or_null(cause.as_ref())}),
+                match &cause {
+                    Some(c) => format!("{text}: {}", c.line()),
+                    None => text,
+                },
             );
         }
         Action::Dump { index, stall_ns } => return dump_now(ctx, w, index, stall_ns, reading),
@@ -705,7 +722,7 @@ fn act(ctx: &mut Ctx<'_>, w: &mut Watched, action: Action, reading: &Reading) ->
             );
         }
         Action::SlowStarted => {
-            w.slow_frames = snapshot_loop_thread(ctx, w.tid);
+            w.slow_frames = snapshot_loop_thread(ctx, w.tid, &mut w.cause);
         }
         Action::SlowEnded { blocked_ns } => {
             let frames = w
@@ -713,26 +730,37 @@ fn act(ctx: &mut Ctx<'_>, w: &mut Watched, action: Action, reading: &Reading) ->
                 .take()
                 .unwrap_or_else(|| "(no frames captured)".into());
             let first = frames.lines().next().unwrap_or_default().to_string();
+            let cause = w.cause.slow.take();
             ctx.log.event(
                 "slow_tick",
-                json!({"loop": w.name, "tid": w.tid, "blocked_ms": blocked_ns as f64 / 1e6, "frames": frames}),
+                json!({"loop": w.name, "tid": w.tid, "blocked_ms": blocked_ns as f64 / 1e6, "frames": frames,
+                       "cause": crate::cause::json_or_null(cause.as_ref())}),
                 format!(
-                    "WARNING loop '{}' blocked {:.3} s in {first}\n{}",
+                    "WARNING loop '{}' blocked {:.3} s in {first}{}\n{}",
                     w.name,
                     blocked_ns as f64 / 1e9,
+                    cause.map(|c| format!(": {}", c.line())).unwrap_or_default(),
                     frames.lines().skip(1).map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
                 ),
             );
         }
-        Action::SlowAbandoned => w.slow_frames = None,
+        Action::SlowAbandoned => {
+            w.slow_frames = None;
+            w.cause.slow = None;
+        }
     }
     None
 }
 
 /// A one-thread snapshot of a loop's thread, as text: the culprit first,
 /// then the top frames.
-fn snapshot_loop_thread(ctx: &mut Ctx<'_>, tid: u32) -> Option<String> {
+fn snapshot_loop_thread(
+    ctx: &mut Ctx<'_>,
+    tid: u32,
+    cause: &mut crate::cause::LoopCause,
+) -> Option<String> {
     let d = ctx.dumper.dump_threads(ctx.pid, &[tid as i32]).ok()?;
+    cause.slow = cause.for_capture(ctx.pid, tid, &d);
     let t = d.threads.iter().find(|t| t.tid as u32 == tid)?;
     let culprit = render::culprit(&t.frames)
         .map(render::short_frame)
@@ -756,8 +784,13 @@ fn dump_now(
 ) -> Option<u8> {
     let (tid_loops, polls) = thread_notes(reading);
     let polls = &polls;
-    let at = chrono::Local::now();
-    let dump = match ctx.dumper.dump(ctx.pid, Some(&tid_loops)) {
+    let taken = w.cause.take_pending();
+    // A snapshot taken when the hang was detected is named by its own time.
+    let at = match &taken {
+        Some(Ok(d)) => chrono::DateTime::<chrono::Local>::from(d.taken_at),
+        _ => chrono::Local::now(),
+    };
+    let dump = match taken.unwrap_or_else(|| ctx.dumper.dump(ctx.pid, Some(&tid_loops))) {
         Ok(d) => d,
         Err(e) if e.kind() == ErrorKind::Gone => return Some(exit::GONE),
         Err(e) => {
@@ -773,6 +806,13 @@ fn dump_now(
             return None;
         }
     };
+    // Once the loop recovered, its thread is doing something else.
+    let cause = w
+        .recovered_after_ns
+        .is_none()
+        .then(|| w.cause.for_snapshot(ctx.pid, w.tid, &dump))
+        .flatten();
+    let cause_line = cause.as_ref().map(|c| c.line());
     let header = render::Header {
         exe: &ctx.exe,
         loop_name: &w.name,
@@ -784,6 +824,7 @@ fn dump_now(
         index,
         of: ctx.args.dumps,
         local_time: &at.format("%Y-%m-%d %H:%M:%S%.6f %z").to_string(),
+        cause: cause_line.as_deref(),
     };
     let text = render::dump_file(&header, &dump, &w.episode_prev_cpu);
     w.episode_prev_cpu = dump.threads.iter().map(|t| (t.tid, t.cpu_time)).collect();
@@ -810,7 +851,8 @@ fn dump_now(
                 json!({"loop": w.name, "path": path.display().to_string(), "index": index,
                        "of": ctx.args.dumps, "bytes": bytes, "culprit": culprit,
                        "freeze_ms": dump.timings.freeze.as_secs_f64() * 1e3,
-                       "threads": dump.threads.len()}),
+                       "threads": dump.threads.len(),
+                       "cause": crate::cause::json_or_null(cause.as_ref())}),
                 format!(
                     "wrote {} (snapshot {} of {}, {} threads, froze {:.2} ms){}",
                     path.display(),
@@ -821,7 +863,9 @@ fn dump_now(
                     culprit
                         .map(|c| format!("; loop '{}' blocked in {c}", w.name))
                         .unwrap_or_default()
-                ),
+                ) + &cause_line
+                    .map(|c| format!("; cause: {c}"))
+                    .unwrap_or_default(),
             );
         }
         Outcome::OverBudget { used, budget } => {

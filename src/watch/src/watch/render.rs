@@ -31,6 +31,8 @@ pub struct Header<'a> {
     pub of: u32,
     /// Local time of the snapshot, human readable.
     pub local_time: &'a str,
+    /// Why the loop's thread is stuck (`crate::cause`), one line.
+    pub cause: Option<&'a str>,
 }
 
 /// Library and runtime frames that never are the culprit of a blocked loop.
@@ -188,6 +190,9 @@ pub fn dump_file(h: &Header<'_>, d: &Dump, prev_cpu: &HashMap<i32, Duration>) ->
         .and_then(|t| culprit(&t.frames))
     {
         let _ = writeln!(out, "blocked in: {}", short_frame(c));
+    }
+    if let Some(c) = h.cause.filter(|_| h.recovered_after_ns.is_none()) {
+        let _ = writeln!(out, "cause:      {c}");
     }
     if d.exited {
         let _ = writeln!(

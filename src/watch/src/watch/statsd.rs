@@ -84,13 +84,16 @@ impl Stats {
             .try_send();
     }
 
-    /// `P.hangs`: one more hang episode.
-    pub fn hang(&self, loop_name: &str) {
-        let _ = self
+    /// `P.hangs`: one more hang episode, tagged `cause:KIND` when known.
+    pub fn hang(&self, loop_name: &str, cause: Option<&str>) {
+        let mut metric = self
             .client
             .count_with_tags("hangs", 1)
-            .with_tag("loop", loop_name)
-            .try_send();
+            .with_tag("loop", loop_name);
+        if let Some(kind) = cause {
+            metric = metric.with_tag("cause", kind);
+        }
+        let _ = metric.try_send();
     }
 
     /// `P.dumps`: one more dump file written.
@@ -142,7 +145,7 @@ mod tests {
             Stats::connect(&addr, "aiodebug", &[("env".into(), "test".into())]).expect("connect");
         stats.lag("main", 12_400_000);
         stats.stall("main", 1_500_000_000);
-        stats.hang("main");
+        stats.hang("main", Some("lock"));
         stats.dump("main");
         stats.drain(Duration::from_secs(2));
         let mut got = String::new();
@@ -162,6 +165,11 @@ mod tests {
             got.contains("aiodebug.hangs:1|c") && got.contains("aiodebug.dumps:1|c"),
             "{got}"
         );
+        let hangs = got
+            .lines()
+            .find(|l| l.starts_with("aiodebug.hangs"))
+            .expect("hangs");
+        assert!(hangs.contains("cause:lock"), "{hangs}");
     }
 
     #[test]

@@ -1,0 +1,403 @@
+//! The cause of a stall (why, not only where) in `watch` and `dump`: glue
+//! between snapshots and `aiodebug_engine::cause`, and its JSON form
+//! (schema: README.md, "The cause").
+//!
+//! Per watched loop, a [`LoopCause`] keeps what the deltas need: a sample of
+//! the loop thread's counters taken at the first read that saw it overdue
+//! (the start of the window), the previous snapshot's sample, the
+//! episode's first registers (stuck or busy), and the call a previous
+//! capture interrupted (a sleep resumes as `restart_syscall`).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use aiodebug_engine::cause::collect::{Collector, Live};
+use aiodebug_engine::cause::parse::{self, CgroupVersion};
+use aiodebug_engine::cause::syscalls::{self, Arch, Call, Remembered};
+pub use aiodebug_engine::cause::Cause;
+use aiodebug_engine::cause::{self, Delta, FdTarget, Input, Motion, Owner, Progress, Sample};
+use aiodebug_engine::dump::{Dump, Dumper, ThreadDump};
+use aiodebug_engine::snapshot::{Registers, StopKind};
+use serde_json::{json, Value};
+
+use crate::watch::render::{culprit, short_frame};
+
+/// Shortest window over which CPU shares are computed: below it the
+/// counters say more about our own stop than about the stall.
+const MIN_WINDOW_NS: u64 = 20_000_000;
+
+/// What the cause of one loop's stalls needs to remember.
+#[derive(Debug, Default)]
+pub struct LoopCause {
+    /// Counters at the first read that saw the current stall.
+    baseline: Option<Sample>,
+    /// Counters at the previous snapshot of this episode.
+    previous: Option<Sample>,
+    /// Registers at the episode's first snapshot.
+    first_regs: Option<Registers>,
+    /// The registers differed in some snapshot of this episode.
+    moved: bool,
+    /// Snapshots of this episode so far.
+    snapshots: u32,
+    /// The last blocking call a capture saw in each thread (a sleep that
+    /// our stop interrupted resumes as `restart_syscall`).
+    remembered: HashMap<i32, Remembered>,
+    /// When the thread was first seen in `D` during this stall.
+    d_since_ns: Option<u64>,
+    /// The snapshot taken when the hang was detected, for the episode's
+    /// first file.
+    pending: Option<aiodebug_engine::Result<Dump>>,
+    /// The cause computed for the snapshot taken at `last_at`.
+    last: Option<(SystemTime, Option<Cause>)>,
+    /// The cause captured when a slow tick began.
+    pub slow: Option<Cause>,
+    /// Time spent computing causes (reads after the detach, classification).
+    pub spent: Duration,
+}
+
+impl LoopCause {
+    /// A read of the heartbeat: `stall_ns` is how overdue the loop is (0
+    /// while on time). The first overdue read samples the thread's counters.
+    pub fn observe(&mut self, pid: i32, tid: u32, stall_ns: u64) {
+        if stall_ns == 0 {
+            self.baseline = None;
+            self.d_since_ns = None;
+        } else if self.baseline.is_none() {
+            self.baseline = Some(Collector::new(Live { pid }).sample(tid as i32));
+        }
+    }
+
+    /// A hang was detected: take the episode's first snapshot now, so that
+    /// the `hang_started` event and the `hangs` counter carry its cause. The
+    /// snapshot is kept for the episode's first file ([`LoopCause::take_pending`]).
+    pub fn hang_snapshot(
+        &mut self,
+        dumper: &mut Dumper,
+        pid: i32,
+        tid: u32,
+        loops: &HashMap<i32, String>,
+    ) -> Option<Cause> {
+        self.first_regs = None;
+        self.moved = false;
+        self.snapshots = 0;
+        self.previous = None;
+        let res = dumper.dump(pid, Some(loops));
+        let cause = res
+            .as_ref()
+            .ok()
+            .and_then(|d| self.for_snapshot(pid, tid, d));
+        self.pending = Some(res);
+        cause
+    }
+
+    /// The snapshot [`LoopCause::hang_snapshot`] took, once.
+    pub fn take_pending(&mut self) -> Option<aiodebug_engine::Result<Dump>> {
+        self.pending.take()
+    }
+
+    /// The cause of loop thread `tid` in snapshot `dump` of the episode
+    /// (computed once per snapshot: the counters are sampled now).
+    pub fn for_snapshot(&mut self, pid: i32, tid: u32, dump: &Dump) -> Option<Cause> {
+        if let Some((at, c)) = &self.last {
+            if *at == dump.taken_at {
+                return c.clone();
+            }
+        }
+        let started = Instant::now();
+        let cause = self.compute(pid, tid as i32, dump, true);
+        self.spent += started.elapsed();
+        self.last = Some((dump.taken_at, cause.clone()));
+        cause
+    }
+
+    /// The cause of `tid` in a one-off capture (a slow tick): deltas from
+    /// the stall's start, no progress.
+    pub fn for_capture(&mut self, pid: i32, tid: u32, dump: &Dump) -> Option<Cause> {
+        let started = Instant::now();
+        let cause = self.compute(pid, tid as i32, dump, false);
+        self.spent += started.elapsed();
+        cause
+    }
+
+    fn compute(&mut self, pid: i32, tid: i32, dump: &Dump, episode: bool) -> Option<Cause> {
+        let t = dump.threads.iter().find(|t| t.tid == tid)?;
+        let mut col = Collector::new(Live { pid });
+        let now = col.sample(tid);
+        if self.baseline.is_none() {
+            // No read saw the stall before it crossed the interval: the
+            // window starts now (later snapshots get deltas).
+            self.baseline = Some(now.clone());
+        }
+        let delta = self
+            .baseline
+            .as_ref()
+            .map(|b| now.since(b))
+            .filter(|d| d.wall_ns >= MIN_WINDOW_NS);
+        if t.state == 'D' {
+            let since = match &self.baseline {
+                Some(b) if b.faults.is_some_and(|f| f.state == 'D') => b.at_ns,
+                _ => *self.d_since_ns.get_or_insert(now.at_ns),
+            };
+            self.d_since_ns = Some(since);
+        }
+        let d_state_ns = (t.state == 'D')
+            .then(|| self.d_since_ns.map(|s| now.at_ns.saturating_sub(s)))
+            .flatten();
+        let progress = if episode {
+            self.progress(t.regs.as_ref(), &now)
+        } else {
+            None
+        };
+        let cause = thread_cause(
+            &mut col,
+            dump,
+            t,
+            &self.remembered,
+            delta,
+            d_state_ns,
+            progress,
+        );
+        remember_calls(&mut self.remembered, dump);
+        if episode {
+            self.previous = Some(now);
+        }
+        Some(cause)
+    }
+
+    fn progress(&mut self, regs: Option<&Registers>, now: &Sample) -> Option<Progress> {
+        let regs = regs?;
+        self.snapshots += 1;
+        let cpu_since_previous_ns = self
+            .previous
+            .as_ref()
+            .and_then(|p| now.sched?.run_ns.checked_sub(p.sched?.run_ns));
+        match &self.first_regs {
+            None => {
+                self.first_regs = Some(*regs);
+                None
+            }
+            Some(first) => {
+                self.moved |= !cause::same_place(first, regs);
+                Some(Progress {
+                    motion: if self.moved {
+                        Motion::Busy
+                    } else {
+                        Motion::Stuck
+                    },
+                    snapshots: self.snapshots,
+                    cpu_since_previous_ns,
+                })
+            }
+        }
+    }
+}
+
+/// Keeps the blocking call of every thread of `dump` (bounded by the
+/// snapshot's thread count; threads gone are forgotten).
+fn remember_calls(memory: &mut HashMap<i32, Remembered>, dump: &Dump) {
+    let mut next = HashMap::with_capacity(dump.threads.len());
+    for t in &dump.threads {
+        let Some(r) = &t.regs else { continue };
+        match syscalls::from_regs(r, memory.get(&t.tid)) {
+            Some(call) if call.blocked => {
+                next.insert(t.tid, Remembered { ip: r.rip, call });
+            }
+            _ => {}
+        }
+    }
+    *memory = next;
+}
+
+/// The call thread `t` was in: from its registers, or, for a thread that
+/// could not be stopped, from `/proc/PID/task/TID/syscall`.
+fn thread_call(
+    col: &Collector<Live>,
+    t: &ThreadDump,
+    remembered: &HashMap<i32, Remembered>,
+) -> (Option<Call>, Option<parse::ProcSyscall>) {
+    if let Some(r) = &t.regs {
+        return (syscalls::from_regs(r, remembered.get(&t.tid)), None);
+    }
+    let ps = std::fs::read(format!("/proc/{}/task/{}/syscall", col.source().pid, t.tid))
+        .ok()
+        .and_then(|d| parse::parse_proc_syscall(&d));
+    let call = match &ps {
+        Some(parse::ProcSyscall::In { nr, args }) => {
+            Some(syscalls::from_proc(Arch::X86_64, *nr, *args))
+        }
+        _ => None,
+    };
+    (call, ps)
+}
+
+fn thread_cause(
+    col: &mut Collector<Live>,
+    dump: &Dump,
+    t: &ThreadDump,
+    remembered: &HashMap<i32, Remembered>,
+    delta: Option<Delta>,
+    d_state_ns: Option<u64>,
+    progress: Option<Progress>,
+) -> Cause {
+    let (call, proc_syscall) = thread_call(col, t, remembered);
+    // A one-thread capture (a slow tick) holds only the loop's thread: a
+    // lock's owner may be any thread of the process.
+    let mut tids: Vec<i32> = dump.threads.iter().map(|t| t.tid).collect();
+    if tids.len() == 1 {
+        tids.extend(aiodebug_engine::proc::list_tasks(dump.pid).unwrap_or_default());
+    }
+    let mut facts = col.facts(t.tid, call.as_ref(), &tids);
+    facts.proc_syscall = proc_syscall;
+    if let Some(lock) = &mut facts.lock {
+        let captured = lock
+            .owner_tid
+            .and_then(|o| dump.threads.iter().find(|x| x.tid == o));
+        if let (None, Some(tid)) = (captured, lock.owner_tid) {
+            lock.owner = Some(Owner {
+                tid,
+                name: aiodebug_engine::proc::read_task_comm(dump.pid, tid),
+                frame: None,
+                syscall: None,
+            });
+        }
+        if let Some(o) = captured {
+            lock.owner = Some(Owner {
+                tid: o.tid,
+                name: o.name.clone(),
+                frame: culprit(&o.frames).map(short_frame),
+                syscall: o
+                    .regs
+                    .as_ref()
+                    .and_then(|r| syscalls::from_regs(r, remembered.get(&o.tid)))
+                    .filter(|c| c.blocked)
+                    .map(|c| c.display_name()),
+            });
+        }
+    }
+    if matches!(t.state, 'T' | 't') && !matches!(t.stop, StopKind::JobControl(_)) {
+        facts.tracer = aiodebug_engine::proc::tracer_of(t.tid)
+            .filter(|(p, _)| *p as u32 != std::process::id());
+    }
+    cause::classify(&Input {
+        state: t.state,
+        stop: &t.stop,
+        regs: t.regs.as_ref(),
+        call,
+        facts: &facts,
+        delta,
+        d_state_ns,
+        progress,
+    })
+}
+
+/// The cause of every thread of a one-off `dump` (no deltas, no progress).
+pub fn for_dump(pid: i32, dump: &Dump) -> HashMap<i32, Cause> {
+    let mut col = Collector::new(Live { pid });
+    let none = HashMap::new();
+    dump.threads
+        .iter()
+        .map(|t| {
+            (
+                t.tid,
+                thread_cause(&mut col, dump, t, &none, None, None, None),
+            )
+        })
+        .collect()
+}
+
+fn ms(ns: u64) -> f64 {
+    (ns / 1000) as f64 / 1e3
+}
+
+/// The JSON object of a cause (README.md, "The cause"): every key present,
+/// `null` when unknown.
+pub fn json(c: &Cause) -> Value {
+    let f = &c.facts;
+    let fds: Vec<Value> = f
+        .fds
+        .iter()
+        .map(|fd| {
+            let (local, remote, state) = match &fd.target {
+                FdTarget::Tcp {
+                    local,
+                    remote,
+                    state,
+                    ..
+                } => (
+                    Some(local.to_string()),
+                    Some(remote.to_string()),
+                    Some(*state),
+                ),
+                FdTarget::Udp { local, remote } => {
+                    (Some(local.to_string()), remote.map(|r| r.to_string()), None)
+                }
+                _ => (None, None, None),
+            };
+            json!({"fd": fd.fd, "kind": fd.target.kind(), "target": fd.target.to_string(),
+                   "local": local, "remote": remote, "state": state})
+        })
+        .collect();
+    let syscall = c.call.as_ref().map(|call| {
+        json!({"name": call.display_name(), "number": call.nr, "blocked": call.blocked,
+               "resumed": call.resumed,
+               "args": call.args.iter().map(|a| format!("0x{a:x}")).collect::<Vec<_>>()})
+    });
+    let lock = f.lock.as_ref().map(|l| {
+        json!({"futex": format!("0x{:x}", l.futex), "symbol": l.symbol, "owner_tid": l.owner_tid,
+               "owner_name": l.owner.as_ref().map(|o| o.name.clone()),
+               "owner_frame": l.owner.as_ref().and_then(|o| o.frame.clone()),
+               "owner_syscall": l.owner.as_ref().and_then(|o| o.syscall.clone())})
+    });
+    let d = c.delta.as_ref();
+    let cgroup = d.and_then(|d| d.cgroup.as_ref()).map(|cg| {
+        json!({"path": cg.dir, "version": match cg.version { CgroupVersion::V1 => 1, CgroupVersion::V2 => 2 },
+               "nr_throttled": cg.nr_throttled, "nr_periods": cg.nr_periods,
+               "throttled_ms": ms(cg.throttled_ns),
+               "quota_ms": cg.quota.map(|q| q.quota_us as f64 / 1e3),
+               "period_ms": cg.quota.map(|q| q.period_us as f64 / 1e3)})
+    });
+    let progress = c.progress.map(|p| match p.motion {
+        Motion::Stuck => "stuck",
+        Motion::Busy => "busy",
+    });
+    json!({
+        "kind": c.kind.as_str(),
+        "summary": c.summary,
+        "text": c.line(),
+        "state": c.state.to_string(),
+        "syscall": syscall,
+        "fds": fds,
+        "path": f.path,
+        "sleep_ms": f.sleep.map(|s| ms(s.ns)),
+        "sleep_absolute": f.sleep.map(|s| s.absolute),
+        "timeout_ms": f.timeout_ms,
+        "child": f.child.as_ref().map(|ch| json!({"pid": ch.pid, "name": ch.name})),
+        "lock": lock,
+        "window_ms": d.map(|d| ms(d.wall_ns)),
+        "on_cpu_ms": d.and_then(|d| d.run_ns).map(ms),
+        "run_delay_ms": d.and_then(|d| d.wait_ns).map(ms),
+        "major_faults": d.and_then(|d| d.majflt),
+        "cgroup": cgroup,
+        "progress": progress,
+        "snapshots_compared": c.progress.map(|p| p.snapshots),
+        "cpu_since_previous_ms": c.progress.and_then(|p| p.cpu_since_previous_ns).map(ms),
+        "raw": c.raw,
+    })
+}
+
+/// `Some(json)` or `null`.
+pub fn json_or_null(c: Option<&Cause>) -> Value {
+    c.map(json).unwrap_or(Value::Null)
+}
+
+/// Adds `"cause"` to every thread object of a `dump --json` object.
+pub fn add_to_dump_json(v: &mut Value, causes: &HashMap<i32, Cause>) {
+    if let Some(threads) = v.get_mut("threads").and_then(Value::as_array_mut) {
+        for t in threads {
+            let tid = t.get("tid").and_then(Value::as_i64).unwrap_or(-1) as i32;
+            if let Value::Object(m) = t {
+                m.insert("cause".into(), json_or_null(causes.get(&tid)));
+            }
+        }
+    }
+}
