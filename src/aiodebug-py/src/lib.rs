@@ -99,7 +99,9 @@ impl Heartbeat {
     /// after `close()`).
     #[getter]
     fn registered(&self) -> bool {
-        self.slot().as_ref().is_some_and(hb::Heartbeat::is_registered)
+        self.slot()
+            .as_ref()
+            .is_some_and(hb::Heartbeat::is_registered)
     }
 
     /// The name registered (the registry keeps its first 64 bytes).

@@ -97,12 +97,19 @@ def _code_of(fn: Any) -> Any:
     return None
 
 
+def _short(qualname: str) -> str:
+    """A qualified name without its enclosing functions (``outer.<locals>.``):
+    the board holds 32 bytes."""
+    return qualname.rpartition(".<locals>.")[2]
+
+
 def _label(handle: asyncio.Handle) -> tuple[str, str, int]:
     """What a handle runs, for the poll board: ``(name, file, line)``.
 
     A task step is ``"<task name>: <coroutine qualname>"`` at the line the
     coroutine resumes from; any other callback is its qualified name (or its
-    repr, cut to the board's capacity) at its definition.
+    repr) at its definition. Names without ``outer.<locals>.`` prefixes; the
+    board keeps the first 32 bytes (the task name comes first).
     """
     cb = handle._callback  # type: ignore[attr-defined]
     owner = getattr(cb, "__self__", None)
@@ -115,7 +122,7 @@ def _label(handle: asyncio.Handle) -> tuple[str, str, int]:
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
         line = frame.f_lineno if frame is not None else code.co_firstlineno
         qualname = getattr(code, "co_qualname", code.co_name)
-        return f"{name}: {qualname}", code.co_filename, line or 0
+        return f"{name}: {_short(qualname)}", code.co_filename, line or 0
     code = _code_of(cb)
     name = getattr(cb, "__qualname__", None)
     if not isinstance(name, str):
@@ -123,6 +130,7 @@ def _label(handle: asyncio.Handle) -> tuple[str, str, int]:
         name = getattr(func, "__qualname__", None)
         if not isinstance(name, str):
             name = repr(cb)[:_NAME_CAP]
+    name = _short(name)
     if code is None:
         return name, "", 0
     return name, code.co_filename, code.co_firstlineno
