@@ -2,6 +2,7 @@
 with `aiodebug-watch status --json` where the registry is involved."""
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -312,6 +313,43 @@ def test_exceptions_of_callbacks_still_reach_the_loops_handler():
 
     asyncio.run(main())
     assert [type(e) for e in caught] == [ValueError]
+
+
+def test_labels_follow_decorators_partials_and_renamed_tasks():
+    def deco(f):
+        @functools.wraps(f)
+        def inner():
+            return f()
+
+        return inner
+
+    @deco
+    def alpha():
+        pass
+
+    @deco
+    def beta():
+        pass
+
+    async def coro():
+        await asyncio.sleep(0)
+
+    label = aiodebug_heartbeat._label
+    loop = asyncio.new_event_loop()
+    try:
+        # One wrapper code object, two names and locations.
+        a, b = label(loop.call_soon(alpha)), label(loop.call_soon(beta))
+        assert (a[0], a[2]) == ("alpha", alpha.__wrapped__.__code__.co_firstlineno)
+        assert (b[0], b[2]) == ("beta", beta.__wrapped__.__code__.co_firstlineno)
+        assert label(loop.call_soon(functools.partial(alpha)))[0] == "alpha"
+        assert label(loop.call_soon(print))[0] == "print"
+        task = loop.create_task(coro(), name="first")
+        assert label(loop._ready[-1])[0] == "first: coro"
+        task.set_name("second")
+        assert label(loop._ready[-1])[0] == "second: coro"
+        loop.run_until_complete(task)
+    finally:
+        loop.close()
 
 
 def test_poll_markers_directly():

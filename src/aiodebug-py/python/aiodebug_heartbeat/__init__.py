@@ -84,23 +84,49 @@ _monotonic = time.monotonic
 
 
 def _code_of(fn: Any) -> Any:
-    """The code object behind a callback (functions, bound methods,
-    functools.partial), or None (builtins, callable objects)."""
-    for _ in range(4):  # partial(partial(method)): bounded unwrapping
-        code = getattr(fn, "__code__", None)
-        if code is not None:
-            return code
-        inner = getattr(fn, "__func__", None) or getattr(fn, "func", None)
+    """The code object behind a callback, or None (builtins, callable
+    objects): unwraps bound methods, functools.partial and decorators that
+    set ``__wrapped__`` (functools.wraps), a bounded number of times."""
+    for _ in range(8):
+        inner = (
+            getattr(fn, "__wrapped__", None)
+            or getattr(fn, "__func__", None)
+            or getattr(fn, "func", None)
+        )
         if inner is None:
-            return None
+            break
         fn = inner
-    return None
+    return getattr(fn, "__code__", None)
 
 
 def _short(qualname: str) -> str:
     """A qualified name without its enclosing functions (``outer.<locals>.``):
     the board holds 32 bytes."""
     return qualname.rpartition(".<locals>.")[2]
+
+
+# Labels already formatted, so that a task's steps and a function's calls
+# after the first cost two lookups: task name -> (code, label), function ->
+# (name, file, line). Both are cleared when they reach _CACHE_MAX entries
+# (task names like "Task-123" are unique: a service spawning tasks churns it).
+_CACHE_MAX = 4096
+_task_labels: dict[str, tuple[Any, str]] = {}
+_callback_labels: dict[Any, tuple[str, str, int]] = {}
+
+
+def _callback_label(cb: Any) -> tuple[str, str, int]:
+    """``(name, file, line)`` of a callback that is not a task step."""
+    code = _code_of(cb)
+    name = getattr(cb, "__qualname__", None)
+    if not isinstance(name, str):
+        func = getattr(cb, "func", None)  # functools.partial
+        name = getattr(func, "__qualname__", None)
+        if not isinstance(name, str):
+            name = repr(cb)[:_NAME_CAP]
+    name = _short(name)
+    if code is None:
+        return name, "", 0
+    return name, code.co_filename, code.co_firstlineno
 
 
 def _label(handle: asyncio.Handle) -> tuple[str, str, int]:
@@ -121,19 +147,24 @@ def _label(handle: asyncio.Handle) -> tuple[str, str, int]:
             return name, "", 0
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
         line = frame.f_lineno if frame is not None else code.co_firstlineno
-        qualname = getattr(code, "co_qualname", code.co_name)
-        return f"{name}: {_short(qualname)}", code.co_filename, line or 0
-    code = _code_of(cb)
-    name = getattr(cb, "__qualname__", None)
-    if not isinstance(name, str):
-        func = getattr(cb, "func", None)  # functools.partial
-        name = getattr(func, "__qualname__", None)
-        if not isinstance(name, str):
-            name = repr(cb)[:_NAME_CAP]
-    name = _short(name)
-    if code is None:
-        return name, "", 0
-    return name, code.co_filename, code.co_firstlineno
+        cached = _task_labels.get(name)
+        if cached is None or cached[0] is not code:
+            if len(_task_labels) >= _CACHE_MAX:
+                _task_labels.clear()
+            qualname = getattr(code, "co_qualname", code.co_name)
+            cached = _task_labels[name] = (code, f"{name}: {_short(qualname)}")
+        return cached[1], code.co_filename, line or 0
+    # Functions and bound methods: by the function (not its code, which a
+    # decorator's wrappers share under different names).
+    func = getattr(cb, "__func__", cb)
+    if getattr(func, "__code__", None) is None:
+        return _callback_label(cb)  # partials, builtins, callable objects
+    label = _callback_labels.get(func)
+    if label is None:
+        if len(_callback_labels) >= _CACHE_MAX:
+            _callback_labels.clear()
+        label = _callback_labels[func] = _callback_label(cb)
+    return label
 
 
 def _format_handle(handle: asyncio.Handle) -> str:
