@@ -82,18 +82,31 @@ def run_mode(mode, body):
     return asyncio.run(wrapped())
 
 
-def idle_cpu(with_monitor, seconds):
-    """CPU of an idle loop over `seconds`, and the ticks it made."""
+def idle_cpu(mode, seconds):
+    """CPU of an idle loop over `seconds` and its wake-ups: no timer at all
+    ("none"), a bare call_at chain every 20 ms ("timer": asyncio's own cost of
+    a wake-up), or the heartbeat ("heartbeat")."""
 
     async def main():
-        monitor = aiodebug_heartbeat.enable("bench-idle", period=0.02) if with_monitor else None
+        loop = asyncio.get_running_loop()
+        wakeups = [0]
+        monitor = None
+        if mode == "heartbeat":
+            monitor = aiodebug_heartbeat.enable("bench-idle", period=0.02)
+        elif mode == "timer":
+
+            def again(when):
+                wakeups[0] += 1
+                loop.call_at(loop.time() + 0.02, again, None)
+
+            loop.call_at(loop.time() + 0.02, again, None)
         t0 = time.thread_time()
         await asyncio.sleep(seconds)
         cpu = time.thread_time() - t0
-        ticks = monitor.ticks if monitor else 0
         if monitor:
+            wakeups[0] = monitor.ticks
             monitor.disable()
-        return cpu, ticks
+        return cpu, wakeups[0]
 
     return asyncio.run(main())
 
@@ -117,15 +130,16 @@ def main():
         cells = [f"{med[m] * 1e9:.0f} ns" + ("" if m == "plain" else f" ({med[m] / base:.2f}×)") for m in modes]
         print(f"| {what} | " + " | ".join(cells) + f" | +{(med['enable'] - base) * 1e9:.0f} ns |")
 
-    idle = []
+    idle = {"none": [], "timer": [], "heartbeat": []}
     for _ in range(3):
-        base_cpu, _ = idle_cpu(False, IDLE_SECONDS)
-        cpu, ticks = idle_cpu(True, IDLE_SECONDS)
-        idle.append(((cpu - base_cpu) / max(ticks, 1), cpu / IDLE_SECONDS, base_cpu / IDLE_SECONDS, ticks))
-    per_tick = statistics.median(x[0] for x in idle)
-    share = statistics.median(x[1] for x in idle)
-    base_share = statistics.median(x[2] for x in idle)
-    ticks = statistics.median(x[3] for x in idle)
+        for mode in idle:
+            idle[mode].append(idle_cpu(mode, IDLE_SECONDS))
+    base = statistics.median(c for c, _ in idle["none"])
+    per_wakeup = {
+        m: statistics.median((c - base) / max(n, 1) for c, n in idle[m]) for m in ("timer", "heartbeat")
+    }
+    share = {m: statistics.median(c for c, _ in v) / IDLE_SECONDS for m, v in idle.items()}
+    ticks = statistics.median(n for _, n in idle["heartbeat"])
     hb = _native.Heartbeat("bench-native", 0.02)
     tick_ns = min(timeit.repeat(lambda: hb.tick_with_lag(0.0001), number=100_000, repeat=5)) / 100_000 * 1e9
     mark_ns = min(timeit.repeat(lambda: (_native.poll_begin("Task-1: handle", "/srv/app/server.py", 16), _native.poll_end()),
@@ -135,8 +149,10 @@ def main():
     print()
     print("| heartbeat | result |")
     print("|---|---:|")
-    print(f"| CPU per tick of an idle loop (20 ms period; timer wake-up + tick) | {per_tick * 1e6:.1f} µs |")
-    print(f"| idle loop CPU with the heartbeat | {share * 100:.3f} % of a core ({ticks:.0f} ticks in {IDLE_SECONDS:.0f} s; without: {base_share * 100:.3f} %) |")
+    print(f"| CPU per tick of an idle loop, 20 ms period (timer wake-up + tick) | {per_wakeup['heartbeat'] * 1e6:.1f} µs |")
+    print(f"| CPU per wake-up of a bare asyncio call_at chain, 20 ms (no aiodebug) | {per_wakeup['timer'] * 1e6:.1f} µs |")
+    print(f"| the heartbeat's own share of a tick | {(per_wakeup['heartbeat'] - per_wakeup['timer']) * 1e6:.1f} µs |")
+    print(f"| idle loop CPU: heartbeat / bare timer / nothing | {share['heartbeat'] * 100:.3f} / {share['timer'] * 100:.3f} / {share['none'] * 100:.3f} % of a core ({ticks:.0f} ticks in {IDLE_SECONDS:.0f} s) |")
     print(f"| native tick_with_lag() call from Python | {tick_ns - empty_ns:.0f} ns (+ {empty_ns:.0f} ns for a Python lambda call) |")
     print(f"| native poll_begin() + poll_end() from Python | {mark_ns - empty_ns:.0f} ns |")
 
