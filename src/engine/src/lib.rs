@@ -7,7 +7,8 @@
 //!   their load bias;
 //! - [`memory`]: read the target's memory with `process_vm_readv`;
 //! - [`heartbeat`]: decode registry bytes (pure, untrusted input);
-//! - [`target`]: the glue — open a PID, locate its registries, read loops.
+//! - [`target`]: the glue — open a PID, locate its registries, read loops;
+//! - [`python`]: Python frames of CPython 3.11–3.14 processes.
 //!
 //! Every value read from a target is untrusted: sizes, counts and strings are
 //! bounds-checked, nothing is allocated from a count without a cap.
@@ -22,6 +23,7 @@ pub mod heartbeat;
 pub mod mapped;
 pub mod memory;
 pub mod proc;
+pub mod python;
 pub mod snapshot;
 pub mod symbols;
 pub mod target;
