@@ -226,10 +226,9 @@ pub fn segments(
     let mut cur = Vec::new();
     let mut note = None;
     for f in &raw.frames {
-        if l.owner_interpreter == Some(f.owner) {
-            break;
-        }
-        if l.owner_cstack == Some(f.owner) {
+        // 3.12+: the entry frame each eval call pushes (3.14 also has the
+        // thread's base frame): not Python code, the end of a segment.
+        if l.owner_cstack == Some(f.owner) || l.owner_interpreter == Some(f.owner) {
             segs.push(std::mem::take(&mut cur));
             continue;
         }
@@ -272,6 +271,11 @@ pub fn segments(
     }
     if !cur.is_empty() {
         segs.push(cur);
+    }
+    // The outermost eval call always has a frame: empty segments at the end
+    // come from base frames below it, not from eval calls.
+    while segs.last().is_some_and(Vec::is_empty) {
+        segs.pop();
     }
     (segs, note)
 }
