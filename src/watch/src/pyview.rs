@@ -122,13 +122,17 @@ pub fn python_culprit(frames: &[Frame]) -> Option<String> {
         (Some(file), None) => format!("{func} ({})", basename(file)),
         _ => func.to_string(),
     };
-    let inside = frames
-        .get(..i)
-        .unwrap_or(&[])
-        .iter()
-        .rev()
-        .filter_map(|f| f.function.as_deref())
-        .find(|n| !is_call_machinery(n));
+    // Outward in: the first frame past the call machinery. Unnamed frames
+    // of the interpreter itself (a stripped libpython) say nothing; an
+    // unnamed frame of an extension module is named by its module.
+    let inside = frames.get(..i).unwrap_or(&[]).iter().rev().find_map(|f| {
+        match (f.function.as_deref(), f.module.as_deref()) {
+            (Some(n), _) if is_call_machinery(n) => None,
+            (Some(n), _) => Some(n.to_string()),
+            (None, Some(m)) if !basename(m).contains("python") => Some(basename(m).to_string()),
+            _ => None,
+        }
+    });
     if let Some(n) = inside {
         s.push_str(&format!(", inside {n}"));
     }
@@ -219,6 +223,19 @@ mod tests {
             "parse_order (orders_server.py:10)"
         );
         assert!(python_culprit(&frames[..5]).is_none());
+        // Stripped: the extension's module names it; the interpreter's own
+        // unnamed frames do not.
+        let mut stripped = frames.to_vec();
+        for (i, m) in [(2, "/usr/lib/python3/_hashlib.cpython-313-x86_64-linux-gnu.so"), (3, "/usr/bin/python3.13")] {
+            stripped[i].function = None;
+            stripped[i].module = Some(m.into());
+        }
+        stripped[4].function = None;
+        stripped[4].module = Some("/usr/bin/python3.13".into());
+        assert_eq!(
+            python_culprit(&stripped).unwrap(),
+            "parse_order (orders_server.py:10), inside _hashlib.cpython-313-x86_64-linux-gnu.so"
+        );
         assert_eq!(
             frame_line(3, &frames[5]),
             "#3   [python]           in parse_order at /srv/orders_server.py:10"
