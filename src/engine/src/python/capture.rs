@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use super::layout::{CurrentFrame, GilPlace, Layout};
-use super::memory::{read_u64, read_vec, u32_at, u64_at, u8_at, PageCache, ReadMemory};
+use super::memory::{read_exact, read_u64, read_vec, u32_at, u64_at, u8_at, PageCache, PyResult, ReadMemory};
 
 /// Most interpreters walked.
 pub const MAX_INTERPRETERS: usize = 64;
@@ -78,11 +78,31 @@ pub fn capture(
     only: Option<&HashSet<u64>>,
 ) -> RawCapture {
     let t0 = Instant::now();
-    let cache = PageCache::new(mem, MAX_PAGES);
+    let cache = new_cache(mem);
+    let mut out = capture_in(&cache, l, runtime, only);
+    out.took = t0.elapsed();
+    out
+}
+
+/// The page cache a walk reads through.
+pub fn new_cache(mem: &dyn ReadMemory) -> PageCache<'_> {
+    PageCache::new(mem, MAX_PAGES)
+}
+
+/// [`capture`] through `cache` (which may hold pages read ahead: see
+/// [`PageCache::prefetch`]); `took` is left for the caller to set.
+pub fn capture_in(
+    cache: &PageCache<'_>,
+    l: &Layout,
+    runtime: u64,
+    only: Option<&HashSet<u64>>,
+) -> RawCapture {
+    let t0 = Instant::now();
     let mut out = RawCapture::default();
     let mut total_frames = 0usize;
-    let mut interps: HashSet<u64> = HashSet::new();
-    let mut interp = match read_u64(&cache, runtime.wrapping_add(l.runtime_interpreters_head)) {
+    let mut interps = CycleGuard::default();
+    let mut n_interps = 0usize;
+    let mut interp = match read_u64(cache, runtime.wrapping_add(l.runtime_interpreters_head)) {
         Ok(p) => p,
         Err(e) => {
             out.problem = Some(format!("cannot read the interpreter list: {e}"));
@@ -91,13 +111,15 @@ pub fn capture(
         }
     };
     while interp != 0 {
-        if interps.len() >= MAX_INTERPRETERS || !interps.insert(interp) {
+        n_interps += 1;
+        if n_interps > MAX_INTERPRETERS || interps.loops_at(interp) {
             out.problem = Some("the interpreter list loops or is too long".into());
             break;
         }
-        let gil = read_gil(&cache, l, runtime, interp);
-        let mut seen: HashSet<u64> = HashSet::new();
-        let mut ts = match read_u64(&cache, interp.wrapping_add(l.interp_threads_head)) {
+        let gil = read_gil(cache, l, runtime, interp);
+        let mut seen = CycleGuard::default();
+        let mut n_states = 0usize;
+        let mut ts = match read_u64(cache, interp.wrapping_add(l.interp_threads_head)) {
             Ok(p) => p,
             Err(e) => {
                 out.problem = Some(format!("cannot read interpreter 0x{interp:x}: {e}"));
@@ -105,11 +127,12 @@ pub fn capture(
             }
         };
         while ts != 0 {
-            if seen.len() >= MAX_THREAD_STATES || !seen.insert(ts) {
+            n_states += 1;
+            if n_states > MAX_THREAD_STATES || seen.loops_at(ts) {
                 out.problem = Some("a thread-state list loops or is too long".into());
                 break;
             }
-            let head = match read_vec(&cache, ts, l.tstate_read_len()) {
+            let head = match read_small(cache, ts, l.tstate_read_len()) {
                 Ok(h) => h,
                 Err(e) => {
                     out.problem = Some(format!("cannot read thread state 0x{ts:x}: {e}"));
@@ -125,13 +148,13 @@ pub fn capture(
             };
             if only.is_none_or_contains(t.native_tid) {
                 let budget = MAX_FRAMES.min(MAX_TOTAL_FRAMES.saturating_sub(total_frames));
-                walk_frames(&cache, l, &head, &mut t, budget);
+                walk_frames(cache, l, &head, &mut t, budget);
                 total_frames += t.frames.len();
             }
             out.threads.push(t);
             ts = u64_at(&head, l.tstate_next).unwrap_or(0);
         }
-        interp = match read_u64(&cache, interp.wrapping_add(l.interp_next)) {
+        interp = match read_u64(cache, interp.wrapping_add(l.interp_next)) {
             Ok(p) => p,
             Err(_) => break,
         };
@@ -148,6 +171,65 @@ trait OnlyExt {
 impl OnlyExt for Option<&HashSet<u64>> {
     fn is_none_or_contains(&self, tid: u64) -> bool {
         self.map_or(true, |s| s.contains(&tid))
+    }
+}
+
+/// Cycle detection on a linked list without hashing (Brent's algorithm):
+/// a list that loops is caught within about twice its cycle's length.
+#[derive(Debug, Default)]
+struct CycleGuard {
+    saved: u64,
+    power: u64,
+    steps: u64,
+}
+
+impl CycleGuard {
+    /// Whether `node` closes a cycle.
+    fn loops_at(&mut self, node: u64) -> bool {
+        if self.power == 0 {
+            self.power = 1;
+        } else if node == self.saved {
+            return true;
+        }
+        self.steps += 1;
+        if self.steps == self.power {
+            self.saved = node;
+            self.power = self.power.saturating_mul(2);
+            self.steps = 0;
+        }
+        false
+    }
+}
+
+/// Bytes of a structure read during the stop without allocating (the
+/// frame and thread-state heads are far smaller).
+const SMALL: usize = 512;
+
+/// Reads `len` bytes at `addr` into a buffer on the stack when they fit
+/// (the walk's hot path: no allocation per frame), else into a `Vec`.
+fn read_small(mem: &dyn ReadMemory, addr: u64, len: usize) -> PyResult<Small> {
+    if len <= SMALL {
+        let mut b = [0u8; SMALL];
+        let dst = b.get_mut(..len).ok_or("read too long")?;
+        read_exact(mem, addr, dst)?;
+        Ok(Small::Stack(b, len))
+    } else {
+        read_vec(mem, addr, len).map(Small::Heap)
+    }
+}
+
+enum Small {
+    Stack([u8; SMALL], usize),
+    Heap(Vec<u8>),
+}
+
+impl std::ops::Deref for Small {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Small::Stack(b, n) => b.get(..*n).unwrap_or(&[]),
+            Small::Heap(v) => v,
+        }
     }
 }
 
@@ -184,18 +266,18 @@ fn walk_frames(mem: &dyn ReadMemory, l: &Layout, head: &[u8], t: &mut RawThread,
             }
         }
     };
-    let mut seen: HashSet<u64> = HashSet::new();
+    let mut seen = CycleGuard::default();
     let len = l.frame_read_len();
     while frame != 0 {
         if t.frames.len() >= budget {
             t.problem = Some(format!("stopped after {budget} Python frames (sanity cap)"));
             return;
         }
-        if !seen.insert(frame) {
+        if seen.loops_at(frame) {
             t.problem = Some(format!("the frame chain loops at 0x{frame:x}"));
             return;
         }
-        let b = match read_vec(mem, frame, len) {
+        let b = match read_small(mem, frame, len) {
             Ok(b) => b,
             Err(e) => {
                 t.problem = Some(format!("cannot read frame 0x{frame:x}: {e}"));
@@ -299,6 +381,19 @@ pub(crate) mod tests {
         let only: HashSet<u64> = [102].into_iter().collect();
         let c = capture(&mem, &l311(), 0x1000, Some(&only));
         assert!(c.threads[0].frames.is_empty());
+    }
+
+    #[test]
+    fn the_cycle_guard_catches_loops_of_any_length() {
+        for (tail, cycle) in [(0u64, 1u64), (0, 2), (3, 5), (10, 1), (7, 64), (100, 37)] {
+            let mut g = CycleGuard::default();
+            let node = |i: u64| if i < tail { i } else { tail + (i - tail) % cycle };
+            let caught = (0..10_000).position(|i| g.loops_at(0x1000 + node(i) * 8));
+            let at = caught.expect("a loop is caught") as u64;
+            assert!(at <= 2 * (tail + cycle) + 2, "tail {tail} cycle {cycle}: step {at}");
+        }
+        let mut g = CycleGuard::default();
+        assert!((0..10_000u64).all(|i| !g.loops_at(i * 16)));
     }
 
     #[test]

@@ -15,6 +15,21 @@ pub trait ReadMemory {
     /// were read (fewer when the readable memory ends). An unreadable first
     /// byte is an error.
     fn read(&self, addr: u64, buf: &mut [u8]) -> PyResult<usize>;
+
+    /// Reads whole pages of [`PAGE`] bytes at the page addresses `pages`
+    /// into consecutive slices of `out` (`pages.len() * PAGE` bytes), in
+    /// order, stopping at the first unreadable one; returns how many were
+    /// read. One vectored system call where the reader can.
+    fn read_pages(&self, pages: &[u64], out: &mut [u8]) -> usize {
+        let mut done = 0;
+        for (page, dst) in pages.iter().zip(out.chunks_exact_mut(PAGE as usize)) {
+            match self.read(*page, dst) {
+                Ok(n) if n == dst.len() => done += 1,
+                _ => break,
+            }
+        }
+        done
+    }
 }
 
 /// The memory of a live process, through `process_vm_readv`.
@@ -27,6 +42,10 @@ pub struct ProcessMemory {
 impl ReadMemory for ProcessMemory {
     fn read(&self, addr: u64, buf: &mut [u8]) -> PyResult<usize> {
         crate::memory::read_into(self.pid, addr, buf).map_err(|e| e.to_string())
+    }
+
+    fn read_pages(&self, pages: &[u64], out: &mut [u8]) -> usize {
+        crate::memory::read_pages(self.pid, pages, PAGE as usize, out)
     }
 }
 
@@ -75,7 +94,7 @@ impl ReadMemory for SliceMemory {
 }
 
 /// Page size of the cache (the smallest x86_64 page).
-const PAGE: u64 = 4096;
+pub const PAGE: u64 = 4096;
 
 /// A read-through cache of whole pages over another reader, for one walk:
 /// the dozens of small dependent reads of a frame chain (thread states,
@@ -85,6 +104,10 @@ pub struct PageCache<'a> {
     inner: &'a dyn ReadMemory,
     pages: RefCell<HashMap<u64, Option<Box<[u8]>>>>,
     max_pages: usize,
+    /// Pages read ahead in one call ([`PageCache::prefetch`]), sorted:
+    /// (page, offset in `bulk`).
+    ahead: Vec<(u64, usize)>,
+    bulk: Vec<u8>,
 }
 
 impl std::fmt::Debug for PageCache<'_> {
@@ -102,18 +125,82 @@ impl<'a> PageCache<'a> {
             inner,
             pages: RefCell::new(HashMap::new()),
             max_pages,
+            ahead: Vec::new(),
+            bulk: Vec::new(),
         }
     }
 
-    /// Pages read so far (readable or not).
+    /// Reads `pages` (page addresses) ahead in one vectored read, into
+    /// `buf` (reused: pass a buffer written before the freeze, so that no
+    /// page of ours faults in during it). Pages past the first unreadable
+    /// one are left to be read on demand.
+    pub fn prefetch(&mut self, pages: &[u64], mut buf: Vec<u8>) {
+        let pages = pages.get(..self.max_pages.min(pages.len())).unwrap_or(&[]);
+        buf.resize(pages.len() * PAGE as usize, 0);
+        let mut done = 0;
+        // IOV_MAX is 1024 on Linux: one call per 1024 pages.
+        while done < pages.len() {
+            let end = (done + 1024).min(pages.len());
+            let (Some(chunk), Some(out)) = (
+                pages.get(done..end),
+                buf.get_mut(done * PAGE as usize..end * PAGE as usize),
+            ) else {
+                break;
+            };
+            let n = self.inner.read_pages(chunk, out);
+            done += n;
+            if n < chunk.len() {
+                break;
+            }
+        }
+        self.ahead = pages
+            .iter()
+            .take(done)
+            .enumerate()
+            .map(|(i, &p)| (p, i * PAGE as usize))
+            .collect();
+        self.ahead.sort_unstable();
+        self.bulk = buf;
+    }
+
+    /// The pages read so far (for a later [`PageCache::prefetch`]).
+    pub fn page_list(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .pages
+            .borrow()
+            .iter()
+            .filter(|(_, b)| b.is_some())
+            .map(|(p, _)| *p)
+            .chain(self.ahead.iter().map(|(p, _)| *p))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// The buffer of read-ahead pages, for reuse.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.bulk
+    }
+
+    /// Pages read so far (readable or not), read ahead included.
     pub fn pages(&self) -> usize {
-        self.pages.borrow().len()
+        self.pages.borrow().len() + self.ahead.len()
     }
 
     /// Copies from the page at `page` (aligned) into `dst` starting at `off`
     /// in the page; `None` when the page is not cached and cannot be (cache
     /// full, or the page is not readable as a whole): read through then.
     fn from_page(&self, page: u64, off: usize, dst: &mut [u8]) -> Option<usize> {
+        if let Ok(i) = self.ahead.binary_search_by_key(&page, |(p, _)| *p) {
+            let at = self.ahead.get(i).map_or(0, |(_, at)| *at);
+            let src = self.bulk.get(at + off..at + PAGE as usize).unwrap_or(&[]);
+            let n = src.len().min(dst.len());
+            if let (Some(d), Some(s)) = (dst.get_mut(..n), src.get(..n)) {
+                d.copy_from_slice(s);
+            }
+            return Some(n);
+        }
         let mut pages = self.pages.borrow_mut();
         if !pages.contains_key(&page) {
             if pages.len() >= self.max_pages {
@@ -262,6 +349,25 @@ mod tests {
         let tiny = PageCache::new(&m, 0);
         assert_eq!(tiny.read(0x10010, &mut b).unwrap(), 100);
         assert_eq!(&b[..], &bytes[0x10..0x10 + 100]);
+    }
+
+    #[test]
+    fn prefetched_pages_serve_reads_and_stop_at_a_hole() {
+        let mut m = SliceMemory::new();
+        m.add(0x10000, vec![7u8; 2 * PAGE as usize]);
+        m.add(0x20000, vec![9u8; PAGE as usize]);
+        let mut c = PageCache::new(&m, 16);
+        // 0x15000 is unreadable: 0x20000 after it is left for later.
+        c.prefetch(&[0x10000, 0x11000, 0x15000, 0x20000], Vec::new());
+        assert_eq!(c.pages(), 2);
+        let mut b = [0u8; 16];
+        assert_eq!(c.read(0x10ff8, &mut b).unwrap(), 16);
+        assert_eq!(b, [7u8; 16]);
+        assert_eq!(c.read(0x20000, &mut b).unwrap(), 16);
+        assert_eq!(b, [9u8; 16]);
+        assert_eq!(c.page_list(), vec![0x10000, 0x11000, 0x20000]);
+        assert!(c.read(0x15000, &mut b).is_err());
+        assert_eq!(c.into_buffer().len(), 4 * PAGE as usize);
     }
 
     #[test]

@@ -73,23 +73,37 @@ pub struct PythonThread {
 /// result taken by [`PythonReader::after`].
 #[derive(Debug, Default)]
 struct FreezeWalk {
-    armed: Mutex<Option<(Layout, u64)>>,
+    armed: Mutex<Option<Armed>>,
     result: Mutex<Option<RawCapture>>,
+}
+
+/// What the walk during the stop needs, prepared before it.
+#[derive(Debug)]
+struct Armed {
+    layout: Layout,
+    runtime: u64,
+    /// The pages a rehearsal walk of the running target read: read ahead
+    /// in one system call during the stop.
+    pages: Vec<u64>,
+    /// Their buffer, written before the stop (no page faults during it).
+    buffer: Vec<u8>,
 }
 
 impl WhileStopped for FreezeWalk {
     fn while_stopped(&self, pid: i32, tids: &[i32]) {
         let armed = self.armed.lock().ok().and_then(|mut a| a.take());
-        let Some((layout, runtime)) = armed else {
+        let Some(armed) = armed else {
             return;
         };
+        let t0 = std::time::Instant::now();
         let only: HashSet<u64> = tids.iter().map(|&t| t as u64).collect();
-        let cap = capture::capture(&ProcessMemory { pid }, &layout, runtime, Some(&only));
+        let mem = ProcessMemory { pid };
+        let mut cache = capture::new_cache(&mem);
+        cache.prefetch(&armed.pages, armed.buffer);
+        let mut cap = capture::capture_in(&cache, &armed.layout, armed.runtime, Some(&only));
+        cap.took = t0.elapsed();
         if let Ok(mut r) = self.result.lock() {
             *r = Some(cap);
-        }
-        if let Ok(mut a) = self.armed.lock() {
-            *a = Some((layout, runtime));
         }
     }
 }
@@ -164,8 +178,19 @@ impl PythonReader {
         }
         let (_, loc, layout) = self.located.as_ref()?;
         let layout = layout.as_ref().ok()?;
+        // A rehearsal on the running target finds the pages the walk will
+        // need: the stop then reads them all in one call.
+        let cache = capture::new_cache(&mem);
+        let _ = capture::capture_in(&cache, layout, loc.runtime, None);
+        let pages = cache.page_list();
+        let buffer = vec![1u8; pages.len() * memory::PAGE as usize];
         if let Ok(mut a) = self.walk.armed.lock() {
-            *a = Some((layout.clone(), loc.runtime));
+            *a = Some(Armed {
+                layout: layout.clone(),
+                runtime: loc.runtime,
+                pages,
+                buffer,
+            });
         }
         Some(StoppedHook(self.walk.clone()))
     }
