@@ -389,19 +389,22 @@ fn watch_hang(fx: &mut Fixture, cmd: &str) -> (String, Vec<Value>, Vec<String>) 
         .expect("start watch");
     std::thread::sleep(Duration::from_millis(400));
     let answer = fx.ok(cmd);
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            break;
-        }
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut timed_out = false;
+    while child.try_wait().expect("wait").is_none() {
         if Instant::now() > end {
+            timed_out = true;
             let _ = child.kill();
-            let _ = child.wait();
-            panic!("watch did not exit after the episode");
+            break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = child.wait_with_output().expect("watch output");
+    assert!(
+        !timed_out,
+        "watch did not exit after the episode; it printed:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON event"))
@@ -431,7 +434,7 @@ fn watch_names_the_coroutines_blocking_helper_at_its_line() {
             ],
         );
         std::thread::sleep(Duration::from_millis(150));
-        let (answer, events, files) = watch_hang(&mut fx, "order 1500");
+        let (answer, events, files) = watch_hang(&mut fx, "order 3000");
         let line: u32 = answer
             .strip_prefix("OK line=")
             .and_then(|l| l.parse().ok())
