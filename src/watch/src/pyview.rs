@@ -226,7 +226,13 @@ mod tests {
         // Stripped: the extension's module names it; the interpreter's own
         // unnamed frames do not.
         let mut stripped = frames.to_vec();
-        for (i, m) in [(2, "/usr/lib/python3/_hashlib.cpython-313-x86_64-linux-gnu.so"), (3, "/usr/bin/python3.13")] {
+        for (i, m) in [
+            (
+                2,
+                "/usr/lib/python3/_hashlib.cpython-313-x86_64-linux-gnu.so",
+            ),
+            (3, "/usr/bin/python3.13"),
+        ] {
             stripped[i].function = None;
             stripped[i].module = Some(m.into());
         }

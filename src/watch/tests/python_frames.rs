@@ -18,7 +18,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{libaiodebug_so, watch_bin, workspace_root, Fixture};
+use support::cbuild::ffi_dir;
+use support::{watch_bin, workspace_root, Fixture};
 
 /// One interpreter to test.
 #[derive(Debug, Clone)]
@@ -239,7 +240,11 @@ fn check_frames_dump(version: &str, pid: i32, dump: &Value) {
     assert_eq!(sleeper.get(1).map(String::as_str), Some("Worker.run"));
     assert!(sleeper.iter().any(|f| f == "Thread._bootstrap"));
     let deep = thread_starting(&frames, "recurse");
-    assert_eq!(deep.iter().filter(|f| *f == "recurse").count(), 26, "{deep:?}");
+    assert_eq!(
+        deep.iter().filter(|f| *f == "recurse").count(),
+        26,
+        "{deep:?}"
+    );
     assert!(deep.iter().any(|f| f == "<lambda>"));
     thread_starting(&frames, "digest_forever");
     assert!(
@@ -261,7 +266,10 @@ fn check_frames_dump(version: &str, pid: i32, dump: &Value) {
             .map(|f| f["function"].as_str().unwrap_or("?").to_string())
             .collect();
         let ours = frames.get(&tid).expect("python frames");
-        assert_eq!(&merged, ours, "Python {version}: thread {tid} merged frames");
+        assert_eq!(
+            &merged, ours,
+            "Python {version}: thread {tid} merged frames"
+        );
         assert!(
             ["holds", "waits", "released"].contains(&p["gil"].as_str().unwrap_or("")),
             "{p:?}"
@@ -346,7 +354,10 @@ fn stacks_option_chooses_python_native_or_merged_frames() {
         (py, frames.len() - py)
     };
     let (py, native) = kinds(&[]);
-    assert!(py == 2 && native > 3, "merged: {py} python, {native} native");
+    assert!(
+        py == 2 && native > 3,
+        "merged: {py} python, {native} native"
+    );
     assert_eq!(kinds(&["--stacks", "python"]), (2, 0));
     let (py, native) = kinds(&["--stacks", "native"]);
     assert!(py == 0 && native > 3);
@@ -355,11 +366,13 @@ fn stacks_option_chooses_python_native_or_merged_frames() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("\nPython 3.11."), "{text}");
     assert!(
-        text.contains("[python]           in Console.serve at ")
-            && text.contains("frames.py:"),
+        text.contains("[python]           in Console.serve at ") && text.contains("frames.py:"),
         "{text}"
     );
-    assert!(text.contains("Python: outside Python (GIL released)"), "{text}");
+    assert!(
+        text.contains("Python: outside Python (GIL released)"),
+        "{text}"
+    );
 }
 
 /// A directory removed on drop (also when the test fails).
@@ -422,7 +435,7 @@ fn watch_hang(fx: &mut Fixture, cmd: &str) -> (String, Vec<Value>, Vec<String>) 
 
 #[test]
 fn watch_names_the_coroutines_blocking_helper_at_its_line() {
-    let lib = libaiodebug_so();
+    let lib = ffi_dir().join("libaiodebug.so");
     let script = workspace_root().join("fixtures/python/orders_server.py");
     for interp in interpreters() {
         let v = &interp.version;
@@ -446,7 +459,10 @@ fn watch_names_the_coroutines_blocking_helper_at_its_line() {
             .collect();
         assert!(!written.is_empty(), "Python {v}: {events:#?}");
         let culprit = written[0]["culprit"].as_str().unwrap_or("");
-        eprintln!("python_frames: Python {v} ({}): blocked in {culprit}", interp.run.display());
+        eprintln!(
+            "python_frames: Python {v} ({}): blocked in {culprit}",
+            interp.run.display()
+        );
         assert!(
             culprit.starts_with(&want),
             "Python {v}: culprit {culprit:?}, want {want:?}"
@@ -464,6 +480,9 @@ fn watch_names_the_coroutines_blocking_helper_at_its_line() {
         let helper = block.find("in parse_order at ").expect("parse_order frame");
         let handler = block.find("in handle at ").expect("handle frame");
         assert!(helper < handler, "Python {v}:\n{block}");
-        assert!(block.contains("Python: holds the GIL"), "Python {v}:\n{block}");
+        assert!(
+            block.contains("Python: holds the GIL"),
+            "Python {v}:\n{block}"
+        );
     }
 }

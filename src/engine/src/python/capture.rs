@@ -10,7 +10,9 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use super::layout::{CurrentFrame, GilPlace, Layout};
-use super::memory::{read_exact, read_u64, read_vec, u32_at, u64_at, u8_at, PageCache, PyResult, ReadMemory};
+use super::memory::{
+    read_exact, read_u64, read_vec, u32_at, u64_at, u8_at, PageCache, PyResult, ReadMemory,
+};
 
 /// Most interpreters walked.
 pub const MAX_INTERPRETERS: usize = 64;
@@ -218,6 +220,8 @@ fn read_small(mem: &dyn ReadMemory, addr: u64, len: usize) -> PyResult<Small> {
     }
 }
 
+// The big variant is the point: the hot path reads onto the stack.
+#[allow(clippy::large_enum_variant)]
 enum Small {
     Stack([u8; SMALL], usize),
     Heap(Vec<u8>),
@@ -387,10 +391,19 @@ pub(crate) mod tests {
     fn the_cycle_guard_catches_loops_of_any_length() {
         for (tail, cycle) in [(0u64, 1u64), (0, 2), (3, 5), (10, 1), (7, 64), (100, 37)] {
             let mut g = CycleGuard::default();
-            let node = |i: u64| if i < tail { i } else { tail + (i - tail) % cycle };
+            let node = |i: u64| {
+                if i < tail {
+                    i
+                } else {
+                    tail + (i - tail) % cycle
+                }
+            };
             let caught = (0..10_000).position(|i| g.loops_at(0x1000 + node(i) * 8));
             let at = caught.expect("a loop is caught") as u64;
-            assert!(at <= 2 * (tail + cycle) + 2, "tail {tail} cycle {cycle}: step {at}");
+            assert!(
+                at <= 2 * (tail + cycle) + 2,
+                "tail {tail} cycle {cycle}: step {at}"
+            );
         }
         let mut g = CycleGuard::default();
         assert!((0..10_000u64).all(|i| !g.loops_at(i * 16)));

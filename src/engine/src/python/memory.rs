@@ -191,7 +191,7 @@ impl<'a> PageCache<'a> {
     /// Copies from the page at `page` (aligned) into `dst` starting at `off`
     /// in the page; `None` when the page is not cached and cannot be (cache
     /// full, or the page is not readable as a whole): read through then.
-    fn from_page(&self, page: u64, off: usize, dst: &mut [u8]) -> Option<usize> {
+    fn copy_from_page(&self, page: u64, off: usize, dst: &mut [u8]) -> Option<usize> {
         if let Ok(i) = self.ahead.binary_search_by_key(&page, |(p, _)| *p) {
             let at = self.ahead.get(i).map_or(0, |(_, at)| *at);
             let src = self.bulk.get(at + off..at + PAGE as usize).unwrap_or(&[]);
@@ -235,7 +235,7 @@ impl ReadMemory for PageCache<'_> {
             let Some(dst) = buf.get_mut(done..) else {
                 break;
             };
-            match self.from_page(page, off, dst) {
+            match self.copy_from_page(page, off, dst) {
                 Some(n) if n > 0 => done += n,
                 // Not cacheable (a page readable only in part, as memory
                 // made of byte regions can be; or the cache is full): read

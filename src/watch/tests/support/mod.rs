@@ -116,21 +116,6 @@ fn run_build(mut cmd: Command, what: &str) {
     );
 }
 
-/// `libaiodebug.so` (aiodebug-ffi, `fixture` profile), built once per process:
-/// the heartbeat C and Python (ctypes) fixtures load.
-pub fn libaiodebug_so() -> &'static Path {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let target = fixtures_target();
-        let mut cmd = Command::new(cargo());
-        cmd.current_dir(workspace_root())
-            .args(["build", "--profile", "fixture", "-p", "aiodebug-ffi", "--target-dir"])
-            .arg(&target);
-        run_build(cmd, "libaiodebug (aiodebug-ffi)");
-        target.join("fixture/libaiodebug.so")
-    })
-}
-
 /// `cargo build --profile fixture` of every fixture and the plugin library,
 /// once per process; returns the profile's output directory.
 fn pie_build_dir() -> &'static Path {
