@@ -486,3 +486,72 @@ fn watch_names_the_coroutines_blocking_helper_at_its_line() {
         );
     }
 }
+
+/// Builds fixtures/python/fake_runtime.c as `dir/name` with `defines`.
+fn fake_python(dir: &Path, name: &str, defines: &[&str]) -> PathBuf {
+    let out = dir.join(name);
+    let src = workspace_root().join("fixtures/python/fake_runtime.c");
+    let st = run(Command::new("gcc")
+        .args(["-O1", "-g", "-rdynamic", "-o"])
+        .arg(&out)
+        .args(defines)
+        .arg(&src));
+    assert!(
+        st.status.success(),
+        "gcc: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    out
+}
+
+#[test]
+fn garbage_or_unknown_interpreter_state_is_a_note_and_native_frames_stay() {
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("aiodebug-fake-python-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).expect("temp dir");
+    let cases = [
+        // A 3.12 runtime full of pointers to nowhere.
+        (
+            "python3.12-garbage",
+            vec!["-DVERSION=0x030c01f0UL"],
+            "Python 3.12.1",
+            "cannot read",
+        ),
+        // A version before 3.11.
+        (
+            "python3.10-old",
+            vec!["-DVERSION=0x030a0df0UL"],
+            "Python",
+            "Python 3.10.13 is not supported",
+        ),
+        // 3.13's cookie, then garbage where the offsets should be.
+        (
+            "python3.13-badoffsets",
+            vec!["-DVERSION=0x030d05f0UL", "-DCOOKIE"],
+            "Python",
+            "Python 3.13.5",
+        ),
+    ];
+    for (name, defines, header, note) in cases {
+        let exe = fake_python(&dir.0, name, &defines);
+        let fx = Fixture::spawn_path(&exe, &[]);
+        let d = dump_json(fx.pid, &[]);
+        let got = d["python"]["note"].as_str().unwrap_or("");
+        assert!(got.contains(note), "{name}: note {got:?}, want {note:?}");
+        let main = &d["threads"][0];
+        assert!(main["python"].is_null(), "{name}: {main}");
+        let frames = main["frames"].as_array().expect("frames");
+        assert!(
+            frames.iter().any(|f| f["function"] == "main"),
+            "{name}: native frames are printed: {frames:?}"
+        );
+        let out = run(Command::new(watch_bin()).args(["dump", &fx.pid.to_string()]));
+        assert!(out.status.success(), "{name}: exit {:?}", out.status);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(header) && l.contains(note)),
+            "{name}:\n{text}"
+        );
+    }
+}
