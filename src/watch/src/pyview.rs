@@ -88,6 +88,12 @@ pub fn process_line(d: &Dump) -> Option<String> {
     Some(s)
 }
 
+/// Whether a module file is the interpreter itself (`python3.13`,
+/// `libpython3.11.so.1.0`), not an extension (`_hashlib.cpython-313-….so`).
+fn is_interpreter(base: &str) -> bool {
+    base.starts_with("python") || base.starts_with("libpython")
+}
+
 /// Names of the interpreter's call machinery between a Python frame and
 /// the C function it called: never "what it is inside".
 fn is_call_machinery(name: &str) -> bool {
@@ -129,7 +135,7 @@ pub fn python_culprit(frames: &[Frame]) -> Option<String> {
         match (f.function.as_deref(), f.module.as_deref()) {
             (Some(n), _) if is_call_machinery(n) => None,
             (Some(n), _) => Some(n.to_string()),
-            (None, Some(m)) if !basename(m).contains("python") => Some(basename(m).to_string()),
+            (None, Some(m)) if !is_interpreter(basename(m)) => Some(basename(m).to_string()),
             _ => None,
         }
     });
