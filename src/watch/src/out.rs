@@ -1,7 +1,7 @@
 //! Standard output that never panics and never stops the work.
 //!
 //! `println!` panics when stdout is closed (`| head`) or full (`> /dev/full`).
-//! Every line of ours goes through [`line`] instead: a reader that went away
+//! Every line of ours goes through [`line()`] instead: a reader that went away
 //! (`EPIPE`) ends our output quietly, and any other failure (`ENOSPC`, `EIO`)
 //! is said once on stderr. Either way the caller carries on: `watch` keeps
 //! writing its files and StatsD, one-shot commands finish with their own
@@ -25,7 +25,7 @@ pub fn line(text: fmt::Arguments<'_>) -> bool {
     bytes_with(|out| writeln!(out, "{text}"))
 }
 
-/// Writes `bytes` to stdout as they are (see [`line`]).
+/// Writes `bytes` to stdout as they are (see [`line()`]).
 pub fn bytes(data: &[u8]) -> bool {
     bytes_with(|out| out.write_all(data))
 }
@@ -64,7 +64,7 @@ pub fn lost() -> bool {
     STATE.load(Ordering::Relaxed) == FAILED
 }
 
-/// `println!` through [`line`]: never panics.
+/// `println!` through [`line()`]: never panics.
 #[macro_export]
 macro_rules! outln {
     () => {{
