@@ -125,7 +125,7 @@ _aiodebug__watch() {
             return 0
             ;;
         aiodebug__subcmd__watch__subcmd__dump)
-            opts="-o -h --output --force --json --max-frames --repeat --timings --help"
+            opts="-o -h --output --force --json --max-frames --repeat --timings --stacks --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -145,6 +145,10 @@ _aiodebug__watch() {
                     ;;
                 --repeat)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stacks)
+                    COMPREPLY=($(compgen -W "merged python native" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -335,7 +339,7 @@ _aiodebug__watch() {
             return 0
             ;;
         aiodebug__subcmd__watch__subcmd__watch)
-            opts="-h --interval --output-dir --follow-symlinks --dumps --dump-gap --max-dump-bytes --statsd --prefix --tag --slow --exit-on-hang --duration --json --help"
+            opts="-h --interval --output-dir --follow-symlinks --dumps --dump-gap --max-dump-bytes --statsd --prefix --tag --slow --exit-on-hang --duration --json --stacks --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -379,6 +383,10 @@ _aiodebug__watch() {
                     ;;
                 --duration)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stacks)
+                    COMPREPLY=($(compgen -W "merged python native" -- "${cur}"))
                     return 0
                     ;;
                 *)

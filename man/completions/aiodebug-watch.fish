@@ -50,17 +50,23 @@ complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l 
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l tag -d 'A DogStatsD tag added to every metric (repeatable, at most 32; each at most 200 bytes)' -r
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l slow -d 'Log a loop blocked longer than this many seconds (but not hung), with the frame that blocked it (at least 0.001, less than --interval)' -r
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l duration -d 'Stop after this many seconds (exit 0)' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l stacks -d 'Frames of a Python process in dumps: merged, Python only, native only' -r -f -a "merged\t'Python frames in place of the interpreter\'s eval frames, native frames between'
+python\t'Python frames only'
+native\t'Native frames only (Python\'s state is not read)'"
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l follow-symlinks -d 'Accept an --output-dir that is a symbolic link (refused by default: a link can redirect dumps written as root)'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l exit-on-hang -d 'Exit 1 once the first hang episode\'s files are written'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l json -d 'One JSON event per line on stdout'
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -s h -l help -d 'Print help'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -s o -l output -d 'Write the dump to FILE instead of stdout (created exclusively, never through a symlink; an existing file is refused unless --force)' -r -F
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l max-frames -d 'Sanity cap on frames per thread' -r
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l repeat -d 'Take this many dumps in one process (caches stay warm after the first)' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l stacks -d 'Frames of a Python process: Python frames merged with native ones, Python frames only, or native frames only' -r -f -a "merged\t'Python frames in place of the interpreter\'s eval frames, native frames between'
+python\t'Python frames only'
+native\t'Native frames only (Python\'s state is not read)'"
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l force -d 'With --output: replace FILE if it is an existing regular file'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l json -d 'One JSON object per dump, on one line (schema: README.md, "dump --json schema")'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l timings -d 'Print where the time of each dump went on stderr'
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -s h -l help -d 'Print help'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand demo" -l duration -d 'Give up after this many seconds if no hang was caught' -r
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand demo" -l threshold -d 'Stall threshold in seconds' -r
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand demo" -l output-dir -d 'Where the dumps go (default: a new directory under the system temp dir)' -r -F

@@ -81,6 +81,27 @@ pub struct SnapshotOptions {
     /// Capture only these threads (default: all). A one-thread capture
     /// freezes nothing but that thread (`watch --slow` uses it).
     pub only_threads: Option<Vec<i32>>,
+    /// Called while the threads are held, after their registers and stacks
+    /// are copied, before the detach (the Python frame walk: `crate::python`).
+    pub while_stopped: Option<StoppedHook>,
+}
+
+/// Reads that must see the target stopped (a consistent frame chain), run by
+/// [`snapshot`] after the stack copies and before the detach: what it does
+/// adds to the freeze.
+pub trait WhileStopped: Send + Sync {
+    /// `tids`: the threads of `pid` that are held stopped.
+    fn while_stopped(&self, pid: i32, tids: &[i32]);
+}
+
+/// A [`WhileStopped`] hook in [`SnapshotOptions`].
+#[derive(Clone)]
+pub struct StoppedHook(pub std::sync::Arc<dyn WhileStopped>);
+
+impl std::fmt::Debug for StoppedHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoppedHook")
+    }
 }
 
 impl Default for SnapshotOptions {
@@ -94,6 +115,7 @@ impl Default for SnapshotOptions {
             max_threads: 1 << 16,
             realtime_detach: true,
             only_threads: None,
+            while_stopped: None,
         }
     }
 }
@@ -919,6 +941,14 @@ fn capture(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnapshot> {
             stack_error: None,
             kernel_wait: Some(proc::read_kernel_wait(pid, tid)),
         });
+    }
+    if let Some(hook) = &opts.while_stopped {
+        let held: Vec<i32> = threads
+            .iter()
+            .filter(|t| t.regs.is_some())
+            .map(|t| t.tid)
+            .collect();
+        hook.0.while_stopped(pid, &held);
     }
     let detach_start = Instant::now();
     {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::attach::{self, SnapshotOptions};
 use crate::error::{Error, Result};
+use crate::python::{PythonProcess, PythonReader, PythonThread, StackMode};
 use crate::snapshot::{ProcessSnapshot, StopKind};
 use crate::symbols::Symbolizer;
 use crate::unwind::{FrameKind, StackEnd, StackUnwinder, DEFAULT_MAX_FRAMES};
@@ -23,6 +24,8 @@ pub struct DumpOptions {
     pub snapshot: SnapshotOptions,
     /// Sanity cap on frames per thread (default 4096).
     pub max_frames: usize,
+    /// Which frames of a Python process to show (default: merged).
+    pub stacks: StackMode,
 }
 
 impl Default for DumpOptions {
@@ -30,6 +33,7 @@ impl Default for DumpOptions {
         DumpOptions {
             snapshot: SnapshotOptions::default(),
             max_frames: DEFAULT_MAX_FRAMES,
+            stacks: StackMode::default(),
         }
     }
 }
@@ -84,6 +88,8 @@ pub struct ThreadDump {
     /// Registers at the stop (the system call and its arguments, for
     /// [`crate::cause`]), if the thread was stopped.
     pub regs: Option<crate::snapshot::Registers>,
+    /// Its Python state, for a thread of a CPython process.
+    pub python: Option<PythonThread>,
 }
 
 /// Where the time of one dump went.
@@ -121,6 +127,8 @@ pub struct Dump {
     pub exited: bool,
     /// Modules that could not be used (path: reason).
     pub module_problems: Vec<String>,
+    /// The process's Python, if it is a CPython process.
+    pub python: Option<PythonProcess>,
     /// Where the time went.
     pub timings: Timings,
 }
@@ -138,6 +146,7 @@ pub struct Dumper {
     options: DumpOptions,
     symbolizer: Symbolizer,
     unwinder: StackUnwinder,
+    python: PythonReader,
 }
 
 impl Dumper {
@@ -154,6 +163,7 @@ impl Dumper {
             options,
             symbolizer: Symbolizer::new(),
             unwinder,
+            python: PythonReader::new(),
         }
     }
 
@@ -168,23 +178,41 @@ impl Dumper {
     /// A process exiting mid-dump gives `Ok` with [`Dump::exited`] set (see
     /// [`Dump::exit_error`]) when anything was captured.
     pub fn dump(&mut self, pid: i32, loops: Option<&HashMap<i32, String>>) -> Result<Dump> {
-        let start = Instant::now();
-        let snap = attach::snapshot(pid, &self.options.snapshot)?;
-        let mut dump = self.process(&snap, loops);
-        dump.timings.total = start.elapsed();
-        Ok(dump)
+        self.capture(pid, None, loops)
     }
 
     /// Captures only the threads `tids` of `pid` (the rest keep running) and
     /// symbolizes them.
     pub fn dump_threads(&mut self, pid: i32, tids: &[i32]) -> Result<Dump> {
+        self.capture(pid, Some(tids), None)
+    }
+
+    /// A capture with the Python walk (unless native stacks were asked for),
+    /// then the offline work.
+    fn capture(
+        &mut self,
+        pid: i32,
+        only: Option<&[i32]>,
+        loops: Option<&HashMap<i32, String>>,
+    ) -> Result<Dump> {
         let start = Instant::now();
+        let mode = self.options.stacks;
+        let hook = match mode {
+            StackMode::Native => None,
+            _ => self.python.before(pid),
+        };
         let opts = SnapshotOptions {
-            only_threads: Some(tids.to_vec()),
+            only_threads: only
+                .map(<[i32]>::to_vec)
+                .or_else(|| self.options.snapshot.only_threads.clone()),
+            while_stopped: hook,
             ..self.options.snapshot.clone()
         };
         let snap = attach::snapshot(pid, &opts)?;
-        let mut dump = self.process(&snap, None);
+        let mut dump = self.process(&snap, loops);
+        if mode != StackMode::Native {
+            self.python.after(&mut dump, mode);
+        }
         dump.timings.total = start.elapsed();
         Ok(dump)
     }
@@ -273,6 +301,7 @@ impl Dumper {
                 stack_bytes: t.stack.len(),
                 kernel_wait: t.kernel_wait.clone(),
                 regs: t.regs,
+                python: None,
             });
         }
         let pid = snap.pid;
@@ -286,6 +315,7 @@ impl Dumper {
             vanished: snap.vanished.clone(),
             exited: snap.exited,
             module_problems,
+            python: None,
             timings: Timings {
                 freeze: snap.freeze,
                 capture: snap.capture,

@@ -9,6 +9,7 @@
 //! - [`heartbeat`]: decode registry bytes (pure, untrusted input);
 //! - [`target`]: the glue — open a PID, locate its registries, read loops;
 //! - [`cause`]: why a thread is stuck (system call, lock owner, throttling).
+//! - [`python`]: Python frames of CPython 3.11–3.14 processes.
 //!
 //! Every value read from a target is untrusted: sizes, counts and strings are
 //! bounds-checked, nothing is allocated from a count without a cap.
@@ -24,6 +25,7 @@ pub mod heartbeat;
 pub mod mapped;
 pub mod memory;
 pub mod proc;
+pub mod python;
 pub mod snapshot;
 pub mod symbols;
 pub mod target;

@@ -80,6 +80,32 @@ pub fn read_into(pid: i32, addr: u64, buf: &mut [u8]) -> Result<usize> {
     Ok(done)
 }
 
+/// Reads the blocks of `size` bytes at `addrs` of process `pid` into
+/// consecutive slices of `out`, in one `process_vm_readv` (at most 1024
+/// blocks, `IOV_MAX`); returns how many blocks were read whole (the kernel
+/// stops at the first unreadable one).
+pub fn read_pages(pid: i32, addrs: &[u64], size: usize, out: &mut [u8]) -> usize {
+    let remote: Vec<RemoteIoVec> = addrs
+        .iter()
+        .take(1024)
+        .zip(out.chunks_exact(size))
+        .map_while(|(&a, _)| {
+            Some(RemoteIoVec {
+                base: usize::try_from(a).ok()?,
+                len: size,
+            })
+        })
+        .collect();
+    let Some(dst) = out.get_mut(..remote.len() * size) else {
+        return 0;
+    };
+    let mut local = [IoSliceMut::new(dst)];
+    match process_vm_readv(Pid::from_raw(pid), &mut local, &remote) {
+        Ok(n) => n / size.max(1),
+        Err(_) => 0,
+    }
+}
+
 /// Reads exactly `buf.len()` bytes at `addr` of process `pid`; a short read
 /// is an [`Error::Io`].
 pub fn read_exact_into(pid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {

@@ -41,6 +41,8 @@ pub enum FrameKind {
     SignalTrampoline,
     /// The instruction pointer a signal interrupted (from the signal frame).
     Interrupted,
+    /// A Python frame (`crate::python`): the address is its instruction pointer.
+    Python,
 }
 
 impl FrameKind {

@@ -123,6 +123,9 @@ pub struct WatchArgs {
     /// One JSON event per line on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Frames of a Python process in dumps: merged, Python only, native only.
+    #[arg(long, value_enum, default_value_t = crate::pyview::Stacks::Merged)]
+    pub stacks: crate::pyview::Stacks,
 }
 
 /// Most `--tag`s.

@@ -85,6 +85,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         exit_on_hang: true,
         duration: Some(args.duration),
         json: false,
+        stacks: Default::default(),
     };
     let (code, summary) = crate::watch::watch(&watch_args);
     drop(service);

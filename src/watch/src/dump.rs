@@ -14,6 +14,7 @@ use aiodebug_engine::unwind::{FrameKind, StackEnd};
 use serde_json::json;
 
 use crate::exit;
+use crate::pyview::{self, Stacks};
 
 /// Arguments of `dump`.
 #[derive(clap::Args, Debug)]
@@ -41,6 +42,10 @@ pub struct DumpArgs {
     /// Print where the time of each dump went on stderr.
     #[arg(long, hide = true)]
     pub timings: bool,
+    /// Frames of a Python process: Python frames merged with native ones,
+    /// Python frames only, or native frames only.
+    #[arg(long, value_enum, default_value_t = Stacks::Merged)]
+    pub stacks: Stacks,
 }
 
 /// Runs `dump`.
@@ -53,6 +58,7 @@ pub fn run(args: &DumpArgs) -> ExitCode {
 pub fn run_with_loops(args: &DumpArgs, loops: Option<&HashMap<i32, String>>) -> ExitCode {
     let mut dumper = Dumper::with_options(DumpOptions {
         max_frames: args.max_frames as usize,
+        stacks: args.stacks.into(),
         ..DumpOptions::default()
     });
     let mut sink = Sink::new(args.output.clone(), args.force);
@@ -226,6 +232,9 @@ pub fn stop_text(t: &ThreadDump) -> Option<String> {
 
 /// One frame as text: `#N 0xADDR in function (inlined) at file:line [module]`.
 pub fn frame_line(n: usize, f: &Frame) -> String {
+    if f.kind == FrameKind::Python {
+        return pyview::frame_line(n, f);
+    }
     let mut s = format!("#{n:<3} 0x{:016x} in ", f.address);
     let module = f.module.as_deref();
     if f.kind == FrameKind::SignalTrampoline {
@@ -265,6 +274,7 @@ fn thread_header(t: &ThreadDump) -> String {
     if let Some(l) = &t.event_loop {
         s.push_str(&format!(", event loop \"{l}\""));
     }
+    s.push_str(&pyview::thread_suffix(t));
     if let Some(stop) = stop_text(t) {
         s.push_str(&format!(", {stop}"));
     }
@@ -301,6 +311,9 @@ pub fn render_text(d: &Dump, causes: &HashMap<i32, crate::cause::Cause>, out: &m
     for p in &d.module_problems {
         w(format!("Module without symbols: {p}"));
     }
+    if let Some(line) = pyview::process_line(d) {
+        w(line);
+    }
     for t in &d.threads {
         w(String::new());
         w(thread_header(t));
@@ -316,6 +329,9 @@ pub fn render_text(d: &Dump, causes: &HashMap<i32, crate::cause::Cause>, out: &m
         if t.stack_truncated && t.end != StackEnd::TruncatedCopy {
             w("     (stack copy truncated at the cap)".to_string());
         }
+        if let Some(note) = pyview::thread_note(t) {
+            w(format!("     {note}"));
+        }
     }
 }
 
@@ -328,6 +344,7 @@ fn kind_str(k: FrameKind) -> &'static str {
         FrameKind::Return => "return",
         FrameKind::SignalTrampoline => "signal-trampoline",
         FrameKind::Interrupted => "signal-interrupted",
+        FrameKind::Python => "python",
     }
 }
 
@@ -389,6 +406,7 @@ pub fn dump_json(d: &Dump) -> serde_json::Value {
                 "stack_truncated": t.stack_truncated,
                 "end": end_json(&t.end),
                 "frames": t.frames.iter().enumerate().map(|(i, f)| frame_json(i, f)).collect::<Vec<_>>(),
+                "python": pyview::thread_json(t),
             })
         })
         .collect();
@@ -407,6 +425,7 @@ pub fn dump_json(d: &Dump) -> serde_json::Value {
         "exited": d.exited,
         "vanished_tids": d.vanished,
         "module_problems": d.module_problems,
+        "python": pyview::process_json(d),
         "threads": threads,
     })
 }

@@ -7,6 +7,7 @@ mod dump;
 mod exit;
 mod generate;
 mod out;
+mod pyview;
 mod status;
 mod watch;
 

@@ -3,7 +3,7 @@
 //! ./src/aiodebug-py` from this checkout (maturin, the build backend, comes
 //! from PyPI's wheel), then an asyncio TCP service that uses only
 //! `aiodebug_heartbeat.enable()` and whose handler blocks its loop for 2 s in
-//! a synchronous helper (`fixtures/python/orders_server.py`): `watch` catches
+//! a synchronous helper (`fixtures/python/orders_server_pkg.py`): `watch` catches
 //! the hang and its dump files name the connection's task.
 //!
 //! What makes it fast on a second run lives under `target/python/`
@@ -168,7 +168,7 @@ fn pip_installed_heartbeat_in_an_asyncio_server_is_caught_by_watch() {
     );
     assert!(stdout.starts_with(&want), "{stdout:?} vs {want:?}");
 
-    let script = workspace_root().join("fixtures/python/orders_server.py");
+    let script = workspace_root().join("fixtures/python/orders_server_pkg.py");
     let fx = Fixture::spawn_path(&python, &[script.to_string_lossy().into_owned()]);
     assert_eq!(fx.kind(), "python-orders");
     let port: u16 = fx
@@ -244,7 +244,7 @@ fn pip_installed_heartbeat_in_an_asyncio_server_is_caught_by_watch() {
     assert_eq!(written.len(), 3, "{events:#?}");
 
     let task = "task 'order-42: handle' (";
-    let location = format!("orders_server.py:{resume_line})");
+    let location = format!("orders_server_pkg.py:{resume_line})");
     for (i, e) in written.iter().enumerate() {
         let path = e["path"].as_str().expect("path");
         assert!(

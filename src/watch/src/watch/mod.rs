@@ -226,7 +226,10 @@ pub fn watch(args: &WatchArgs) -> (u8, Summary) {
         log,
         out,
         stats,
-        dumper: Dumper::new(),
+        dumper: Dumper::with_options(aiodebug_engine::dump::DumpOptions {
+            stacks: args.stacks.into(),
+            ..Default::default()
+        }),
         hangs: 0,
         files: 0,
         budget_warned: false,
@@ -762,9 +765,7 @@ fn snapshot_loop_thread(
     let d = ctx.dumper.dump_threads(ctx.pid, &[tid as i32]).ok()?;
     cause.slow = cause.for_capture(ctx.pid, tid, &d);
     let t = d.threads.iter().find(|t| t.tid as u32 == tid)?;
-    let culprit = render::culprit(&t.frames)
-        .map(render::short_frame)
-        .unwrap_or_else(|| "an unknown frame".into());
+    let culprit = render::culprit_text(&t.frames).unwrap_or_else(|| "an unknown frame".into());
     let top: Vec<String> = t
         .frames
         .iter()
@@ -834,8 +835,7 @@ fn dump_now(
         .threads
         .iter()
         .find(|t| t.tid as u32 == w.tid && w.recovered_after_ns.is_none())
-        .and_then(|t| render::culprit(&t.frames))
-        .map(render::short_frame);
+        .and_then(|t| render::culprit_text(&t.frames));
     match ctx.out.write(&name, text.as_bytes()) {
         Outcome::Written(path, bytes) => {
             ctx.files += 1;

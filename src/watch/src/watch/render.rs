@@ -73,6 +73,13 @@ pub fn culprit(frames: &[Frame]) -> Option<&Frame> {
     frames.iter().find(|f| !is_plumbing(f))
 }
 
+/// The culprit line of a stack: its innermost Python frame and what it is
+/// inside when it has Python frames (`parse_order (orders.py:10), inside
+/// time_sleep`), else the [`culprit`] native frame.
+pub fn culprit_text(frames: &[Frame]) -> Option<String> {
+    crate::pyview::python_culprit(frames).or_else(|| culprit(frames).map(short_frame))
+}
+
 /// `parse_order (src/orders.rs:37)` for a frame.
 pub fn short_frame(f: &Frame) -> String {
     let func = f.function.as_deref().unwrap_or("??");
@@ -115,6 +122,7 @@ fn thread_block(
     if let Some(p) = poll {
         let _ = write!(out, ", {p}");
     }
+    out.push_str(&crate::pyview::thread_suffix(t));
     if let Some(stop) = crate::dump::stop_text(t) {
         let _ = write!(out, ", {stop}");
     }
@@ -124,6 +132,9 @@ fn thread_block(
     out.push('\n');
     for (n, f) in t.frames.iter().enumerate() {
         let _ = writeln!(out, "  {}", frame_line(n, f));
+    }
+    if let Some(note) = crate::pyview::thread_note(t) {
+        let _ = writeln!(out, "  {note}");
     }
     let _ = writeln!(
         out,
@@ -187,9 +198,9 @@ pub fn dump_file(h: &Header<'_>, d: &Dump, prev_cpu: &HashMap<i32, Duration>) ->
         .threads
         .iter()
         .find(|t| t.tid as u32 == h.loop_tid && h.recovered_after_ns.is_none())
-        .and_then(|t| culprit(&t.frames))
+        .and_then(|t| culprit_text(&t.frames))
     {
-        let _ = writeln!(out, "blocked in: {}", short_frame(c));
+        let _ = writeln!(out, "blocked in: {c}");
     }
     if let Some(c) = h.cause.filter(|_| h.recovered_after_ns.is_none()) {
         let _ = writeln!(out, "cause:      {c}");

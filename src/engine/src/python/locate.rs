@@ -1,0 +1,258 @@
+//! Finding CPython's `_PyRuntime` in a process and choosing the layout.
+//!
+//! The runtime lives in the interpreter's executable (Debian's `python3.13`
+//! links libpython in) or in `libpython3.X.so` (pyenv's builds, embedding
+//! applications). The candidates are the mapped files whose name contains
+//! `python` (an interpreter started through `ld.so` has `/proc/PID/exe`
+//! pointing at the loader, but the interpreter's file is still mapped), then
+//! the main executable. In each, the section `.PyRuntime` (3.13+) or the
+//! dynamic symbol `_PyRuntime`, plus `Py_Version` (3.11+) for the version.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use object::{Object, ObjectSection, ObjectSymbol};
+
+use super::layout::{self, fixed_layout, Layout, Version, DEBUG_OFFSETS_READ};
+use super::memory::{read_u64, PyResult, ReadMemory};
+use crate::elf;
+use crate::mapped::MappedFile;
+use crate::proc::{MapEntry, MapPath};
+
+/// Where a process's CPython runtime is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeLocation {
+    /// The file holding it (as the target's maps name it).
+    pub module: String,
+    /// Address of `_PyRuntime` in the target.
+    pub runtime: u64,
+    /// Address of `Py_Version` in the target, if the file exports it.
+    pub py_version: Option<u64>,
+    /// The version the file's name states (`libpython3.11.so` → 3.11).
+    pub name_version: Option<(u64, u64)>,
+}
+
+/// What the file says, at its static addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimeSymbols {
+    /// `.PyRuntime`'s address, or `_PyRuntime`'s.
+    pub runtime: Option<u64>,
+    /// `Py_Version`'s.
+    pub py_version: Option<u64>,
+}
+
+/// Reads the runtime's static address out of an ELF file's bytes
+/// (section headers and `.dynsym` only: cheap on any executable).
+pub fn runtime_symbols(data: &[u8]) -> Result<RuntimeSymbols, String> {
+    let obj = object::File::parse(data).map_err(|e| e.to_string())?;
+    let mut out = RuntimeSymbols::default();
+    if let Some(s) = obj.section_by_name(".PyRuntime") {
+        out.runtime = Some(s.address());
+    }
+    for sym in obj.dynamic_symbols() {
+        if !sym.is_definition() {
+            continue;
+        }
+        match sym.name_bytes() {
+            Ok(b"_PyRuntime") if out.runtime.is_none() => out.runtime = Some(sym.address()),
+            Ok(b"Py_Version") => out.py_version = Some(sym.address()),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// `python3.11`, `libpython3.13.so.1.0` → (3, 11), (3, 13).
+pub fn version_in_name(path: &str) -> Option<(u64, u64)> {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    let at = base.find("python3.")? + "python3.".len();
+    let digits: String = base
+        .get(at..)?
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    Some((3, digits.parse().ok()?))
+}
+
+/// Finds the runtime of process `pid` (maps sorted or not). `Ok(None)`: not
+/// a CPython process. Problems with candidate files are returned as `Err`
+/// only when no runtime was found and a candidate looked like Python.
+pub fn locate(pid: i32, maps: &[MapEntry]) -> PyResult<Option<RuntimeLocation>> {
+    let exe = crate::proc::read_exe(pid);
+    let mut seen: HashSet<((u32, u32), u64)> = HashSet::new();
+    let mut candidates: Vec<(&MapEntry, &Path, bool)> = Vec::new();
+    for m in maps {
+        let MapPath::File { path, .. } = &m.path else {
+            continue;
+        };
+        if m.inode == 0 || !seen.insert((m.dev, m.inode)) {
+            continue;
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let pythonish = name.contains("python");
+        let is_exe = exe.as_deref() == Some(path.as_path());
+        if pythonish || is_exe {
+            candidates.push((m, path.as_path(), pythonish));
+        }
+    }
+    // Files named like Python first (libpython before the executable that
+    // loads it is harmless: only one of them has the runtime).
+    candidates.sort_by_key(|c| !c.2);
+    let mut problems = Vec::new();
+    for (m, path, pythonish) in candidates {
+        // The mapping with the lowest offset of this file gives the bias.
+        let first = maps
+            .iter()
+            .filter(|x| x.dev == m.dev && x.inode == m.inode)
+            .min_by_key(|x| x.offset)
+            .unwrap_or(m);
+        let file = match elf::open_mapped_file(pid, first) {
+            Ok(f) => f,
+            Err(e) => {
+                if pythonish {
+                    problems.push(format!("{}: {e}", path.display()));
+                }
+                continue;
+            }
+        };
+        let mapped = match MappedFile::map(&file) {
+            Ok(b) => b,
+            Err(e) => {
+                problems.push(format!("{}: {e}", path.display()));
+                continue;
+            }
+        };
+        let bytes = mapped.bytes();
+        let syms = match runtime_symbols(bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                if pythonish {
+                    problems.push(format!("{}: {e}", path.display()));
+                }
+                continue;
+            }
+        };
+        let Some(runtime) = syms.runtime else {
+            continue;
+        };
+        let bias = elf::load_segments(bytes)
+            .ok()
+            .and_then(|segs| elf::load_bias(&segs, first));
+        let Some(bias) = bias else {
+            problems.push(format!("{}: no load bias for its mapping", path.display()));
+            continue;
+        };
+        let module = path.display().to_string();
+        return Ok(Some(RuntimeLocation {
+            name_version: version_in_name(&module),
+            module,
+            runtime: runtime.wrapping_add(bias),
+            py_version: syms.py_version.map(|a| a.wrapping_add(bias)),
+        }));
+    }
+    if problems.is_empty() {
+        Ok(None)
+    } else {
+        Err(format!("no Python runtime found: {}", problems.join("; ")))
+    }
+}
+
+/// Chooses the layout for a located runtime, reading the target's memory:
+/// the `_Py_DebugOffsets` when the runtime starts with its cookie (3.13+),
+/// else the version from `Py_Version` (or the file's name) and the fixed
+/// layouts. The error names the version found.
+pub fn detect_layout(mem: &dyn ReadMemory, loc: &RuntimeLocation) -> PyResult<Layout> {
+    let mut head = vec![0u8; DEBUG_OFFSETS_READ];
+    let n = mem
+        .read(loc.runtime, &mut head)
+        .map_err(|e| format!("cannot read _PyRuntime in {}: {e}", loc.module))?;
+    head.truncate(n);
+    if layout::debug_offsets_version(&head).is_some() {
+        return layout::from_debug_offsets(&head);
+    }
+    let version = match loc.py_version.map(|a| read_u64(mem, a)) {
+        Some(Ok(v)) => Some(Version {
+            hex: v & 0xffff_ffff,
+        }),
+        _ => loc.name_version.map(|(maj, min)| Version {
+            hex: (maj << 24) | (min << 16),
+        }),
+    };
+    let Some(version) = version else {
+        return Err(format!(
+            "{}: a Python runtime of unknown version (no Py_Version: Python 3.10 or older?); 3.11 to 3.14 are supported",
+            loc.module
+        ));
+    };
+    if version.minor_version() >= (3, 13) {
+        return Err(format!(
+            "Python {version}: _PyRuntime does not start with _Py_DebugOffsets (cookie \"xdebugpy\" missing)"
+        ));
+    }
+    fixed_layout(version)
+        .ok_or_else(|| format!("Python {version} is not supported (3.11 to 3.14 are)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::python::layout::tests::debug_offsets_3_13;
+    use crate::python::memory::SliceMemory;
+
+    fn loc(py_version: Option<u64>, name: Option<(u64, u64)>) -> RuntimeLocation {
+        RuntimeLocation {
+            module: "/usr/bin/python3".into(),
+            runtime: 0x1000,
+            py_version,
+            name_version: name,
+        }
+    }
+
+    #[test]
+    fn names_state_versions() {
+        assert_eq!(
+            version_in_name("/usr/lib/libpython3.11.so.1.0"),
+            Some((3, 11))
+        );
+        assert_eq!(version_in_name("/usr/bin/python3.13"), Some((3, 13)));
+        assert_eq!(version_in_name("/usr/bin/python3"), None);
+        assert_eq!(version_in_name("/opt/app"), None);
+    }
+
+    #[test]
+    fn layouts_by_debug_offsets_version_symbol_or_name() {
+        let mut m = SliceMemory::new();
+        m.add(0x1000, debug_offsets_3_13());
+        let l = detect_layout(&m, &loc(None, None)).unwrap();
+        assert_eq!(l.version.minor(), 13);
+
+        let mut m = SliceMemory::new();
+        m.add(0x1000, vec![0u8; 64]);
+        m.add(0x8000, 0x030b07f0u64.to_le_bytes().to_vec());
+        let l = detect_layout(&m, &loc(Some(0x8000), None)).unwrap();
+        assert_eq!(l.version.to_string(), "3.11.7");
+        let l = detect_layout(&m, &loc(None, Some((3, 12)))).unwrap();
+        assert_eq!(l.version.minor(), 12);
+
+        // 3.10: named in the error, not a panic.
+        m.add(0x8000, 0x030a0df0u64.to_le_bytes().to_vec());
+        let e = detect_layout(&m, &loc(Some(0x8000), None)).unwrap_err();
+        assert!(e.contains("Python 3.10.13 is not supported"), "{e}");
+        // 3.13 without its cookie: garbage.
+        m.add(0x8000, 0x030d05f0u64.to_le_bytes().to_vec());
+        let e = detect_layout(&m, &loc(Some(0x8000), None)).unwrap_err();
+        assert!(e.contains("3.13.5") && e.contains("xdebugpy"), "{e}");
+        // Nothing to tell the version.
+        let e = detect_layout(&m, &loc(None, None)).unwrap_err();
+        assert!(e.contains("unknown version"), "{e}");
+        // Unreadable runtime.
+        let e = detect_layout(&SliceMemory::new(), &loc(None, None)).unwrap_err();
+        assert!(e.contains("cannot read _PyRuntime"), "{e}");
+    }
+
+    #[test]
+    fn runtime_symbols_of_garbage_is_an_error() {
+        assert!(runtime_symbols(b"not an elf file at all").is_err());
+        assert!(runtime_symbols(&[]).is_err());
+    }
+}
