@@ -37,9 +37,16 @@ pub const MAX_POLL_ENTRY_SIZE: u32 = 4096;
 pub struct Scan {
     /// Registries whose header validated.
     pub registries: Vec<Registry>,
-    /// Would-be registries (right magic) that failed validation.
+    /// Would-be registries (right magic) that failed validation: the first
+    /// [`MAX_REJECTED`] of them (a hostile section can hold hundreds of
+    /// thousands).
     pub rejected: Vec<Rejected>,
+    /// How many more failed validation than [`Scan::rejected`] lists.
+    pub rejected_more: usize,
 }
+
+/// Most rejected would-be registries kept with their reasons per scan.
+pub const MAX_REJECTED: usize = 8;
 
 /// A would-be registry that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -529,10 +536,14 @@ pub fn decode_section(copy1: &[u8], copy2: &[u8]) -> Scan {
         }
         match validate_header(copy1, copy2, off) {
             Err(reason) => {
-                scan.rejected.push(Rejected {
-                    offset: off,
-                    reason,
-                });
+                if scan.rejected.len() < MAX_REJECTED {
+                    scan.rejected.push(Rejected {
+                        offset: off,
+                        reason,
+                    });
+                } else {
+                    scan.rejected_more += 1;
+                }
                 off += abi::ALIGN;
             }
             Ok(g) => {
@@ -867,6 +878,19 @@ mod tests {
         d.put32(Image::slot(0) + o::IN_USE, 2);
         let scan = decode_section(&d.0, &d.0);
         assert_eq!(scan.registries[0].loops.len(), 0);
+    }
+
+    #[test]
+    fn a_section_full_of_bad_headers_keeps_a_bounded_list() {
+        let n = 1000;
+        let mut sec = vec![0u8; abi::ALIGN * n];
+        for i in 0..n {
+            sec[i * abi::ALIGN..i * abi::ALIGN + 8].copy_from_slice(&abi::MAGIC.to_le_bytes());
+        }
+        let scan = decode_section(&sec, &sec);
+        assert!(scan.registries.is_empty());
+        assert_eq!(scan.rejected.len(), MAX_REJECTED);
+        assert_eq!(scan.rejected_more, n - MAX_REJECTED);
     }
 
     #[test]

@@ -716,13 +716,17 @@ impl Symbolizer {
         let end = group.last().map(|g| g.end).unwrap_or(first.end);
         let name = path.to_string_lossy().into_owned();
         let exec = group.iter().find(|g| g.exec).unwrap_or(first);
+        // Until (unless) the ELF file says better: where file offset 0 would
+        // be mapped, so that a module that cannot be read or parsed still gets
+        // offsets from its mapping (`libx.so+0x112f`), not absolute addresses.
+        let file_base = first.start.wrapping_sub(first.offset);
         let mut module = MappedModule {
             name: name.clone(),
             image: None,
             problem: None,
             start,
             end,
-            bias: 0,
+            bias: file_base,
         };
         let file = match crate::elf::open_mapped_file(pid, exec) {
             Ok(f) => f,
@@ -751,7 +755,7 @@ impl Symbolizer {
         });
         match entry {
             Ok(image) => {
-                module.bias = image.bias_for(exec.start, exec.offset).unwrap_or(start);
+                module.bias = image.bias_for(exec.start, exec.offset).unwrap_or(file_base);
                 module.image = Some(image.clone());
             }
             Err(e) => module.problem = Some(e.clone()),
@@ -856,6 +860,37 @@ fn own_vdso(len: usize) -> crate::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_garbage_module_gets_offsets_from_its_mapping() {
+        use std::os::unix::fs::MetadataExt;
+        let path =
+            std::env::temp_dir().join(format!("aiodebug-garbage-module-{}.so", std::process::id()));
+        std::fs::write(&path, b"not an ELF file at all, just bytes").expect("write");
+        let inode = std::fs::metadata(&path).expect("meta").ino();
+        let map = MapEntry {
+            start: 0x7f00_0000_0000,
+            end: 0x7f00_0000_2000,
+            read: true,
+            write: false,
+            exec: true,
+            shared: false,
+            offset: 0x1000,
+            dev: (0, 0),
+            inode,
+            path: crate::proc::MapPath::File {
+                path: path.clone(),
+                deleted: false,
+            },
+        };
+        let mut sym = Symbolizer::new();
+        let space = sym.address_space(std::process::id() as i32, std::slice::from_ref(&map));
+        let _ = std::fs::remove_file(&path);
+        let out = sym.symbolize(&space, 0x7f00_0000_012f, false);
+        assert!(out.frames.is_empty());
+        // File offset of the address: 0x12f into the mapping of offset 0x1000.
+        assert_eq!(out.module_offset, Some(0x112f));
+    }
 
     #[test]
     fn crc32_matches_the_reference() {

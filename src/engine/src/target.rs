@@ -98,6 +98,8 @@ impl Target {
             registries: Vec::new(),
             rejected: Vec::new(),
         };
+        // Rejected would-be registries past the ones kept with reasons.
+        let mut more_rejected = 0usize;
         for region in &self.regions {
             let len = region.size.min(MAX_REGION) as usize;
             let first = memory::read(self.pid, region.addr, len)?;
@@ -106,26 +108,42 @@ impl Target {
             reading
                 .registries
                 .extend(scan.registries.into_iter().map(|r| (region.clone(), r)));
-            reading
-                .rejected
-                .extend(scan.rejected.into_iter().map(|r| (region.clone(), r)));
+            more_rejected = more_rejected.saturating_add(scan.rejected_more);
+            if reading.rejected.len() < heartbeat::MAX_REJECTED {
+                reading
+                    .rejected
+                    .extend(scan.rejected.into_iter().map(|r| (region.clone(), r)));
+            } else {
+                more_rejected = more_rejected.saturating_add(scan.rejected.len());
+            }
         }
         reading.now_ns = self.now_ns();
         if reading.registries.is_empty() {
+            let mut rejected: Vec<String> = reading
+                .rejected
+                .iter()
+                .take(heartbeat::MAX_REJECTED)
+                .map(|(m, r)| {
+                    format!(
+                        "{} at 0x{:x}: {}",
+                        m.module.display(),
+                        m.addr + r.offset as u64,
+                        r.reason
+                    )
+                })
+                .collect();
+            let more = more_rejected.saturating_add(
+                reading
+                    .rejected
+                    .len()
+                    .saturating_sub(heartbeat::MAX_REJECTED),
+            );
+            if more > 0 {
+                rejected.push(format!("+{more} more"));
+            }
             return Err(Error::NoHeartbeat {
                 pid: self.pid,
-                rejected: reading
-                    .rejected
-                    .iter()
-                    .map(|(m, r)| {
-                        format!(
-                            "{} at 0x{:x}: {}",
-                            m.module.display(),
-                            m.addr + r.offset as u64,
-                            r.reason
-                        )
-                    })
-                    .collect(),
+                rejected,
             });
         }
         Ok(reading)
