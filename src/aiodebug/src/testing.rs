@@ -1,24 +1,47 @@
-//! A time-dilated clock for tests (feature `testing`): the ancestor's
+//! Time dilation for tests (feature `testing`): the ancestor's
 //! `TimeDilatedLoop`, for tokio.
 //!
-//! Time on a [`Clock`] runs `dilation` times faster than real time: with
-//! dilation 3, [`Clock::sleep`]`(1 s)` takes about 0.333 s of real time; with
-//! 0.1, about 10 s. The dilation can be changed at any moment
-//! ([`Clock::set_dilation`]) and sleeps, intervals and timeouts already in
-//! progress follow the new rate from then on — virtual time is continuous, only
-//! its speed changes. The module-level functions use one process-wide clock.
+//! Dilated time runs `dilation` times as fast as real time: with dilation 3,
+//! a sleep of 1 s takes about 0.333 s of real time; with 0.1, about 10 s.
+//! The dilation can be changed at any moment and sleeps, intervals and
+//! timeouts already in progress follow the new rate from then on — virtual
+//! time is continuous, only its speed changes. Two ways to use it:
 //!
-//! ```
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! use aiodebug::testing::Clock;
-//! use std::time::{Duration, Instant};
-//! let clock = Clock::new(10.0);
-//! let real = Instant::now();
-//! clock.sleep(Duration::from_millis(500)).await; // 50 ms of real time
-//! assert!(real.elapsed() >= Duration::from_millis(49));
-//! # }
-//! ```
+//! - **A whole runtime**, [`dilated_runtime`]: every `tokio::time` sleep,
+//!   timeout, interval and `Instant::now()` polled in it — in the test's
+//!   code and in every library (tower, hyper, reqwest, tokio-util...) —
+//!   follows the process-wide dilation of [`set_dilation`], as the
+//!   ancestor's loop did for `asyncio.sleep`, `call_later` and `wait_for`.
+//!   Real I/O keeps real time.
+//!
+//!   ```
+//!   use std::time::{Duration, Instant};
+//!   aiodebug::testing::set_dilation(3.0);
+//!   let rt = aiodebug::testing::dilated_runtime().unwrap();
+//!   let real = Instant::now();
+//!   rt.block_on(async { tokio::time::sleep(Duration::from_secs(1)).await }); // ≈ 0.333 s
+//!   assert!(real.elapsed() >= Duration::from_millis(320));
+//!   aiodebug::testing::set_dilation(0.1); // from now on, sleep(1 s) ≈ 10 s
+//!   ```
+//!
+//! - **A [`Clock`]** passed to the code under test (or the module functions,
+//!   which use the process-wide clock), on any runtime of any flavour; only
+//!   the code that calls it is dilated.
+//!
+//!   ```
+//!   # #[tokio::main(flavor = "current_thread")]
+//!   # async fn main() {
+//!   use aiodebug::testing::Clock;
+//!   use std::time::{Duration, Instant};
+//!   let clock = Clock::new(10.0);
+//!   let real = Instant::now();
+//!   clock.sleep(Duration::from_millis(500)).await; // 50 ms of real time
+//!   assert!(real.elapsed() >= Duration::from_millis(49));
+//!   # }
+//!   ```
+//!
+//! Inside a dilated runtime the process-wide clock is that runtime's clock:
+//! [`now`] equals `tokio::time::Instant::now()` and [`sleep`] is tokio's.
 //!
 //! ## How it differs from `tokio::time::pause`
 //! `pause` (feature `test-util`) freezes the runtime's clock and jumps it to
@@ -26,13 +49,13 @@
 //! instantaneous and deterministic, but only for code whose every wait is a
 //! tokio timer on a `current_thread` runtime: real I/O (a socket, a child
 //! process, a thread) keeps taking real time while timers leap ahead, so a
-//! 30 s timeout around a real network call fires at once. A dilated clock
-//! keeps time flowing at a fixed ratio to real time, so real I/O keeps running
-//! and timeouts stay proportional; it works on any runtime flavour and its
-//! speed can change mid-test. It affects only the code that uses it (pass a
-//! [`Clock`] or call the module functions instead of `tokio::time`); tokio's
-//! own timers are untouched. Under `pause` a dilated clock follows tokio's
-//! paused time, dilated.
+//! 30 s timeout around a real network call fires at once. Dilated time
+//! keeps flowing at a fixed ratio to real time, so real I/O keeps running
+//! and timeouts stay proportional, and its speed can change mid-test. A
+//! dilated runtime is built on tokio's paused clock, moved forward by the
+//! dilated real time and never left to leap (how, and its limits:
+//! [`dilated_runtime`]). Under `pause`
+//! a [`Clock::new`] follows tokio's paused time, dilated.
 //!
 //! Like `tokio::time`, the futures of this module must be polled inside a
 //! tokio runtime with time enabled (they panic otherwise, as tokio's do).

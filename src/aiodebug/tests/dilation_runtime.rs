@@ -392,3 +392,26 @@ fn dropping_the_runtime_is_prompt_even_at_the_slowest_dilation() {
     // 100 µs at ×0.001: 0.1 s real.
     assert!(real.elapsed() >= Duration::from_millis(99));
 }
+
+#[test]
+fn a_resumed_clock_falls_back_to_real_time() {
+    // Not a way to use it, but it must not hang or spin: after
+    // `tokio::time::resume` the runtime runs on real time (tokio prints the
+    // panic of the driver's refused `advance` once) and drops promptly.
+    let _s = serial(10.0);
+    let rt = rt();
+    let took = rt.block_on(async {
+        tokio::time::resume();
+        let real = RealInstant::now();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        real.elapsed()
+    });
+    // 200 ms of real time now, not 20 ms.
+    assert!(
+        (0.199..1.0).contains(&secs(took)),
+        "sleep(200 ms) after resume took {took:?}"
+    );
+    let real = RealInstant::now();
+    drop(rt);
+    assert!(real.elapsed() < Duration::from_millis(500));
+}

@@ -1,72 +1,6 @@
-//! A whole tokio runtime on dilated time: tokio's paused clock, advanced by
-//! the dilated amount of real time.
-//!
-//! # How it works
-//! The runtime is a `current_thread` runtime built with
-//! `start_paused(true)` (tokio feature `test-util`), so every
-//! `tokio::time::Instant::now()`, sleep, timeout and interval polled in it —
-//! in any library — reads and waits on its paused clock. Two pieces keep that
-//! clock moving at the process-wide dilation:
-//!
-//! - a **ticker**: one blocking task (`spawn_blocking`) that sleeps in real
-//!   time (a condition variable with a timeout) and wakes the driver. A
-//!   running blocking task is what inhibits tokio's auto-advance in tokio
-//!   1.x (`BlockingSchedule::new` counts it, its release uncounts it;
-//!   nothing else does), so while the ticker lives the runtime never leaps to
-//!   its next timer: when idle, it parks for real and is woken by the ticker,
-//!   by I/O, or by another thread.
-//! - a **driver**: one task that, on each tick and on each
-//!   [`set_dilation`](super::set_dilation), moves the paused clock forward
-//!   (`tokio::time::advance`) to `start + V(now) − V(start)`, where `V` is
-//!   the process-wide clock's virtual time as a function of real time
-//!   (piecewise linear, with a kink at each change of dilation, so a change
-//!   takes effect exactly when it is made, for the rest of every sleep).
-//!   `advance` yields, the runtime processes its timers at the new time and
-//!   fires those that are due.
-//!
-//! # Limits
-//! - **Resolution.** Virtual time moves in steps: the driver ticks every
-//!   `max(tick, 1 ms / dilation)` of real time (`tick` is [`DEFAULT_TICK`],
-//!   1 ms, unless set with [`DilatedBuilder::tick`]). So a timer fires up to
-//!   one tick late in real time (plus the scheduling delay of a loaded
-//!   machine), and `Instant::now()` lags the exact virtual time by up to one
-//!   step (`tick × dilation` when dilation ≥ 1, 1 ms of virtual time — tokio's
-//!   timer granularity — below 1).
-//! - **CPU.** Each tick wakes two threads (the ticker and the runtime): about
-//!   1000 wake-ups a second at dilation ≥ 1, fewer below 1 (one per virtual
-//!   millisecond), also when the runtime has nothing to do. Measured figures:
-//!   `cargo bench -p aiodebug --bench dilation` and the README.
-//! - **`spawn_blocking`** runs in real time, as any thread does; unlike under
-//!   plain `tokio::time::pause` it does not freeze the clock — virtual time
-//!   keeps flowing at the dilation while it runs. Inside a blocking task,
-//!   `tokio::time::Instant::now()` reads the runtime's virtual time. The
-//!   ticker itself occupies one thread of the blocking pool.
-//! - **Only while driven.** Tasks, the driver included, run only while some
-//!   thread is inside `block_on`; between two `block_on` calls the clock
-//!   stands still and catches up (by the dilated real time that went by) at
-//!   the next one's first yield, when the driver runs, so virtual time stays
-//!   continuous with real time. Likewise a task that blocks the thread
-//!   (`std::thread::sleep` in a task) sees the clock stand still until it
-//!   yields.
-//!   `block_on` from inside another runtime's task panics, as with any tokio
-//!   runtime ("Cannot start a runtime from within a runtime"); from a plain
-//!   thread or a `spawn_blocking` thread of another runtime it works. A
-//!   future is timed by the runtime whose context polls it: a
-//!   `tokio::time::sleep` first polled by another runtime follows that
-//!   runtime's clock.
-//! - **Current-thread only.** tokio can pause only a `current_thread`
-//!   runtime's clock (`pause` and `start_paused` refuse a multi-thread one),
-//!   and its blocking tasks inhibit auto-advance only there; a multi-thread
-//!   runtime cannot be dilated this way.
-//! - **Do not call `tokio::time::pause` or `resume` on it**: the driver
-//!   needs the clock paused (a resumed clock makes `advance` panic, and the
-//!   runtime then runs on real time). `tokio::time::advance` works and
-//!   jumps virtual time forward.
-//! - **`test-util` is process-wide.** Once any runtime in the process has a
-//!   paused clock, every `tokio::time::Instant::now()` in the process — in
-//!   other runtimes too — looks up its runtime's clock (a thread-local and a
-//!   mutex) instead of reading the system clock. Other runtimes keep real
-//!   time. Fine in tests; one reason `testing` is not for production builds.
+//! The dilated runtime: tokio's paused clock, moved forward by the dilated
+//! amount of real time. How it works and its limits are in
+//! [`dilated_runtime`]'s docs.
 
 use super::{global, race, scale};
 use core::future::Future;
@@ -94,10 +28,10 @@ pub const MAX_TICK: Duration = Duration::from_millis(100);
 /// earlier, so slow dilations tick once per virtual millisecond, not faster.
 const TIMER_GRANULARITY: Duration = Duration::from_millis(1);
 
-/// The ticker's period while the runtime is parked at a dilation ≤ 1. Its
-/// timers then need no ticker (see `tick_loop`), and nobody reads its clock
-/// but blocking tasks: a tenth of the wake-ups, for a clock up to 10 ms
-/// stale in those tasks only.
+/// The ticker's period while the runtime is parked. Its timers need no
+/// ticker (see [`keep`]) and the unpark hook brings the clock up to date for
+/// its tasks, so only blocking tasks read a clock up to this old: a tenth of
+/// the ticker's wake-ups.
 const PARKED_PERIOD: Duration = Duration::from_millis(10);
 
 /// A `current_thread` runtime (time and I/O enabled) whose clock runs at the
@@ -110,11 +44,9 @@ const PARKED_PERIOD: Duration = Duration::from_millis(10);
 /// virtual time keeps flowing at the dilated rate: it never leaps to the
 /// next timer as `tokio::time::pause` alone does.
 ///
-/// Same as `DilatedBuilder::new().build()`; the limits (resolution, CPU,
-/// `spawn_blocking`, multi-thread) are in [`DilatedBuilder`]'s module docs
-/// and the README. The I/O driver is enabled with `enable_all`, so it exists
-/// when tokio has `net`, `process` or `signal` (any test doing I/O with
-/// tokio has one).
+/// Same as `DilatedBuilder::new().build()`. The I/O driver is enabled with
+/// `enable_all`, so it exists when tokio has `net`, `process` or `signal`
+/// (any test doing I/O with tokio has one).
 ///
 /// With dilation 3, a `sleep(1 s)` takes about 0.333 s of real time:
 /// ```
@@ -122,9 +54,9 @@ const PARKED_PERIOD: Duration = Duration::from_millis(10);
 /// aiodebug::testing::set_dilation(3.0);
 /// let rt = aiodebug::testing::dilated_runtime().unwrap();
 /// let real = Instant::now();
-/// rt.block_on(tokio::time::sleep(Duration::from_secs(1)));
+/// rt.block_on(async { tokio::time::sleep(Duration::from_secs(1)).await });
 /// let took = real.elapsed();
-/// assert!(took >= Duration::from_millis(330), "{took:?}");
+/// assert!(took >= Duration::from_millis(320), "{took:?}");
 /// # assert!(took < Duration::from_millis(990), "{took:?}");
 /// ```
 /// With dilation 0.1, about 10 s:
@@ -134,6 +66,82 @@ const PARKED_PERIOD: Duration = Duration::from_millis(10);
 /// let rt = aiodebug::testing::dilated_runtime().unwrap();
 /// rt.block_on(async { tokio::time::sleep(Duration::from_secs(1)).await }); // 10 s real
 /// ```
+///
+/// # How it works
+/// The runtime is a `current_thread` runtime built with
+/// `start_paused(true)` (tokio feature `test-util`), so every
+/// `tokio::time::Instant::now()`, sleep, timeout and interval polled in it —
+/// in any library — reads and waits on its paused clock. That clock is kept
+/// at `start + V(now) − V(start)`, where `V` is the process-wide clock's
+/// virtual time as a function of real time (piecewise linear, with a kink at
+/// each [`set_dilation`](super::set_dilation), recorded when it is made; so
+/// a change takes effect at that instant, for the rest of every sleep).
+/// Moving the clock is `tokio::time::advance`, done by:
+///
+/// - the runtime thread itself, in its unpark hook: whatever woke it (I/O,
+///   another thread, a timer), its tasks then see the clock up to date;
+/// - a **ticker**, one blocking task (`spawn_blocking`) that sleeps in real
+///   time (a condition variable with a timeout): every tick while the
+///   runtime runs or is not being driven, every 10 ms while it is parked, at
+///   once on a change of dilation. A running blocking task is what inhibits
+///   tokio's auto-advance in tokio 1.x (`BlockingSchedule::new` counts it,
+///   its release uncounts it; nothing else does, `tokio::time::pause`'s
+///   docs say as much), so while the ticker lives the runtime never leaps to
+///   its next timer: idle, it parks for real.
+///
+/// An idle runtime with auto-advance inhibited parks until its next timer as
+/// if virtual time ran at ×1 (it waits the timer's virtual distance in real
+/// time). At dilations up to 1 that is never too long: it wakes on time or
+/// early, the hook moves the clock, and it waits again for the rest — at ×1
+/// timers are as precise as in a plain runtime and an idle runtime costs
+/// almost nothing. Above 1 it is too long by the dilation, so a **keeper**
+/// task holds a timer one tick ahead: the runtime wakes once a tick, the
+/// clock has moved by `tick × dilation`, and the timers due fire.
+///
+/// # Limits
+/// - **Resolution.** Above ×1 a timer fires up to one tick late in real time
+///   (`tick` is [`DEFAULT_TICK`], 1 ms, unless set with
+///   [`DilatedBuilder::tick`]), plus the scheduling delay of a loaded
+///   machine; at ×1 and below, within tokio's own millisecond. Between
+///   moves, `Instant::now()` stands still: after a wake-up it is exact;
+///   when a `block_on` starts, or in a task running without a break, it can
+///   be up to a ticker period old (a tick, or 1 ms of virtual time below ×1)
+///   — so a sleep created first thing in a `block_on` can end that much
+///   early in real time; in a blocking task of a parked runtime, up to 10 ms
+///   (×dilation) old.
+/// - **CPU.** An idle dilated runtime costs ~0.3 % of a core at ×1 (the
+///   ticker's 100 wake-ups a second), ~0.5 % at ×0.1, ~2 % at ×3 and above
+///   (about 1000 runtime wake-ups a second at the default tick), against
+///   ~0.01 % for a plain runtime; a busy one pays the ticker's 1000
+///   wake-ups a second on top of its own work. `cargo bench -p aiodebug
+///   --bench dilation` measures it; figures in the README.
+/// - **`spawn_blocking`** runs in real time, as any thread does; unlike
+///   under plain `tokio::time::pause` it does not freeze the clock — virtual
+///   time keeps flowing at the dilation while it runs. Inside a blocking
+///   task, `tokio::time::Instant::now()` reads the runtime's virtual time.
+///   The ticker occupies one thread of the blocking pool for the runtime's
+///   life, and the keeper is one task (`num_alive_tasks` counts it).
+/// - **Between `block_on` calls** virtual time keeps flowing (the ticker
+///   keeps moving the clock), so it stays continuous with real time and with
+///   the process-wide clock. `block_on` from inside another runtime's task
+///   panics, as with any tokio runtime ("Cannot start a runtime from within
+///   a runtime"); from a plain thread or a `spawn_blocking` thread of
+///   another runtime it works. A future is timed by the runtime whose
+///   context polls it: a `tokio::time::sleep` polled by another runtime
+///   follows that runtime's clock.
+/// - **Current-thread only.** tokio can pause only a `current_thread`
+///   runtime's clock (`pause` and `start_paused` refuse a multi-thread one),
+///   and its blocking tasks inhibit auto-advance only there; a multi-thread
+///   runtime cannot be dilated this way.
+/// - **Do not call `tokio::time::pause` or `resume` on it**: the clock must
+///   stay paused. After a `resume` the runtime runs on real time (the
+///   ticker stops; tokio prints the panic of the refused `advance` once).
+///   `tokio::time::advance` works and jumps virtual time forward.
+/// - **`test-util` is process-wide.** Once any runtime in the process has a
+///   paused clock, every `tokio::time::Instant::now()` in the process — in
+///   other runtimes too — looks up its runtime's clock (a thread-local and a
+///   mutex) instead of reading the system clock. Other runtimes keep real
+///   time. Fine in tests; one reason `testing` is not for production builds.
 pub fn dilated_runtime() -> io::Result<Runtime> {
     DilatedBuilder::new().build()
 }
@@ -276,6 +284,9 @@ struct Shared {
     tick: Duration,
     /// Between the runtime thread's park and unpark hooks.
     parked: AtomicBool,
+    /// tokio refused to advance: the clock was resumed; stop trying (and
+    /// printing tokio's panic message).
+    resumed: AtomicBool,
     /// The runtime's paused instant at its start, and the process-wide
     /// clock's virtual time then.
     start: OnceLock<(Instant, Duration)>,
@@ -309,6 +320,7 @@ impl Shared {
         Shared {
             tick,
             parked: AtomicBool::new(false),
+            resumed: AtomicBool::new(false),
             start: OnceLock::new(),
             advancing: Mutex::new(()),
             state: Mutex::new(TickState::default()),
@@ -324,6 +336,9 @@ impl Shared {
             return CatchUp::AlreadyThere;
         };
         let _one = lock(&self.advancing);
+        if self.resumed.load(Ordering::Acquire) {
+            return CatchUp::Resumed;
+        }
         let virtual_since = global()
             .virtual_at_real(RealInstant::now())
             .saturating_sub(start_virtual);
@@ -336,6 +351,7 @@ impl Shared {
         if advance_in_place(step) {
             CatchUp::Moved
         } else {
+            self.resumed.store(true, Ordering::Release);
             CatchUp::Resumed
         }
     }
