@@ -28,11 +28,12 @@ pub const MAX_TICK: Duration = Duration::from_millis(100);
 /// earlier, so slow dilations tick once per virtual millisecond, not faster.
 const TIMER_GRANULARITY: Duration = Duration::from_millis(1);
 
-/// The ticker's period while the runtime is parked. Its timers need no
-/// ticker (see [`keep`]) and the unpark hook brings the clock up to date for
-/// its tasks, so only blocking tasks read a clock up to this old: a tenth of
-/// the ticker's wake-ups.
-const PARKED_PERIOD: Duration = Duration::from_millis(10);
+/// How old, in virtual time, the ticker lets the clock get while the runtime
+/// is parked. Its timers need no ticker then (see [`keep`]) and the unpark
+/// hook brings the clock up to date for its tasks, so only blocking tasks
+/// (and the next `block_on`'s start) read a clock this old: at ×1, a tenth
+/// of the ticker's wake-ups.
+const PARKED_STALENESS: Duration = Duration::from_millis(10);
 
 /// A `current_thread` runtime (time and I/O enabled) whose clock runs at the
 /// process-wide dilation of [`set_dilation`](super::set_dilation) — the
@@ -81,9 +82,10 @@ const PARKED_PERIOD: Duration = Duration::from_millis(10);
 /// - the runtime thread itself, in its unpark hook: whatever woke it (I/O,
 ///   another thread, a timer), its tasks then see the clock up to date;
 /// - a **ticker**, one blocking task (`spawn_blocking`) that sleeps in real
-///   time (a condition variable with a timeout): every tick while the
-///   runtime runs or is not being driven, every 10 ms while it is parked, at
-///   once on a change of dilation. A running blocking task is what inhibits
+///   time (a condition variable with a timeout): every tick (1 ms) or 1 ms
+///   of virtual time, whichever is longer, while the runtime runs or is not
+///   being driven; every tick or 10 ms of virtual time while it is parked;
+///   at once on a change of dilation. A running blocking task is what inhibits
 ///   tokio's auto-advance in tokio 1.x (`BlockingSchedule::new` counts it,
 ///   its release uncounts it; nothing else does, `tokio::time::pause`'s
 ///   docs say as much), so while the ticker lives the runtime never leaps to
@@ -99,19 +101,22 @@ const PARKED_PERIOD: Duration = Duration::from_millis(10);
 /// clock has moved by `tick × dilation`, and the timers due fire.
 ///
 /// # Limits
-/// - **Resolution.** Above ×1 a timer fires up to one tick late in real time
-///   (`tick` is [`DEFAULT_TICK`], 1 ms, unless set with
-///   [`DilatedBuilder::tick`]), plus the scheduling delay of a loaded
-///   machine; at ×1 and below, within tokio's own millisecond. Between
-///   moves, `Instant::now()` stands still: after a wake-up it is exact;
-///   when a `block_on` starts, or in a task running without a break, it can
-///   be up to a ticker period old (a tick, or 1 ms of virtual time below ×1)
-///   — so a sleep created first thing in a `block_on` can end that much
-///   early in real time; in a blocking task of a parked runtime, up to 10 ms
-///   (×dilation) old.
+/// - **Resolution.** Above ×1 a timer fires up to a tick and a millisecond
+///   late in real time (`tick` is [`DEFAULT_TICK`], 1 ms, unless set with
+///   [`DilatedBuilder::tick`]; the keeper's timer has tokio's millisecond
+///   granularity), plus the scheduling delay of a loaded machine; at ×1 and below, within tokio's own millisecond. Between
+///   moves, `Instant::now()` stands still: right after each wake-up of the
+///   runtime it is exact; otherwise — when a `block_on` starts, in a task
+///   that runs long without a break, in a blocking task — it is as old as
+///   the last move: a ticker period (a tick, or 1 ms of virtual time below
+///   ×1; 10 ms of virtual time while the runtime is parked, which a
+///   `block_on` started soon after the previous one may still see), more
+///   when the ticker thread is late on a busy machine. So a sleep created
+///   first thing in a `block_on` can end that much early in real time, as
+///   its start was read that late.
 /// - **CPU.** An idle dilated runtime costs ~0.3 % of a core at ×1 (the
-///   ticker's 100 wake-ups a second), ~0.5 % at ×0.1, ~2 % at ×3 and above
-///   (about 1000 runtime wake-ups a second at the default tick), against
+///   ticker's 100 wake-ups a second), less below, ~1.5–2.5 % at ×3 and
+///   above (about 1000 runtime wake-ups a second at the default tick), against
 ///   ~0.01 % for a plain runtime; a busy one pays the ticker's 1000
 ///   wake-ups a second on top of its own work. `cargo bench -p aiodebug
 ///   --bench dilation` measures it; figures in the README.
@@ -356,15 +361,17 @@ impl Shared {
         }
     }
 
-    /// The ticker's real-time period: a tick (at most one per virtual
-    /// millisecond) while the runtime runs or is not driven, longer while it
-    /// is parked.
+    /// The ticker's real-time period: a tick, but no shorter than a virtual
+    /// millisecond while the runtime runs or is not driven, or than
+    /// [`PARKED_STALENESS`] of virtual time while it is parked.
     fn period(&self) -> Duration {
-        if self.parked.load(Ordering::Acquire) {
-            return PARKED_PERIOD;
-        }
+        let virtual_step = if self.parked.load(Ordering::Acquire) {
+            PARKED_STALENESS
+        } else {
+            TIMER_GRANULARITY
+        };
         self.tick
-            .max(scale(TIMER_GRANULARITY, 1.0 / global().dilation()))
+            .max(scale(virtual_step, 1.0 / global().dilation()))
     }
 }
 
