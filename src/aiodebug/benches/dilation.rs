@@ -105,7 +105,7 @@ fn main() {
     report("dilated ×3", 3.0, dilated);
     report("dilated ×0.1", 0.1, dilated);
     report("dilated ×100", 100.0, dilated);
-    report("dilated ×1, tick 5 ms", 1.0, || {
+    report("dilated ×3, tick 5 ms", 3.0, || {
         aiodebug::testing::DilatedBuilder::new()
             .tick(Duration::from_millis(5))
             .build()

@@ -114,9 +114,9 @@ const PARKED_STALENESS: Duration = Duration::from_millis(10);
 ///   when the ticker thread is late on a busy machine. So a sleep created
 ///   first thing in a `block_on` can end that much early in real time, as
 ///   its start was read that late.
-/// - **CPU.** An idle dilated runtime costs ~0.3 % of a core at ×1 (the
-///   ticker's 100 wake-ups a second), less below, ~1.5–2.5 % at ×3 and
-///   above (about 1000 runtime wake-ups a second at the default tick), against
+/// - **CPU.** An idle dilated runtime costs 0.2–0.5 % of a core at ×1 (the
+///   ticker's 100 wake-ups a second), less below, 1–2.5 % at ×3 and above
+///   (500–1000 runtime wake-ups a second at the default tick), against
 ///   ~0.01 % for a plain runtime; a busy one pays the ticker's 1000
 ///   wake-ups a second on top of its own work. `cargo bench -p aiodebug
 ///   --bench dilation` measures it; figures in the README.
