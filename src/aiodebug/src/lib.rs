@@ -50,7 +50,7 @@
 //! | (default) | [`Heartbeat`], [`slow`], [`polling`] | none |
 //! | `tokio` | `tokio::spawn_monitor`, `tokio::spawn_named`; with `--cfg tokio_unstable`, runtime-wide poll hooks | tokio (rt, time) |
 //! | `log` | slow polls become `log` warnings | log |
-//! | `testing` | `testing::Clock`, a time-dilated clock for tests | tokio (+ sync) |
+//! | `testing` | time dilation for tests: `testing::dilated_runtime` (a whole runtime) and `testing::Clock` | tokio (+ sync, test-util) |
 //!
 //! The registry's layout is a versioned ABI documented in [`abi`]; C, C++ and
 //! Python loops use it through `libaiodebug` (package `aiodebug-ffi`).

@@ -1,24 +1,47 @@
-//! A time-dilated clock for tests (feature `testing`): the ancestor's
+//! Time dilation for tests (feature `testing`): the ancestor's
 //! `TimeDilatedLoop`, for tokio.
 //!
-//! Time on a [`Clock`] runs `dilation` times faster than real time: with
-//! dilation 3, [`Clock::sleep`]`(1 s)` takes about 0.333 s of real time; with
-//! 0.1, about 10 s. The dilation can be changed at any moment
-//! ([`Clock::set_dilation`]) and sleeps, intervals and timeouts already in
-//! progress follow the new rate from then on — virtual time is continuous, only
-//! its speed changes. The module-level functions use one process-wide clock.
+//! Dilated time runs `dilation` times as fast as real time: with dilation 3,
+//! a sleep of 1 s takes about 0.333 s of real time; with 0.1, about 10 s.
+//! The dilation can be changed at any moment and sleeps, intervals and
+//! timeouts already in progress follow the new rate from then on — virtual
+//! time is continuous, only its speed changes. Two ways to use it:
 //!
-//! ```
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! use aiodebug::testing::Clock;
-//! use std::time::{Duration, Instant};
-//! let clock = Clock::new(10.0);
-//! let real = Instant::now();
-//! clock.sleep(Duration::from_millis(500)).await; // 50 ms of real time
-//! assert!(real.elapsed() >= Duration::from_millis(49));
-//! # }
-//! ```
+//! - **A whole runtime**, [`dilated_runtime`]: every `tokio::time` sleep,
+//!   timeout, interval and `Instant::now()` polled in it — in the test's
+//!   code and in every library (tower, hyper, reqwest, tokio-util...) —
+//!   follows the process-wide dilation of [`set_dilation`], as the
+//!   ancestor's loop did for `asyncio.sleep`, `call_later` and `wait_for`.
+//!   Real I/O keeps real time.
+//!
+//!   ```
+//!   use std::time::{Duration, Instant};
+//!   aiodebug::testing::set_dilation(3.0);
+//!   let rt = aiodebug::testing::dilated_runtime().unwrap();
+//!   let real = Instant::now();
+//!   rt.block_on(async { tokio::time::sleep(Duration::from_secs(1)).await }); // ≈ 0.333 s
+//!   assert!(real.elapsed() >= Duration::from_millis(320));
+//!   aiodebug::testing::set_dilation(0.1); // from now on, sleep(1 s) ≈ 10 s
+//!   ```
+//!
+//! - **A [`Clock`]** passed to the code under test (or the module functions,
+//!   which use the process-wide clock), on any runtime of any flavour; only
+//!   the code that calls it is dilated.
+//!
+//!   ```
+//!   # #[tokio::main(flavor = "current_thread")]
+//!   # async fn main() {
+//!   use aiodebug::testing::Clock;
+//!   use std::time::{Duration, Instant};
+//!   let clock = Clock::new(10.0);
+//!   let real = Instant::now();
+//!   clock.sleep(Duration::from_millis(500)).await; // 50 ms of real time
+//!   assert!(real.elapsed() >= Duration::from_millis(49));
+//!   # }
+//!   ```
+//!
+//! Inside a dilated runtime the process-wide clock is that runtime's clock:
+//! [`now`] equals `tokio::time::Instant::now()` and [`sleep`] is tokio's.
 //!
 //! ## How it differs from `tokio::time::pause`
 //! `pause` (feature `test-util`) freezes the runtime's clock and jumps it to
@@ -26,13 +49,13 @@
 //! instantaneous and deterministic, but only for code whose every wait is a
 //! tokio timer on a `current_thread` runtime: real I/O (a socket, a child
 //! process, a thread) keeps taking real time while timers leap ahead, so a
-//! 30 s timeout around a real network call fires at once. A dilated clock
-//! keeps time flowing at a fixed ratio to real time, so real I/O keeps running
-//! and timeouts stay proportional; it works on any runtime flavour and its
-//! speed can change mid-test. It affects only the code that uses it (pass a
-//! [`Clock`] or call the module functions instead of `tokio::time`); tokio's
-//! own timers are untouched. Under `pause` a dilated clock follows tokio's
-//! paused time, dilated.
+//! 30 s timeout around a real network call fires at once. Dilated time
+//! keeps flowing at a fixed ratio to real time, so real I/O keeps running
+//! and timeouts stay proportional, and its speed can change mid-test. A
+//! dilated runtime is built on tokio's paused clock, moved forward by the
+//! dilated real time and never left to leap (how, and its limits:
+//! [`dilated_runtime`]). Under `pause`
+//! a [`Clock::new`] follows tokio's paused time, dilated.
 //!
 //! Like `tokio::time`, the futures of this module must be polled inside a
 //! tokio runtime with time enabled (they panic otherwise, as tokio's do).
@@ -44,6 +67,9 @@ use core::time::Duration;
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+mod runtime;
+pub use runtime::{dilated_runtime, DilatedBuilder, DEFAULT_TICK, MAX_TICK, MIN_TICK};
 
 /// Smallest dilation accepted (time 1000 times slower than real time).
 pub const MIN_DILATION: f64 = 1e-3;
@@ -64,6 +90,9 @@ struct Inner {
     origin: Instant,
     state: Mutex<State>,
     changed: watch::Sender<u64>,
+    /// The process-wide clock: inside a [`dilated_runtime`] it *is* the
+    /// runtime's clock (see [`Clock::now`]).
+    global: bool,
 }
 
 /// A clock whose time runs `dilation` times as fast as real time. Cheap to
@@ -94,7 +123,11 @@ impl Clock {
     /// assert_eq!(clock.dilation(), 3.0);
     /// ```
     pub fn new(dilation: f64) -> Clock {
-        let now = Instant::now();
+        Clock::with(dilation, false)
+    }
+
+    fn with(dilation: f64, global: bool) -> Clock {
+        let now = base_now(global);
         let (changed, _) = watch::channel(0);
         Clock {
             inner: Arc::new(Inner {
@@ -105,6 +138,7 @@ impl Clock {
                     dilation: clamp(dilation),
                 }),
                 changed,
+                global,
             }),
         }
     }
@@ -130,17 +164,30 @@ impl Clock {
         let dilation = clamp(dilation);
         {
             let mut st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
-            let real = Instant::now();
+            let real = base_now(self.inner.global);
             st.virt_anchor = virt_elapsed(&st, real);
             st.real_anchor = real;
             st.dilation = dilation;
         }
         self.inner.changed.send_modify(|n| *n = n.wrapping_add(1));
+        if self.inner.global {
+            runtime::dilation_changed();
+        }
         dilation
     }
 
     /// The current virtual time. Virtual instants start at the real instant
     /// the clock was created and advance `dilation` times as fast.
+    ///
+    /// "Real" is the time of the tokio runtime the caller is in: real time, or
+    /// tokio's paused time under `tokio::time::pause`, or a dilated
+    /// runtime's time — so a `Clock::new(2.0)` inside a [`dilated_runtime`]
+    /// runs twice as fast as that runtime. The process-wide clock
+    /// ([`global`]) is the exception: inside a dilated runtime it returns
+    /// that runtime's `tokio::time::Instant::now()` and its sleeps are that
+    /// runtime's timers (the runtime already runs at its dilation), and
+    /// elsewhere it measures real time. Virtual instants of different
+    /// runtimes are not comparable.
     ///
     /// ```
     /// let clock = aiodebug::testing::Clock::new(2.0);
@@ -149,7 +196,21 @@ impl Clock {
     /// assert!(b >= a);
     /// ```
     pub fn now(&self) -> Instant {
-        self.at(Instant::now())
+        if self.is_the_runtimes() {
+            return Instant::now();
+        }
+        self.at(base_now(self.inner.global))
+    }
+
+    /// True for the process-wide clock polled inside a dilated runtime.
+    fn is_the_runtimes(&self) -> bool {
+        self.inner.global && runtime::in_dilated_runtime()
+    }
+
+    /// Virtual time since the origin at real instant `real` (real time,
+    /// whatever runtime the caller is in): what a dilated runtime follows.
+    fn virtual_at_real(&self, real: std::time::Instant) -> Duration {
+        virt_elapsed(&self.state(), Instant::from_std(real))
     }
 
     /// Virtual time at real instant `real` under the current dilation.
@@ -170,7 +231,7 @@ impl Clock {
     /// stays as it is; None if it already has.
     fn real_deadline(&self, deadline: Instant) -> Option<Instant> {
         let st = self.state();
-        let real_now = Instant::now();
+        let real_now = base_now(self.inner.global);
         let virt_now = self.virt_instant(virt_elapsed(&st, real_now));
         let left = deadline.checked_duration_since(virt_now)?;
         if left.is_zero() {
@@ -197,6 +258,10 @@ impl Clock {
     /// # }
     /// ```
     pub async fn sleep_until(&self, deadline: Instant) {
+        if self.is_the_runtimes() {
+            // The runtime's own timers already follow the dilation.
+            return tokio::time::sleep_until(deadline).await;
+        }
         let mut changes = self.inner.changed.subscribe();
         loop {
             // Mark the current dilation seen *before* computing with it, so a
@@ -205,20 +270,9 @@ impl Clock {
             let Some(real) = self.real_deadline(deadline) else {
                 return;
             };
-            let mut timer = pin!(tokio::time::sleep_until(real));
-            let mut changed = pin!(changes.changed());
-            poll_fn(|cx| {
-                if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(());
-                }
-                match changed.as_mut().poll(cx) {
-                    // A change, or the clock is gone (cannot happen while we
-                    // hold it): recompute either way.
-                    Poll::Ready(_) => Poll::Ready(()),
-                    Poll::Pending => Poll::Pending,
-                }
-            })
-            .await;
+            // A change, or the clock is gone (cannot happen while we hold
+            // it): recompute either way.
+            race(tokio::time::sleep_until(real), changes.changed()).await;
         }
     }
 
@@ -256,18 +310,10 @@ impl Clock {
         duration: Duration,
         future: F,
     ) -> Result<F::Output, Elapsed> {
-        let mut future = pin!(future);
-        let mut limit = pin!(self.sleep(duration));
-        poll_fn(|cx| {
-            if let Poll::Ready(v) = future.as_mut().poll(cx) {
-                return Poll::Ready(Ok(v));
-            }
-            match limit.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(Elapsed(()))),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await
+        match race(future, self.sleep(duration)).await {
+            First(v) => Ok(v),
+            Second(()) => Err(Elapsed(())),
+        }
     }
 
     /// An interval ticking every `period` of virtual time; the first tick
@@ -290,6 +336,37 @@ impl Clock {
             next: self.now(),
             period: period.max(Duration::from_nanos(1)),
         }
+    }
+}
+
+/// The outcome of [`race`].
+enum Either<A, B> {
+    First(A),
+    Second(B),
+}
+use Either::{First, Second};
+
+/// Polls both futures until one completes, `a` first at each wake-up.
+async fn race<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Output> {
+    let mut a = pin!(a);
+    let mut b = pin!(b);
+    poll_fn(|cx| {
+        if let Poll::Ready(v) = a.as_mut().poll(cx) {
+            return Poll::Ready(First(v));
+        }
+        b.as_mut().poll(cx).map(Second)
+    })
+    .await
+}
+
+/// The "real" time a clock dilates: the caller's tokio time, except for the
+/// process-wide clock inside a dilated runtime, which measures real time
+/// (that runtime's tokio time is already dilated).
+fn base_now(global: bool) -> Instant {
+    if global && runtime::in_dilated_runtime() {
+        Instant::from_std(std::time::Instant::now())
+    } else {
+        Instant::now()
     }
 }
 
@@ -342,7 +419,7 @@ impl std::error::Error for Elapsed {}
 /// ```
 pub fn global() -> &'static Clock {
     static GLOBAL: OnceLock<Clock> = OnceLock::new();
-    GLOBAL.get_or_init(|| Clock::new(1.0))
+    GLOBAL.get_or_init(|| Clock::with(1.0, true))
 }
 
 /// The process-wide clock's dilation.
