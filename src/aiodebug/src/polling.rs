@@ -500,17 +500,25 @@ mod tests {
     fn thread_exit_frees_the_entry_and_loop_is_recorded() {
         let hb = Heartbeat::register("poll-owner");
         let (slot, gen) = hb.loop_id().expect("registered");
-        let (entry, loop_id, live, tid) = std::thread::spawn(move || {
+        let (entry, loop_id, live, owner, tid) = std::thread::spawn(move || {
             set_thread_loop(&hb);
             let _g = enter(&Label::new("t", "t.rs", 4));
             let e = current_entry_for_test().expect("an entry");
-            (e, e.loop_for_test(), e.state_for_test(), sys::thread_id())
+            // Read while the thread lives: once it exits, another test's
+            // thread may claim the entry.
+            (
+                e,
+                e.loop_for_test(),
+                e.state_for_test(),
+                e.tid_for_test(),
+                sys::thread_id(),
+            )
         })
         .join()
         .expect("thread");
         assert_eq!(loop_id, (slot, gen));
         assert_eq!(live, 1, "owned while the thread lives");
-        assert_eq!(entry.tid_for_test(), tid);
+        assert_eq!(owner, tid);
         // The thread-local destructor released the entry (another test's
         // thread may have claimed it since: then it is that thread's).
         let still_ours = entry.state_for_test() == 1 && entry.tid_for_test() == tid;
