@@ -19,7 +19,7 @@ use support::{watch_bin, Fixture};
 /// `fixtures/c/causes.c`, built once per test process.
 fn causes_bin() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| support::c_with_libaiodebug("fixtures/c/causes.c", "causes"))
+    P.get_or_init(|| support::cbuild::c_with_libaiodebug("fixtures/c/causes.c", "causes"))
 }
 
 fn spawn() -> Fixture {

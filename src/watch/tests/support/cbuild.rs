@@ -87,14 +87,7 @@ pub fn gcc(sources: &[&str], out: &str, extra: &[&std::ffi::OsStr]) -> PathBuf {
 /// `fixtures/c-loop/loop.c` linked with `libaiodebug.a`.
 pub fn c_loop_static() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| {
-        let lib = ffi_dir().join("libaiodebug.a");
-        let inc = format!("-I{}", header_dir().display());
-        let mut extra: Vec<std::ffi::OsString> = vec![inc.into(), lib.into()];
-        extra.extend(STATIC_LIBS.iter().map(|s| s.into()));
-        let refs: Vec<&std::ffi::OsStr> = extra.iter().map(|s| s.as_os_str()).collect();
-        gcc(&["fixtures/c-loop/loop.c"], "c-loop-static", &refs)
-    })
+    P.get_or_init(|| c_with_libaiodebug("fixtures/c-loop/loop.c", "c-loop-static"))
 }
 
 /// `fixtures/c-loop/loop.c` linked with `libaiodebug.so` (found through rpath).
@@ -111,4 +104,16 @@ pub fn c_loop_shared() -> &'static Path {
         let refs: Vec<&std::ffi::OsStr> = extra.iter().map(|s| s.as_os_str()).collect();
         gcc(&["fixtures/c-loop/loop.c"], "c-loop-shared", &refs)
     })
+}
+
+/// Compiles the C program `source` (relative to the workspace root) with
+/// gcc, statically linked with `libaiodebug.a`, into
+/// `target/fixtures/bin/c/<out>`.
+pub fn c_with_libaiodebug(source: &str, out: &str) -> PathBuf {
+    let lib = ffi_dir().join("libaiodebug.a");
+    let inc = format!("-I{}", header_dir().display());
+    let mut extra: Vec<std::ffi::OsString> = vec!["-pthread".into(), inc.into(), lib.into()];
+    extra.extend(STATIC_LIBS.iter().map(|s| s.into()));
+    let refs: Vec<&std::ffi::OsStr> = extra.iter().map(|s| s.as_os_str()).collect();
+    gcc(&[source], out, &refs)
 }

@@ -260,65 +260,6 @@ pub fn fixture_lib_path() -> PathBuf {
     .clone()
 }
 
-/// `libaiodebug.a` (package aiodebug-ffi, profile fixture), built once per
-/// test process; returns its directory.
-pub fn ffi_lib_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let mut cmd = Command::new(cargo());
-        cmd.current_dir(workspace_root())
-            .args([
-                "build",
-                "--profile",
-                "fixture",
-                "-p",
-                "aiodebug-ffi",
-                "--target-dir",
-            ])
-            .arg(fixtures_target());
-        run_build(cmd, "libaiodebug (aiodebug-ffi)");
-        fixtures_target().join("fixture")
-    })
-}
-
-/// Compiles the C program `source` (relative to the workspace root) with
-/// gcc, statically linked with `libaiodebug.a`, into
-/// `target/fixtures/bin/c/<out>` (a temporary file renamed into place).
-pub fn c_with_libaiodebug(source: &str, out: &str) -> PathBuf {
-    let lib = ffi_lib_dir().join("libaiodebug.a");
-    let dir = fixtures_target().join("bin/c");
-    std::fs::create_dir_all(&dir)
-        .unwrap_or_else(|e| panic!("support: create {}: {e}", dir.display()));
-    let dst = dir.join(out);
-    let tmp = dir.join(format!(".{out}.tmp-{}", std::process::id()));
-    let mut cmd = Command::new("gcc");
-    cmd.args(["-O1", "-g", "-pthread", "-Wall", "-Wextra", "-Werror"])
-        .arg(format!(
-            "-I{}",
-            workspace_root().join("src/aiodebug-ffi/include").display()
-        ))
-        .arg("-o")
-        .arg(&tmp)
-        .arg(workspace_root().join(source))
-        .arg(lib)
-        // What a Rust static library needs from the system (README).
-        .args([
-            "-lpthread",
-            "-ldl",
-            "-lm",
-            "-lrt",
-            "-lutil",
-            "-lgcc_s",
-            "-lc",
-        ]);
-    // gcc (a child) writes the file: no descriptor of ours to leak into
-    // a fork, so EXEC_GUARD is not needed for writing.
-    run_build(cmd, out);
-    std::fs::rename(&tmp, &dst)
-        .unwrap_or_else(|e| panic!("support: rename {} into place: {e}", tmp.display()));
-    dst
-}
-
 /// Number of threads of process `pid` (`Threads:` of /proc/PID/status).
 pub fn proc_threads(pid: i32) -> usize {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
