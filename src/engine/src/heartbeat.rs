@@ -97,8 +97,13 @@ pub struct Loop {
     pub slot: u32,
     /// Name, sanitized: invalid UTF-8 and control characters replaced by U+FFFD.
     pub name: String,
-    /// OS thread id of the last tick.
+    /// OS thread id of the last tick, as this reader's PID namespace numbers
+    /// it once [`crate::target::Target::read`] has mapped it (0: the thread
+    /// is gone, its id cannot be mapped).
     pub tid: u32,
+    /// The same thread id as the companion wrote it: numbered in the target's
+    /// own PID namespace (equal to `tid` outside containers).
+    pub ns_tid: u32,
     /// Tick period in ns (0: none declared).
     pub period_ns: u64,
     /// Ticks since registration.
@@ -157,8 +162,11 @@ impl PollKind {
 pub struct Polling {
     /// Index of the board entry.
     pub entry: u32,
-    /// OS thread id of the polling thread.
+    /// OS thread id of the polling thread, in this reader's PID namespace
+    /// once mapped (see [`Loop::tid`]).
     pub tid: u32,
+    /// The id as the companion wrote it (target's PID namespace).
+    pub ns_tid: u32,
     /// The task's name, sanitized ("" when it has none); ends with `…` when
     /// the writer had to cut it.
     pub task: String,
@@ -442,6 +450,7 @@ fn decode_slot(s1: &[u8], s2: &[u8], index: u32, g: &Geometry) -> SlotRead {
             slot: index,
             name,
             tid,
+            ns_tid: tid,
             period_ns,
             ticks,
             last_tick_ns,
@@ -506,6 +515,7 @@ fn decode_entry(e1: &[u8], e2: &[u8], index: u32) -> EntryRead {
     let poll = Polling {
         entry: index,
         tid: u32_at(e2, p::TID).unwrap_or(0),
+        ns_tid: u32_at(e2, p::TID).unwrap_or(0),
         task,
         task_id,
         file,

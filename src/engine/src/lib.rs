@@ -8,8 +8,10 @@
 //! - [`memory`]: read the target's memory with `process_vm_readv`;
 //! - [`heartbeat`]: decode registry bytes (pure, untrusted input);
 //! - [`target`]: the glue — open a PID, locate its registries, read loops;
-//! - [`cause`]: why a thread is stuck (system call, lock owner, throttling).
-//! - [`python`]: Python frames of CPython 3.11–3.14 processes.
+//! - [`cause`]: why a thread is stuck (system call, lock owner, throttling);
+//! - [`python`]: Python frames of CPython 3.11–3.14 processes;
+//! - [`tidmap`]: thread ids of a target in another PID namespace, mapped to ours;
+//! - [`cgroup`]: container and pod ids from `/proc/PID/cgroup` (pure).
 //!
 //! Every value read from a target is untrusted: sizes, counts and strings are
 //! bounds-checked, nothing is allocated from a count without a cap.
@@ -18,6 +20,7 @@
 
 pub mod attach;
 pub mod cause;
+pub mod cgroup;
 pub mod dump;
 pub mod elf;
 pub mod error;
@@ -29,6 +32,7 @@ pub mod python;
 pub mod snapshot;
 pub mod symbols;
 pub mod target;
+pub mod tidmap;
 pub mod unwind;
 
 pub use error::{Error, ErrorKind, Result};

@@ -275,6 +275,35 @@ pub fn parse_status(data: &[u8]) -> Status {
 }
 
 // ---------------------------------------------------------------------------
+// NSpid
+
+/// Deepest nesting of PID namespaces the kernel allows (`MAX_PID_NS_LEVEL`)
+/// plus the root: no `NSpid:` line is longer.
+pub const MAX_NSPID_LEVELS: usize = 33;
+
+/// Parses the `NSpid:` line of `/proc/PID/status` (or
+/// `/proc/PID/task/TID/status`): the id of the process (thread) in each PID
+/// namespace, from the one of the reading `/proc` mount down to the
+/// process's own. Returns `None` when the line is missing (kernel before
+/// 4.1), empty, longer than [`MAX_NSPID_LEVELS`] or not all positive numbers.
+pub fn parse_nspid(data: &[u8]) -> Option<Vec<i32>> {
+    let line = data
+        .split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"NSpid:"))?;
+    let mut ids = Vec::new();
+    for field in line
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|f| !f.is_empty())
+    {
+        if ids.len() == MAX_NSPID_LEVELS {
+            return None;
+        }
+        ids.push(parse_dec::<i32>(field).filter(|&n| n > 0)?);
+    }
+    (!ids.is_empty()).then_some(ids)
+}
+
+// ---------------------------------------------------------------------------
 // stat
 
 /// Fields of `/proc/PID/stat` (or `/proc/PID/task/TID/stat`) the engine uses.
@@ -547,6 +576,12 @@ pub fn read_stat(pid: i32) -> Result<Stat> {
 pub fn read_task_stat(pid: i32, tid: i32) -> Result<Stat> {
     let file = format!("task/{tid}/stat");
     stat_or_error(pid, &file, &read_proc(pid, &file)?)
+}
+
+/// The `NSpid:` ids of thread `tid` of `pid` (see [`parse_nspid`]): first
+/// the id in our `/proc`, last the id the thread itself sees (`gettid()`).
+pub fn read_task_nspid(pid: i32, tid: i32) -> Result<Option<Vec<i32>>> {
+    Ok(parse_nspid(&read_proc(pid, &format!("task/{tid}/status"))?))
 }
 
 /// The name of thread `tid` of `pid` (`/proc/PID/task/TID/comm` without the
@@ -823,6 +858,37 @@ CapPrm:\t000001ffffffffff\nCapEff:\t000001ffffffffff\n";
         assert!(s.has_cap_sys_ptrace());
     }
 
+    #[test]
+    fn nspid() {
+        // A thread two namespaces deep (host, container, nested sandbox).
+        let st = b"Name:\tworker\nTgid:\t15038\nNgid:\t0\nPid:\t15040\nPPid:\t15001\n\
+NSpid:\t15040\t8\t3\nNSpgid:\t15038\t6\t1\n";
+        assert_eq!(parse_nspid(st), Some(vec![15040, 8, 3]));
+        // Same namespace as the reader: one id.
+        assert_eq!(parse_nspid(b"NSpid:\t4242\n"), Some(vec![4242]));
+        // NSpgid/NSsid must not be taken for NSpid; spaces as well as tabs.
+        assert_eq!(
+            parse_nspid(b"NSpgid:\t1 2\nNSpid:  7   1\nNSsid:\t9"),
+            Some(vec![7, 1])
+        );
+        // Hostile or missing.
+        assert_eq!(parse_nspid(b""), None);
+        assert_eq!(parse_nspid(b"Pid:\t5\n"), None);
+        assert_eq!(parse_nspid(b"NSpid:\n"), None);
+        assert_eq!(parse_nspid(b"NSpid:\t5\tx\n"), None);
+        assert_eq!(parse_nspid(b"NSpid:\t5\t-1\n"), None);
+        assert_eq!(parse_nspid(b"NSpid:\t0\n"), None);
+        assert_eq!(parse_nspid(b"NSpid:\t99999999999\n"), None);
+        let deep: Vec<u8> = std::iter::once(&b"NSpid:"[..])
+            .chain(std::iter::repeat(&b"\t1"[..]).take(MAX_NSPID_LEVELS))
+            .flatten()
+            .copied()
+            .collect();
+        assert_eq!(parse_nspid(&deep).map(|v| v.len()), Some(MAX_NSPID_LEVELS));
+        let deeper = [&deep[..], b"\t1"].concat();
+        assert_eq!(parse_nspid(&deeper), None);
+    }
+
     const STAT: &[u8] = b"4242 (my prog) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
 1234 567 0 0 20 0 9 0 987654 12345678 300 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n";
 
@@ -962,6 +1028,8 @@ CapPrm:\t000001ffffffffff\nCapEff:\t000001ffffffffff\n";
         let ts = read_task_stat(me, me).unwrap();
         assert_eq!(ts.ppid, st.ppid);
         assert!(!read_task_comm(me, me).is_empty());
+        let ns = read_task_nspid(me, me).unwrap().expect("NSpid line");
+        assert_eq!(ns.first(), Some(&me));
         assert!(!read_task_comm(me, me).ends_with('\n'));
         assert!(list_pids().contains(&me));
         assert!(read_exe(me).is_some());

@@ -2,7 +2,9 @@
 
 use crate::elf::{self, ModuleCache, RegionInTarget};
 use crate::heartbeat::{self, Registry, Rejected};
+use crate::tidmap::TidMap;
 use crate::{memory, proc, Error, Result};
+use std::sync::Mutex;
 
 /// Cap on one registry region read out of a target.
 pub const MAX_REGION: u64 = 16 * 1024 * 1024;
@@ -14,6 +16,9 @@ pub struct Target {
     regions: Vec<RegionInTarget>,
     problems: Vec<String>,
     clock_offset_ns: i64,
+    /// Thread ids of the target's PID namespace to ours (the identity
+    /// outside containers). Behind a lock so that `read` keeps `&self`.
+    tids: Mutex<TidMap>,
 }
 
 /// One read of every registry of a target.
@@ -67,6 +72,7 @@ impl Target {
             regions,
             problems,
             clock_offset_ns: clock_offset_ns(pid),
+            tids: Mutex::new(TidMap::build(pid)),
         })
     }
 
@@ -85,13 +91,20 @@ impl Target {
         &self.problems
     }
 
+    /// Whether the target lives in another PID namespace than ours (its
+    /// thread ids are mapped through `NSpid:`).
+    pub fn in_other_pid_namespace(&self) -> bool {
+        !self.tids.lock().map(|m| m.is_identity()).unwrap_or(true)
+    }
+
     /// CLOCK_MONOTONIC now, in the target's time namespace.
     pub fn now_ns(&self) -> u64 {
         let ours = monotonic_ns();
         ours.saturating_add_signed(self.clock_offset_ns)
     }
 
-    /// Reads every registry (two copies each) and decodes it.
+    /// Reads every registry (two copies each) and decodes it. Thread ids are
+    /// mapped to our PID namespace (see [`crate::tidmap`]).
     pub fn read(&self) -> Result<Reading> {
         let mut reading = Reading {
             now_ns: 0,
@@ -104,7 +117,12 @@ impl Target {
             let len = region.size.min(MAX_REGION) as usize;
             let first = memory::read(self.pid, region.addr, len)?;
             let second = memory::read(self.pid, region.addr, len)?;
-            let scan = heartbeat::decode_section(&first, &second);
+            let mut scan = heartbeat::decode_section(&first, &second);
+            if let Ok(mut tids) = self.tids.lock() {
+                for reg in &mut scan.registries {
+                    tids.map_registry(reg);
+                }
+            }
             reading
                 .registries
                 .extend(scan.registries.into_iter().map(|r| (region.clone(), r)));
