@@ -448,7 +448,7 @@ pub fn compose_permission_hint(
         match ptrace_scope {
             Some(3) => {}
             _ => parts.push(
-                "we hold CAP_SYS_PTRACE, so a security module (AppArmor, SELinux) or a seccomp \
+                "we hold CAP_SYS_PTRACE, so a security module (AppArmor, SELinux, Landlock) or a seccomp \
                  filter probably refuses ptrace access; check the audit log"
                     .to_string(),
             ),

@@ -50,7 +50,23 @@ pub struct DumpArgs {
 
 /// Runs `dump`.
 pub fn run(args: &DumpArgs) -> ExitCode {
-    run_with_loops(args, None)
+    let loops = loop_threads(args.pid);
+    run_with_loops(args, loops.as_ref())
+}
+
+/// Thread (in our PID namespace) → event loop, from the target's heartbeat;
+/// `None` for a process without one (`dump` works on any process).
+pub fn loop_threads(pid: i32) -> Option<HashMap<i32, String>> {
+    let reading = aiodebug_engine::target::Target::open(pid)
+        .and_then(|t| t.read())
+        .ok()?;
+    Some(
+        reading
+            .loops()
+            .filter(|l| l.tid != 0)
+            .map(|l| (l.tid as i32, l.name.clone()))
+            .collect(),
+    )
 }
 
 /// Runs `dump`, naming the event loop of each thread in `loops` (tid → loop

@@ -71,6 +71,7 @@ pub fn secs_to_ns(s: f64) -> u64 {
 pub fn polling_json(p: &Polling, now_ns: u64) -> serde_json::Value {
     json!({
         "tid": p.tid,
+        "ns_tid": p.ns_tid,
         "task": p.task,
         "task_id": p.task_id,
         "location": p.location(),
@@ -98,6 +99,7 @@ fn loop_json(pid: i32, state: char, r: &Row<'_>) -> serde_json::Value {
         "process_state": state.to_string(),
         "loop": r.lp.name,
         "tid": r.lp.tid,
+        "ns_tid": r.lp.ns_tid,
         "ticks": r.lp.ticks,
         "period_ms": ms(r.lp.period_ns),
         "age_ms": ms(r.st.age_ns),
@@ -263,12 +265,50 @@ pub fn status(args: &StatusArgs) -> ExitCode {
     }
 }
 
+/// Whether `pid` is an `aiodebug-watch` process other than a demo target:
+/// the binary links the companion (for `demo-target`), so every watcher
+/// exports an empty registry. Told by its executable (the same file as ours)
+/// or its `argv[0]`, and by not running `demo-target`.
+pub fn is_own_tool(pid: i32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let mut args = cmdline.split(|&b| b == 0);
+    let argv0 = args.next().unwrap_or_default();
+    if args.next() == Some(b"demo-target") {
+        return false;
+    }
+    let named = argv0.rsplit(|&b| b == b'/').next() == Some(b"aiodebug-watch");
+    named || same_file(pid)
+}
+
+/// Whether `/proc/PID/exe` is the same file as ours (device and inode).
+fn same_file(pid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let key = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    matches!((key("/proc/self/exe"), key(&format!("/proc/{pid}/exe"))), (Some(a), Some(b)) if a == b)
+}
+
+/// A process `list` could not read: its pid, command name and why (the
+/// engine's sentence, which names what to do).
+fn unreadable(pid: i32, e: &aiodebug_engine::Error) -> (i32, String, String) {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim_end().to_string())
+        .unwrap_or_else(|_| "?".into());
+    let why = match e {
+        aiodebug_engine::Error::PermissionDenied { hint, .. } => hint.clone(),
+        other => other.to_string(),
+    };
+    (pid, comm, why)
+}
+
 /// `aiodebug-watch list`.
 pub fn list(args: &ListArgs) -> ExitCode {
     let threshold = secs_to_ns(args.threshold);
     let me = std::process::id() as i32;
     let mut cache = ModuleCache::default();
-    let mut denied = 0usize;
+    let mut denied: Vec<(i32, String, String)> = Vec::new();
+    let mut ours = 0usize;
     let mut found = 0usize;
     if !args.json {
         crate::outln!("{:>8}  {:<16} {:<5} LOOPS", "PID", "COMMAND", "STATE");
@@ -281,11 +321,15 @@ pub fn list(args: &ListArgs) -> ExitCode {
             Ok(r) => r,
             Err(e) => {
                 if e.kind() == ErrorKind::Permission {
-                    denied += 1;
+                    denied.push(unreadable(pid, &e));
                 }
                 continue;
             }
         };
+        if reading.loops().next().is_none() && is_own_tool(pid) {
+            ours += 1;
+            continue;
+        }
         let stat = proc::read_stat(pid).ok();
         let state = stat.as_ref().map(|s| s.state).unwrap_or('?');
         let comm = stat.map(|s| s.comm).unwrap_or_default();
@@ -319,10 +363,20 @@ pub fn list(args: &ListArgs) -> ExitCode {
             crate::outln!("{pid:>8}  {comm:<16} {state:<5} {loops}");
         }
     }
-    if denied > 0 {
-        crate::errln!(
-            "note: {denied} processes could not be read (permission); run as root with CAP_SYS_PTRACE to see them"
-        );
+    if args.json {
+        for (pid, comm, why) in &denied {
+            crate::outln!(
+                "{}",
+                json!({"event": "unreadable", "pid": pid, "comm": comm, "reason": why})
+            );
+        }
+    } else {
+        for (pid, comm, why) in &denied {
+            ecrate::outln!("note: cannot read PID {pid} ({comm}): {why}");
+        }
+        if ours > 0 {
+            ecrate::outln!("note: {ours} aiodebug-watch processes (watchers, no loops) not shown");
+        }
     }
     if found == 0 && !args.json {
         crate::outln!("(no process exports an aiodebug heartbeat)");
