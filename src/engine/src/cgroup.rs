@@ -126,6 +126,18 @@ pub fn parse_cgroup(data: &[u8]) -> CgroupIds {
     ids
 }
 
+/// Reads and parses `/proc/PID/cgroup`; nothing known if it is unreadable.
+pub fn read(pid: i32) -> CgroupIds {
+    use std::io::Read;
+    let mut data = Vec::new();
+    let ok = std::fs::File::open(format!("/proc/{pid}/cgroup"))
+        .and_then(|f| f.take(MAX_CGROUP_FILE as u64).read_to_end(&mut data));
+    match ok {
+        Ok(_) => parse_cgroup(&data),
+        Err(_) => CgroupIds::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,5 +268,12 @@ mod tests {
         // Upper-case ids are normalized.
         let upper = format!("0::/docker/{}\n", ID.to_ascii_uppercase());
         assert_eq!(parse_cgroup(upper.as_bytes()).container.as_deref(), Some(ID));
+    }
+
+    #[test]
+    fn reading_ourselves_and_a_missing_process() {
+        // Whatever this machine runs us in, reading never fails loudly.
+        let _ = read(std::process::id() as i32);
+        assert_eq!(read(i32::MAX), CgroupIds::default());
     }
 }

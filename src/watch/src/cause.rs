@@ -16,7 +16,7 @@ use aiodebug_engine::cause::parse::{self, CgroupVersion};
 use aiodebug_engine::cause::syscalls::{self, Arch, Call, Remembered};
 pub use aiodebug_engine::cause::Cause;
 use aiodebug_engine::cause::{self, Delta, FdTarget, Input, Motion, Owner, Progress, Sample};
-use aiodebug_engine::dump::{Dump, Dumper, ThreadDump};
+use aiodebug_engine::dump::{Dump, ThreadDump};
 use aiodebug_engine::snapshot::{Registers, StopKind};
 use serde_json::{json, Value};
 
@@ -72,7 +72,7 @@ impl LoopCause {
     /// snapshot is kept for the episode's first file ([`LoopCause::take_pending`]).
     pub fn hang_snapshot(
         &mut self,
-        dumper: &mut Dumper,
+        dumper: &mut dyn crate::watch::fleet::Snapshots,
         pid: i32,
         tid: u32,
         loops: &HashMap<i32, String>,

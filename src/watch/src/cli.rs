@@ -80,8 +80,15 @@ pub struct ListArgs {
 #[derive(Args, Debug, Clone)]
 pub struct WatchArgs {
     /// Process id of the target (it must export a heartbeat).
-    #[arg(value_parser = parse_pid)]
-    pub pid: i32,
+    #[arg(required_unless_present = "all", conflicts_with = "all", value_parser = parse_pid)]
+    pub pid: Option<i32>,
+    /// Watch every process on this host that exports a heartbeat, each with its
+    /// own episodes; files go to OUTPUT_DIR/<comm>-<pid>/, one byte budget for all.
+    #[arg(long)]
+    pub all: bool,
+    /// With --all: only processes whose command name (comm) matches this regex.
+    #[arg(long = "match", value_name = "REGEX", value_parser = parse_regex)]
+    pub match_comm: Option<regex::Regex>,
     /// A loop overdue by more than this many seconds is hung: its episode starts (at least 0.01).
     #[arg(long, default_value_t = 0.25, value_parser = parse_interval)]
     pub interval: f64,
@@ -155,6 +162,14 @@ pub fn parse_tag(s: &str) -> Result<(String, String), String> {
         }
         _ => Err(format!("`{s}` is not a tag of the form KEY:VALUE")),
     }
+}
+
+/// Parses a `--match` regex (bounded size: it is compiled once).
+pub fn parse_regex(s: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(s)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| format!("`{s}` is not a valid regex: {e}"))
 }
 
 /// Arguments of `demo`.

@@ -71,7 +71,9 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         dir.display()
     );
     let watch_args = WatchArgs {
-        pid,
+        pid: Some(pid),
+        all: false,
+        match_comm: None,
         interval: args.threshold,
         output_dir: dir.clone(),
         follow_symlinks: false,

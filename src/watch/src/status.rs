@@ -372,10 +372,10 @@ pub fn list(args: &ListArgs) -> ExitCode {
         }
     } else {
         for (pid, comm, why) in &denied {
-            ecrate::outln!("note: cannot read PID {pid} ({comm}): {why}");
+            crate::errln!("note: cannot read PID {pid} ({comm}): {why}");
         }
         if ours > 0 {
-            ecrate::outln!("note: {ours} aiodebug-watch processes (watchers, no loops) not shown");
+            crate::errln!("note: {ours} aiodebug-watch processes (watchers, no loops) not shown");
         }
     }
     if found == 0 && !args.json {

@@ -10,6 +10,7 @@
 
 pub mod episode;
 pub mod files;
+pub mod fleet;
 pub mod render;
 pub mod statsd;
 
@@ -44,6 +45,8 @@ const SUMMARY_EVERY_NS: u64 = 10_000_000_000;
 pub struct Log {
     json: bool,
     bar: Option<ProgressBar>,
+    /// Under `--all`: the process every event is about (pid, comm).
+    who: Option<(i32, String)>,
 }
 
 impl Log {
@@ -57,19 +60,35 @@ impl Log {
             );
             bar
         });
-        Log { json, bar }
+        Log {
+            json,
+            bar,
+            who: None,
+        }
     }
+
 
     /// Reports one event.
     pub fn event(&self, kind: &str, mut fields: Value, text: String) {
         if self.json {
             if let Value::Object(m) = &mut fields {
+                if let Some((pid, comm)) = &self.who {
+                    m.entry("pid").or_insert((*pid).into());
+                    m.insert("comm".into(), comm.as_str().into());
+                }
                 m.insert("event".into(), kind.into());
                 m.insert("time".into(), chrono::Local::now().to_rfc3339().into());
             }
             crate::outln!("{fields}");
         } else {
-            let line = format!("{} {text}", chrono::Local::now().format("%H:%M:%S%.3f"));
+            let who = match &self.who {
+                Some((pid, comm)) => format!("[{comm}-{pid}] "),
+                None => String::new(),
+            };
+            let line = format!(
+                "{} {who}{text}",
+                chrono::Local::now().format("%H:%M:%S%.3f")
+            );
             match &self.bar {
                 Some(bar) => bar.println(line),
                 None => crate::outln!("{line}"),
@@ -150,12 +169,15 @@ struct Ctx<'a> {
     pid: i32,
     exe: String,
     log: Log,
-    out: OutputDir,
+    out: Box<dyn fleet::DumpSink>,
     stats: Option<Stats>,
-    dumper: Dumper,
+    dumper: Box<dyn fleet::Snapshots>,
     hangs: u64,
     files: u64,
     budget_warned: bool,
+    /// A snapshot was refused (permission, another tracer): said once.
+    trace_warned: bool,
+    max_sleep_ns: u64,
     episodes_completed: u64,
     summary: Summary,
 }
@@ -171,9 +193,68 @@ pub struct Summary {
     pub culprit: Option<String>,
 }
 
-/// Runs `watch`.
+/// Runs `watch` (`--all`: every heartbeat process of the host, see [`fleet`]).
 pub fn run(args: &WatchArgs) -> ExitCode {
+    // clap's `requires` does not see a flag that defaults to false.
+    if args.match_comm.is_some() && !args.all {
+        crate::errln!("aiodebug-watch: --match needs --all");
+        return ExitCode::from(exit::USAGE);
+    }
+    if args.all {
+        return ExitCode::from(fleet::run(args));
+    }
     ExitCode::from(watch(args).0)
+}
+
+/// What one target's watch gets from its caller: `watch PID` builds it from
+/// the arguments, `watch --all` once per process.
+pub(crate) struct Parts {
+    pub pid: i32,
+    pub target: Target,
+    pub log: Log,
+    pub out: Box<dyn fleet::DumpSink>,
+    pub stats: Option<Stats>,
+    pub dumper: Box<dyn fleet::Snapshots>,
+    /// Longest sleep between two reads (the fleet sleeps longer: see fleet.rs).
+    pub max_sleep_ns: u64,
+    /// Load the target's symbols before the first hang.
+    pub preload: bool,
+}
+
+/// The dumper's options from the arguments (`--stacks`).
+pub(crate) fn dump_options(args: &WatchArgs) -> aiodebug_engine::dump::DumpOptions {
+    aiodebug_engine::dump::DumpOptions {
+        stacks: args.stacks.into(),
+        ..Default::default()
+    }
+}
+
+/// Connects to `--statsd`, if given; a failure is a warning.
+pub(crate) fn connect_stats(args: &WatchArgs, log: &Log) -> Option<Stats> {
+    args.statsd.as_deref().and_then(|addr| {
+        match Stats::connect(addr, &args.prefix, &args.tags) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log.event(
+                    "warning",
+                    json!({"message": e}),
+                    format!("WARNING {e}; watching without StatsD"),
+                );
+                None
+            }
+        }
+    })
+}
+
+/// SIGINT/SIGTERM set the returned flag.
+pub(crate) fn stop_flag() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
+            crate::errln!("aiodebug-watch: cannot handle signal {sig}: {e}");
+        }
+    }
+    stop
 }
 
 /// Runs a watch; returns its exit code and what it did.
@@ -189,7 +270,9 @@ pub fn watch(args: &WatchArgs) -> (u8, Summary) {
             return (exit::OTHER, Summary::default());
         }
     };
-    let target = match Target::open(args.pid) {
+    // clap requires a PID unless --all.
+    let pid = args.pid.unwrap_or(0);
+    let target = match Target::open(pid) {
         Ok(t) => t,
         Err(e) => {
             crate::errln!("aiodebug-watch: {e}");
@@ -197,55 +280,57 @@ pub fn watch(args: &WatchArgs) -> (u8, Summary) {
         }
     };
     let log = Log::new(args.json);
-    let stats = args.statsd.as_deref().and_then(|addr| {
-        match Stats::connect(addr, &args.prefix, &args.tags) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                log.event(
-                    "warning",
-                    json!({"message": e}),
-                    format!("WARNING {e}; watching without StatsD"),
-                );
-                None
-            }
-        }
-    });
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
-            crate::errln!("aiodebug-watch: cannot handle signal {sig}: {e}");
-        }
-    }
-    let exe = proc::read_exe(args.pid)
+    let stats = connect_stats(args, &log);
+    let stop = stop_flag();
+    let parts = Parts {
+        pid,
+        target,
+        log,
+        out: Box::new(out),
+        stats,
+        dumper: Box::new(Dumper::with_options(dump_options(args))),
+        max_sleep_ns: MAX_SLEEP_NS,
+        preload: true,
+    };
+    watch_target(args, parts, &stop)
+}
+
+/// Watches one opened target until it exits, a signal, `--duration` or
+/// `--exit-on-hang`.
+pub(crate) fn watch_target(args: &WatchArgs, parts: Parts, stop: &AtomicBool) -> (u8, Summary) {
+    let exe = proc::read_exe(parts.pid)
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "?".into());
     let mut ctx = Ctx {
         args,
-        pid: args.pid,
+        pid: parts.pid,
         exe,
-        log,
-        out,
-        stats,
-        dumper: Dumper::with_options(aiodebug_engine::dump::DumpOptions {
-            stacks: args.stacks.into(),
-            ..Default::default()
-        }),
+        log: parts.log,
+        out: parts.out,
+        stats: parts.stats,
+        dumper: parts.dumper,
         hangs: 0,
         files: 0,
         budget_warned: false,
+        trace_warned: false,
+        max_sleep_ns: parts.max_sleep_ns,
         episodes_completed: 0,
         summary: Summary::default(),
     };
     // Load the target's modules and debug info now, not when the first hang
     // is already being dumped.
-    if let Err(e) = ctx.dumper.prepare(args.pid) {
+    if let Err(e) = parts
+        .preload
+        .then(|| ctx.dumper.prepare(ctx.pid))
+        .unwrap_or(Ok(0))
+    {
         ctx.log.event(
             "warning",
             json!({"message": e.to_string()}),
-            format!("WARNING cannot preload symbols of PID {}: {e}", args.pid),
+            format!("WARNING cannot preload symbols of PID {}: {e}", ctx.pid),
         );
     }
-    let code = watch_loop(&mut ctx, &target, &stop);
+    let code = watch_loop(&mut ctx, &parts.target, stop);
     ctx.log.finish();
     if let Some(s) = &ctx.stats {
         s.drain(Duration::from_secs(2));
@@ -334,7 +419,7 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
             );
         }
         let now = monotonic_ns();
-        let mut deadline = now.saturating_add(MAX_SLEEP_NS);
+        let mut deadline = now.saturating_add(ctx.max_sleep_ns);
         let mut seen = Vec::new();
         for (region, reg) in &reading.registries {
             for lp in &reg.loops {
@@ -448,7 +533,7 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
         }
         let sleep = deadline
             .saturating_sub(monotonic_ns())
-            .clamp(MIN_SLEEP_NS, MAX_SLEEP_NS);
+            .clamp(MIN_SLEEP_NS, ctx.max_sleep_ns);
         std::thread::sleep(Duration::from_nanos(sleep));
     }
 }
@@ -645,7 +730,7 @@ fn gone_or_error(ctx: &mut Ctx<'_>, e: &aiodebug_engine::Error) -> u8 {
         json!({"pid": ctx.pid, "message": e.to_string()}),
         text.clone(),
     );
-    if !ctx.args.json {
+    if !ctx.args.json && !ctx.args.all {
         crate::errln!("aiodebug-watch: {text}");
     }
     code
@@ -664,7 +749,7 @@ fn act(ctx: &mut Ctx<'_>, w: &mut Watched, action: Action, reading: &Reading) ->
                 .then(|| {
                     let (tid_loops, _) = thread_notes(reading);
                     w.cause
-                        .hang_snapshot(&mut ctx.dumper, ctx.pid, w.tid, &tid_loops)
+                        .hang_snapshot(ctx.dumper.as_mut(), ctx.pid, w.tid, &tid_loops)
                 })
                 .flatten();
             if let Some(s) = &ctx.stats {
@@ -794,7 +879,10 @@ fn dump_now(
     let dump = match taken.unwrap_or_else(|| ctx.dumper.dump(ctx.pid, Some(&tid_loops))) {
         Ok(d) => d,
         Err(e) if e.kind() == ErrorKind::Gone => return Some(exit::GONE),
+        // Another tracer, or not allowed: the same next time; say it once.
+        Err(e) if e.kind() == ErrorKind::Permission && ctx.trace_warned => return None,
         Err(e) => {
+            ctx.trace_warned |= e.kind() == ErrorKind::Permission;
             ctx.log.event(
                 "warning",
                 json!({"message": e.to_string()}),

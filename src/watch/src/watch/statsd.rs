@@ -15,9 +15,11 @@ const QUEUE: usize = 64 * 1024;
 /// A connected StatsD client.
 pub struct Stats {
     client: StatsdClient,
-    sink: QueuingMetricSink,
+    sink: Arc<QueuingMetricSink>,
     errors: Arc<AtomicU64>,
     target: String,
+    prefix: String,
+    tags: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Stats {
@@ -29,6 +31,37 @@ impl std::fmt::Debug for Stats {
 /// Nanoseconds to whole milliseconds, rounded (StatsD timers are integer ms).
 pub fn ms_rounded(ns: u64) -> u64 {
     ns.saturating_add(500_000) / 1_000_000
+}
+
+/// The queuing sink behind an `Arc`: dropping any clone of a
+/// `QueuingMetricSink` stops its sender thread, so the clients of every
+/// process of `watch --all` share one through this instead.
+struct SharedSink(Arc<QueuingMetricSink>);
+
+impl cadence::MetricSink for SharedSink {
+    fn emit(&self, metric: &str) -> std::io::Result<usize> {
+        self.0.emit(metric)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+fn client(
+    prefix: &str,
+    sink: &Arc<QueuingMetricSink>,
+    errors: &Arc<AtomicU64>,
+    tags: &[(String, String)],
+) -> StatsdClient {
+    let client_errors = Arc::clone(errors);
+    let shared = SharedSink(Arc::clone(sink));
+    let mut builder = StatsdClient::builder(prefix, shared).with_error_handler(move |_| {
+        client_errors.fetch_add(1, Ordering::Relaxed);
+    });
+    for (k, v) in tags {
+        builder = builder.with_tag(k.as_str(), v.as_str());
+    }
+    builder.build()
 }
 
 impl Stats {
@@ -50,20 +83,30 @@ impl Stats {
                 sink_errors.fetch_add(1, Ordering::Relaxed);
             })
             .build(udp);
-        let client_errors = Arc::clone(&errors);
-        let mut builder =
-            StatsdClient::builder(prefix, sink.clone()).with_error_handler(move |_| {
-                client_errors.fetch_add(1, Ordering::Relaxed);
-            });
-        for (k, v) in tags {
-            builder = builder.with_tag(k.as_str(), v.as_str());
-        }
+        let sink = Arc::new(sink);
         Ok(Stats {
-            client: builder.build(),
+            client: client(prefix, &sink, &errors, tags),
             sink,
             errors,
             target: target.to_string(),
+            prefix: prefix.to_string(),
+            tags: tags.to_vec(),
         })
+    }
+
+    /// A client with `extra` tags on top of ours, sending through the same
+    /// queue and socket (one sender thread however many processes are
+    /// watched; `watch --all` gives each its `pid:`, `comm:`... tags).
+    pub fn with_tags(&self, extra: &[(String, String)]) -> Stats {
+        let tags: Vec<(String, String)> = self.tags.iter().chain(extra).cloned().collect();
+        Stats {
+            client: client(&self.prefix, &self.sink, &self.errors, &tags),
+            sink: Arc::clone(&self.sink),
+            errors: Arc::clone(&self.errors),
+            target: self.target.clone(),
+            prefix: self.prefix.clone(),
+            tags,
+        }
     }
 
     /// `P.monitor_loop_lag`: one timing per tick, in ms.
@@ -170,6 +213,30 @@ mod tests {
             .find(|l| l.starts_with("aiodebug.hangs"))
             .expect("hangs");
         assert!(hangs.contains("cause:lock"), "{hangs}");
+    }
+
+    #[test]
+    fn a_tagged_client_that_ends_leaves_the_others_sending() {
+        let listener = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        listener
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let base = Stats::connect(&addr, "aiodebug", &[("env".into(), "t".into())]).expect("c");
+        let a = base.with_tags(&[("pid".into(), "1".into())]);
+        let b = base.with_tags(&[("pid".into(), "2".into())]);
+        a.hang("main");
+        a.drain(Duration::from_secs(2));
+        drop(a);
+        b.hang("main");
+        b.drain(Duration::from_secs(2));
+        let mut got = String::new();
+        let mut buf = [0u8; 65536];
+        while !got.contains("pid:2") {
+            let n = listener.recv(&mut buf).expect("packet after a client ended");
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        assert!(got.contains("env:t,pid:2,loop:main"), "{got}");
     }
 
     #[test]
