@@ -123,6 +123,62 @@ pub fn read_exact_into(pid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {
     Ok(())
 }
 
+/// Most iovecs one `process_vm_readv` takes (`IOV_MAX`).
+const IOV_MAX: usize = 1024;
+
+/// Reads the byte ranges `(offset, len)` of the memory at `base` of process
+/// `pid` into the same offsets of `buf`, with one `process_vm_readv` per
+/// [`IOV_MAX`] ranges; bytes of `buf` outside the ranges are left as they
+/// are. The ranges must be sorted, disjoint and inside `buf`; a short read
+/// is an [`Error::Io`] (the caller reads everything instead).
+pub fn read_ranges(pid: i32, base: u64, ranges: &[(usize, usize)], buf: &mut [u8]) -> Result<()> {
+    let bad = |what: &str| {
+        Error::io(
+            format!("reading scattered ranges of process {pid}"),
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string()),
+        )
+    };
+    for chunk in ranges.chunks(IOV_MAX) {
+        let mut remote = Vec::with_capacity(chunk.len());
+        let mut local = Vec::with_capacity(chunk.len());
+        let (first, _) = chunk.first().copied().unwrap_or((0, 0));
+        let mut rest = buf.get_mut(first..).ok_or_else(|| bad("range outside the buffer"))?;
+        let mut at = first;
+        let mut want = 0usize;
+        for &(off, len) in chunk {
+            let skip = off.checked_sub(at).ok_or_else(|| bad("ranges overlap"))?;
+            if skip > rest.len() || len > rest.len() - skip {
+                return Err(bad("range outside the buffer"));
+            }
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(skip);
+            let (this, tail) = tail.split_at_mut(len);
+            rest = tail;
+            at = off + len;
+            let addr = base
+                .checked_add(off as u64)
+                .and_then(|a| usize::try_from(a).ok())
+                .ok_or_else(|| bad("address overflows"))?;
+            remote.push(RemoteIoVec { base: addr, len });
+            local.push(IoSliceMut::new(this));
+            want += len;
+        }
+        let got = loop {
+            match process_vm_readv(Pid::from_raw(pid), &mut local, &remote) {
+                Err(Errno::EINTR) => continue,
+                Err(errno) => return Err(map_errno(pid, base, errno)),
+                Ok(n) => break n,
+            }
+        };
+        if got != want {
+            return Err(Error::io(
+                format!("short scattered read of process {pid} ({got} of {want} bytes)"),
+                std::io::Error::from(Errno::EFAULT),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn unreadable(pid: i32, addr: u64, errno: Errno) -> Error {
     Error::io(
         format!("address 0x{addr:x} not readable in process {pid}"),
@@ -168,6 +224,30 @@ mod tests {
 
     fn me() -> i32 {
         std::process::id() as i32
+    }
+
+    #[test]
+    fn scattered_ranges_land_at_their_offsets() {
+        let src: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        let base = src.as_ptr() as u64;
+        let mut buf = vec![0xEEu8; 3000];
+        let ranges = [(0, 16), (100, 1), (1000, 500), (2990, 10)];
+        read_ranges(me(), base, &ranges, &mut buf).expect("read");
+        for (i, (&got, &want)) in buf.iter().zip(&src).enumerate() {
+            let inside = ranges.iter().any(|&(o, l)| (o..o + l).contains(&i));
+            assert_eq!(got, if inside { want } else { 0xEE }, "byte {i}");
+        }
+        // More ranges than one call takes.
+        let many: Vec<(usize, usize)> = (0..1500).map(|i| (i * 2, 1)).collect();
+        let mut buf = vec![0u8; 3000];
+        read_ranges(me(), base, &many, &mut buf).expect("read many");
+        assert_eq!(buf[2998], src[2998]);
+        assert_eq!(buf[2999], 0);
+        // Overlapping, out of order or out of the buffer: refused, no panic.
+        assert!(read_ranges(me(), base, &[(10, 10), (15, 1)], &mut buf).is_err());
+        assert!(read_ranges(me(), base, &[(2995, 10)], &mut buf).is_err());
+        assert!(read_ranges(me(), base, &[(4000, 1)], &mut buf).is_err());
+        assert!(read_ranges(me(), 0, &[(0, 8)], &mut buf).is_err());
     }
 
     #[test]

@@ -19,6 +19,173 @@ pub struct Target {
     /// Thread ids of the target's PID namespace to ours (the identity
     /// outside containers). Behind a lock so that `read` keeps `&self`.
     tids: Mutex<TidMap>,
+    /// The two copies of each region, kept between reads: a watch reads
+    /// several times a second, and allocating and zeroing ~80 KiB twice per
+    /// read was a good part of its cost.
+    buffers: Mutex<Vec<Copies>>,
+}
+
+/// Full (not sparse) copies made so far, over every target (for tests and
+/// benchmarks of the sparse read).
+pub static FULL_READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The two copies of one region and what the next read must copy again.
+#[derive(Debug, Default)]
+struct Copies {
+    first: Vec<u8>,
+    second: Vec<u8>,
+    plan: Option<Plan>,
+}
+
+/// A sparse read of a region whose registries were decoded before: every
+/// header, every live slot and every poll board, nothing else — about a
+/// tenth of the bytes of a full copy for a process with one loop. Each
+/// range costs the kernel a page walk and pinning, so free slots are not
+/// looked at between full reads: a loop that registers is seen at the next
+/// full read, at most [`FULL_READ_EVERY`] later.
+///
+/// The plan holds only while its live slots stay registered: their
+/// generation and in-use flag are compared with the plan's, and any change
+/// (or a failed read) makes this read a full one.
+#[derive(Debug, Clone)]
+struct Plan {
+    ranges: Vec<(usize, usize)>,
+    /// (offset in the region, generation and in-use bytes) of every slot.
+    heads: Vec<(usize, [u8; HEAD])>,
+    /// (offset, geometry bytes) of every registry header.
+    headers: Vec<(usize, [u8; GEOMETRY])>,
+    made: std::time::Instant,
+}
+
+/// Bytes of a slot that say whether it is live: `gen` (8), `in_use` (4), pad.
+const HEAD: usize = 16;
+/// Longest time between two full reads (new registrations are seen then).
+pub const FULL_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Bytes of a header that fix the geometry: magic to name capacity.
+const GEOMETRY: usize = 32;
+
+fn le_u32(b: &[u8], at: usize) -> Option<usize> {
+    let s = b.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize)
+}
+
+fn le_u16(b: &[u8], at: usize) -> Option<usize> {
+    let s = b.get(at..at.checked_add(2)?)?;
+    Some(usize::from(u16::from_le_bytes([s[0], s[1]])))
+}
+
+fn array_at<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
+    b.get(at..at.checked_add(N)?)?.try_into().ok()
+}
+
+impl Plan {
+    /// The plan for the registries of `scan`, from the later copy; `None`
+    /// when anything does not fit (then every read stays a full one).
+    fn for_scan(copy: &[u8], scan: &heartbeat::Scan) -> Option<Plan> {
+        use aiodebug::abi;
+        if scan.registries.is_empty() {
+            return None;
+        }
+        let mut plan = Plan {
+            ranges: Vec::new(),
+            heads: Vec::new(),
+            headers: Vec::new(),
+            made: std::time::Instant::now(),
+        };
+        for reg in &scan.registries {
+            let off = reg.offset;
+            let header_size = le_u32(copy, off + abi::header::HEADER_SIZE)?;
+            let slot_size = le_u32(copy, off + abi::header::SLOT_SIZE)?;
+            let slots = le_u32(copy, off + abi::header::SLOT_COUNT)?;
+            if header_size < GEOMETRY || slot_size < HEAD {
+                return None;
+            }
+            plan.headers.push((off, array_at(copy, off)?));
+            plan.ranges.push((off, header_size));
+            for i in 0..slots {
+                let at = off
+                    .checked_add(header_size)?
+                    .checked_add(i.checked_mul(slot_size)?)?;
+                let head: [u8; HEAD] = array_at(copy, at)?;
+                let in_use = le_u32(&head, abi::slot::IN_USE)?;
+                let gen = head.first().copied()?;
+                // Live, or being (re)written: the whole slot.
+                if in_use != 0 || gen % 2 == 1 {
+                    plan.heads.push((at, head));
+                    plan.ranges.push((at, slot_size));
+                }
+            }
+            if reg.poll_entries > 0 {
+                let start = off
+                    .checked_add(header_size)?
+                    .checked_add(slots.checked_mul(slot_size)?)?;
+                let entry = le_u16(copy, off + abi::header::POLL_ENTRY_SIZE)?;
+                let len = (reg.poll_entries as usize).checked_mul(entry)?;
+                plan.ranges.push((start, len));
+            }
+        }
+        plan.ranges.sort_unstable();
+        // Back-to-back ranges (the header and slot 0, neighbouring live
+        // slots) as one.
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(plan.ranges.len());
+        for &(o, l) in &plan.ranges {
+            match merged.last_mut() {
+                Some((mo, ml)) if *mo + *ml == o => *ml += l,
+                _ => merged.push((o, l)),
+            }
+        }
+        plan.ranges = merged;
+        let fits = plan
+            .ranges
+            .windows(2)
+            .all(|w| w[0].0 + w[0].1 <= w[1].0)
+            && plan.ranges.last().is_none_or(|&(o, l)| o + l <= copy.len());
+        fits.then_some(plan)
+    }
+
+    /// Whether `copy` has the registries and slots this plan was made for.
+    fn still_holds(&self, copy: &[u8]) -> bool {
+        self.headers
+            .iter()
+            .all(|(at, h)| array_at::<GEOMETRY>(copy, *at).as_ref() == Some(h))
+            && self
+                .heads
+                .iter()
+                .all(|(at, h)| array_at::<HEAD>(copy, *at).as_ref() == Some(h))
+    }
+}
+
+impl Copies {
+    /// Copies the region twice, sparsely when the plan holds.
+    fn read(&mut self, pid: i32, region: &RegionInTarget) -> Result<()> {
+        let len = region.size.min(MAX_REGION) as usize;
+        if self.first.len() != len {
+            self.plan = None;
+            self.first.resize(len, 0);
+            self.second.resize(len, 0);
+        }
+        if let Some(plan) = self
+            .plan
+            .as_ref()
+            .filter(|p| p.made.elapsed() < FULL_READ_EVERY)
+        {
+            let sparse = memory::read_ranges(pid, region.addr, &plan.ranges, &mut self.first)
+                .and_then(|()| {
+                    memory::read_ranges(pid, region.addr, &plan.ranges, &mut self.second)
+                });
+            match sparse {
+                Ok(()) if plan.still_holds(&self.first) && plan.still_holds(&self.second) => {
+                    return Ok(())
+                }
+                Err(e) if e.kind() != crate::ErrorKind::Other => return Err(e),
+                _ => {} // a slot changed hands, or a short read: read it all
+            }
+        }
+        FULL_READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        memory::read_exact_into(pid, region.addr, &mut self.first)?;
+        memory::read_exact_into(pid, region.addr, &mut self.second)?;
+        Ok(())
+    }
 }
 
 /// One read of every registry of a target.
@@ -73,6 +240,7 @@ impl Target {
             problems,
             clock_offset_ns: clock_offset_ns(pid),
             tids: Mutex::new(TidMap::build(pid)),
+            buffers: Mutex::new(Vec::new()),
         })
     }
 
@@ -113,11 +281,12 @@ impl Target {
         };
         // Rejected would-be registries past the ones kept with reasons.
         let mut more_rejected = 0usize;
-        for region in &self.regions {
-            let len = region.size.min(MAX_REGION) as usize;
-            let first = memory::read(self.pid, region.addr, len)?;
-            let second = memory::read(self.pid, region.addr, len)?;
-            let mut scan = heartbeat::decode_section(&first, &second);
+        let mut buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        buffers.resize_with(self.regions.len(), Default::default);
+        for (region, copies) in self.regions.iter().zip(buffers.iter_mut()) {
+            copies.read(self.pid, region)?;
+            let mut scan = heartbeat::decode_section(&copies.first, &copies.second);
+            copies.plan = Plan::for_scan(&copies.second, &scan);
             if let Ok(mut tids) = self.tids.lock() {
                 for reg in &mut scan.registries {
                     tids.map_registry(reg);
@@ -184,4 +353,49 @@ fn clock_offset_ns(pid: i32) -> i64 {
     let theirs = proc::read_timens_offsets(pid);
     let ours = proc::read_own_timens_offsets();
     theirs.monotonic_ns.saturating_sub(ours.monotonic_ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn reads_after_the_first_are_sparse_until_a_slot_changes_hands() {
+        let me = std::process::id() as i32;
+        let hb = aiodebug::Heartbeat::with_period("sparse", std::time::Duration::from_millis(5));
+        hb.tick();
+        let target = Target::open(me).expect("our own registry");
+        let full = |t: &Target| {
+            let before = FULL_READS.load(Ordering::Relaxed);
+            let r = t.read().expect("read");
+            (FULL_READS.load(Ordering::Relaxed) - before, r)
+        };
+        let (n, r) = full(&target);
+        assert!(n >= 1, "the first read is a full one");
+        assert!(r.loops().any(|l| l.name == "sparse"));
+        let mut sparse = 0;
+        for i in 0..20u64 {
+            hb.tick();
+            let (n, r) = full(&target);
+            let l = r.loops().find(|l| l.name == "sparse").expect("loop");
+            assert_eq!(l.ticks, 2 + i, "ticks read right");
+            assert!(!l.lags.is_empty());
+            // Other tests of this process may register loops meanwhile.
+            sparse += u32::from(n == 0);
+        }
+        assert!(sparse >= 15, "only {sparse} of 20 reads were sparse");
+        // A new registration: seen at the next full read, named right.
+        let other = aiodebug::Heartbeat::register("sparse-2");
+        other.tick();
+        std::thread::sleep(FULL_READ_EVERY);
+        let (n, r) = full(&target);
+        assert!(n >= 1);
+        assert!(r.loops().any(|l| l.name == "sparse-2"));
+        // Unregistering changes a live slot's head: a full read at once.
+        drop(other);
+        let (n, r) = full(&target);
+        assert!(n >= 1);
+        assert!(!r.loops().any(|l| l.name == "sparse-2"));
+    }
 }

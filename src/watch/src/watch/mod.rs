@@ -389,8 +389,17 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
             Ok(r) => r,
             Err(e) => return gone_or_error(ctx, &e),
         };
-        let state = match proc::read_stat(ctx.pid) {
-            Ok(s) => s.state,
+        // Every loop on time: the process runs (neither stopped nor a
+        // zombie), no need to read its state.
+        let on_time = reading.loops().next().is_some()
+            && reading
+                .loops()
+                .all(|l| reading.now_ns <= l.last_tick_ns.saturating_add(l.period_ns));
+        let state = match (on_time && !was_stopped)
+            .then_some('R')
+            .map_or_else(|| proc::read_stat(ctx.pid).map(|s| s.state), Ok)
+        {
+            Ok(s) => s,
             Err(e) => return gone_or_error(ctx, &e),
         };
         if state == 'Z' || state == 'X' {
@@ -524,7 +533,9 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
             summarize(ctx, &mut loops);
             last_summary = now;
         }
-        ctx.log.status(status_line(ctx, &reading, stopped));
+        if ctx.log.bar.is_some() {
+            ctx.log.status(status_line(ctx, &reading, stopped));
+        }
         if let Some(end) = end {
             if now >= end {
                 return finish(ctx, &mut loops, exit::OK);
