@@ -23,6 +23,8 @@ pub struct Target {
     /// several times a second, and allocating and zeroing ~80 KiB twice per
     /// read was a good part of its cost.
     buffers: Mutex<Vec<Copies>>,
+    /// Sparse reads between full ones (see [`Target::read_sparsely`]).
+    sparse: bool,
 }
 
 /// Full (not sparse) copies made so far, over every target (for tests and
@@ -241,6 +243,7 @@ impl Target {
             clock_offset_ns: clock_offset_ns(pid),
             tids: Mutex::new(TidMap::build(pid)),
             buffers: Mutex::new(Vec::new()),
+            sparse: false,
         })
     }
 
@@ -257,6 +260,16 @@ impl Target {
     /// Problems met while locating (unreadable modules); informational.
     pub fn problems(&self) -> &[String] {
         &self.problems
+    }
+
+    /// Makes later reads sparse: between full reads (at most
+    /// [`FULL_READ_EVERY`] apart, and whenever a live loop unregisters) only
+    /// headers, live slots and poll boards are copied. A loop that registers
+    /// is then seen up to [`FULL_READ_EVERY`] late, and one that lives
+    /// shorter than that may not be seen at all; `watch --all` accepts that
+    /// for a read several times cheaper.
+    pub fn read_sparsely(&mut self) {
+        self.sparse = true;
     }
 
     /// Whether the target lives in another PID namespace than ours (its
@@ -286,7 +299,10 @@ impl Target {
         for (region, copies) in self.regions.iter().zip(buffers.iter_mut()) {
             copies.read(self.pid, region)?;
             let mut scan = heartbeat::decode_section(&copies.first, &copies.second);
-            copies.plan = Plan::for_scan(&copies.second, &scan);
+            copies.plan = self
+                .sparse
+                .then(|| Plan::for_scan(&copies.second, &scan))
+                .flatten();
             if let Ok(mut tids) = self.tids.lock() {
                 for reg in &mut scan.registries {
                     tids.map_registry(reg);
@@ -365,7 +381,8 @@ mod tests {
         let me = std::process::id() as i32;
         let hb = aiodebug::Heartbeat::with_period("sparse", std::time::Duration::from_millis(5));
         hb.tick();
-        let target = Target::open(me).expect("our own registry");
+        let mut target = Target::open(me).expect("our own registry");
+        target.read_sparsely();
         let full = |t: &Target| {
             let before = FULL_READS.load(Ordering::Relaxed);
             let r = t.read().expect("read");

@@ -116,6 +116,28 @@ fn reader_never_sees_a_torn_or_misattributed_lag() {
 }
 
 #[test]
+fn sparse_reads_never_see_a_torn_or_misattributed_lag() {
+    // `watch --all` reads only the live slots between full reads; the
+    // churning registrations make the plan fail over and over.
+    let fx = Fixture::spawn("fx-thread-loop", Variant::Pie, &["--stress", "30"]);
+    let mut target = Target::open(fx.pid).expect("fixture exports a heartbeat");
+    target.read_sparsely();
+    let full_before = aiodebug_engine::target::FULL_READS.load(std::sync::atomic::Ordering::Relaxed);
+    let mut seen = Seen::default();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        let reading = target.read().expect("read registry");
+        seen.check(&reading.loops().collect::<Vec<_>>());
+    }
+    let full = aiodebug_engine::target::FULL_READS.load(std::sync::atomic::Ordering::Relaxed)
+        - full_before;
+    eprintln!("sparse copies: {seen:?}, {full} full reads");
+    assert!(seen.reads > 1000, "only {} reads", seen.reads);
+    assert!(seen.stress_lags > 1000, "too few stress lags: {seen:?}");
+    assert!(full < seen.reads, "every read was a full one: {seen:?}");
+}
+
+#[test]
 fn word_by_word_copies_never_yield_a_torn_or_misattributed_lag() {
     let fx = Fixture::spawn("fx-thread-loop", Variant::Pie, &["--stress", "30"]);
     let target = Target::open(fx.pid).expect("fixture exports a heartbeat");

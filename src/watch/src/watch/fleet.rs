@@ -396,7 +396,7 @@ impl Fleet<'_> {
             self.not_watched.insert(pid, skip);
             return;
         }
-        let target = match Target::open_with_cache(pid, &mut self.cache) {
+        let mut target = match Target::open_with_cache(pid, &mut self.cache) {
             Ok(t) => t,
             Err(e) => {
                 if e.kind() == ErrorKind::Permission && self.reported.insert((pid, start)) {
@@ -418,6 +418,9 @@ impl Fleet<'_> {
             self.not_watched.insert(pid, skip);
             return;
         }
+        // A loop that registers is seen up to a second late; the reads cost
+        // a fraction (see Target::read_sparsely).
+        target.read_sparsely();
         if self.running.len() >= MAX_WATCHED {
             if !self.cap_warned {
                 self.cap_warned = true;
