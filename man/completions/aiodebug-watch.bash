@@ -339,12 +339,16 @@ _aiodebug__watch() {
             return 0
             ;;
         aiodebug__subcmd__watch__subcmd__watch)
-            opts="-h --interval --output-dir --follow-symlinks --dumps --dump-gap --max-dump-bytes --statsd --prefix --tag --slow --exit-on-hang --duration --json --stacks --help"
+            opts="-h --all --match --interval --output-dir --follow-symlinks --dumps --dump-gap --max-dump-bytes --statsd --prefix --tag --slow --exit-on-hang --duration --json --stacks --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --match)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --interval)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

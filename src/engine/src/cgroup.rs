@@ -147,7 +147,8 @@ mod tests {
 
     #[test]
     fn docker_cgroupfs_v1() {
-        let f = b"12:pids:/docker/3f1c0d2e9a8b7c6d5e4f30112233445566778899aabbccddeeff001122334455\n\
+        let f =
+            b"12:pids:/docker/3f1c0d2e9a8b7c6d5e4f30112233445566778899aabbccddeeff001122334455\n\
 11:memory:/docker/3f1c0d2e9a8b7c6d5e4f30112233445566778899aabbccddeeff001122334455\n\
 1:name=systemd:/docker/3f1c0d2e9a8b7c6d5e4f30112233445566778899aabbccddeeff001122334455\n\
 0::/docker/3f1c0d2e9a8b7c6d5e4f30112233445566778899aabbccddeeff001122334455\n";
@@ -257,17 +258,17 @@ mod tests {
             CgroupIds::default()
         );
         // Not UTF-8: skipped.
-        assert_eq!(
-            parse_cgroup(b"0::/docker/\xff\xfe\n"),
-            CgroupIds::default()
-        );
+        assert_eq!(parse_cgroup(b"0::/docker/\xff\xfe\n"), CgroupIds::default());
         // Huge: only the first part is looked at, no panic.
         let mut big = vec![b'/'; MAX_CGROUP_FILE * 2];
         big.extend_from_slice(format!("\n0::/docker/{ID}\n").as_bytes());
         assert_eq!(parse_cgroup(&big), CgroupIds::default());
         // Upper-case ids are normalized.
         let upper = format!("0::/docker/{}\n", ID.to_ascii_uppercase());
-        assert_eq!(parse_cgroup(upper.as_bytes()).container.as_deref(), Some(ID));
+        assert_eq!(
+            parse_cgroup(upper.as_bytes()).container.as_deref(),
+            Some(ID)
+        );
     }
 
     #[test]

@@ -142,7 +142,9 @@ pub fn read_ranges(pid: i32, base: u64, ranges: &[(usize, usize)], buf: &mut [u8
         let mut remote = Vec::with_capacity(chunk.len());
         let mut local = Vec::with_capacity(chunk.len());
         let (first, _) = chunk.first().copied().unwrap_or((0, 0));
-        let mut rest = buf.get_mut(first..).ok_or_else(|| bad("range outside the buffer"))?;
+        let mut rest = buf
+            .get_mut(first..)
+            .ok_or_else(|| bad("range outside the buffer"))?;
         let mut at = first;
         let mut want = 0usize;
         for &(off, len) in chunk {

@@ -137,10 +137,7 @@ impl Plan {
             }
         }
         plan.ranges = merged;
-        let fits = plan
-            .ranges
-            .windows(2)
-            .all(|w| w[0].0 + w[0].1 <= w[1].0)
+        let fits = plan.ranges.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0)
             && plan.ranges.last().is_none_or(|&(o, l)| o + l <= copy.len());
         fits.then_some(plan)
     }

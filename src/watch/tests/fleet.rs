@@ -241,9 +241,9 @@ fn twenty_processes_started_later_one_hangs_only_it_gets_an_episode() {
     // the others with theirs.
     let healthy = fxs[0].pid;
     let got = statsd.until(Duration::from_secs(10), |g| {
-        g.lines().any(|l| {
-            l.starts_with("aiodebug.hangs:1|c|#") && l.contains(&format!("pid:{hung}"))
-        }) && g.contains(&format!("pid:{healthy}"))
+        g.lines()
+            .any(|l| l.starts_with("aiodebug.hangs:1|c|#") && l.contains(&format!("pid:{hung}")))
+            && g.contains(&format!("pid:{healthy}"))
     });
     let hang_line = got
         .lines()
@@ -258,8 +258,9 @@ fn twenty_processes_started_later_one_hangs_only_it_gets_an_episode() {
         assert!(hang_line.contains(&tag), "{tag} missing in {hang_line}");
     }
     assert!(
-        got.lines().any(|l| l.starts_with("aiodebug.monitor_loop_lag:")
-            && l.contains(&format!("pid:{healthy}"))),
+        got.lines()
+            .any(|l| l.starts_with("aiodebug.monitor_loop_lag:")
+                && l.contains(&format!("pid:{healthy}"))),
         "{got}"
     );
 
@@ -343,7 +344,15 @@ fn an_untraceable_process_is_reported_once() {
     let pattern = format!("^{name}$");
     let mut watcher = Command::new(watch_bin());
     watcher
-        .args(["watch", "--all", "--json", "--match", &pattern, "--duration", "2.5"])
+        .args([
+            "watch",
+            "--all",
+            "--json",
+            "--match",
+            &pattern,
+            "--duration",
+            "2.5",
+        ])
         .arg("--output-dir")
         .arg(out.path())
         .stdout(Stdio::piped())

@@ -122,7 +122,8 @@ fn sparse_reads_never_see_a_torn_or_misattributed_lag() {
     let fx = Fixture::spawn("fx-thread-loop", Variant::Pie, &["--stress", "30"]);
     let mut target = Target::open(fx.pid).expect("fixture exports a heartbeat");
     target.read_sparsely();
-    let full_before = aiodebug_engine::target::FULL_READS.load(std::sync::atomic::Ordering::Relaxed);
+    let full_before =
+        aiodebug_engine::target::FULL_READS.load(std::sync::atomic::Ordering::Relaxed);
     let mut seen = Seen::default();
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(3) {

@@ -85,7 +85,9 @@ impl NsFixture {
 
     fn ok(&mut self, cmd: &str) -> String {
         let stdin = self.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "{cmd}").and_then(|()| stdin.flush()).expect("send");
+        writeln!(stdin, "{cmd}")
+            .and_then(|()| stdin.flush())
+            .expect("send");
         let answer = self.lines.recv_timeout(support::TIMEOUT).expect("answer");
         assert!(answer.starts_with("OK"), "{cmd:?} answered {answer:?}");
         answer
@@ -174,7 +176,11 @@ fn status_shows_host_thread_ids_for_several_namespaced_targets() {
     let targets = [
         NsFixture::spawn(&fixture_path("fx-tokio-current", Variant::Pie), &[], false),
         NsFixture::spawn(&fixture_path("fx-tokio-multi", Variant::Pie), &[], true),
-        NsFixture::spawn(&fixture_path("fx-thread-loop", Variant::PieStripped), &[], false),
+        NsFixture::spawn(
+            &fixture_path("fx-thread-loop", Variant::PieStripped),
+            &[],
+            false,
+        ),
     ];
     std::thread::sleep(Duration::from_millis(100));
     for fx in &targets {

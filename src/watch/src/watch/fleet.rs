@@ -244,12 +244,8 @@ impl DumpClient {
 
     fn ask(&self, req: DumpRequest) -> Result<Dump> {
         let (reply, answer) = std::sync::mpsc::channel();
-        let gone = || {
-            aiodebug_engine::Error::io(
-                "the dumper thread",
-                std::io::Error::other("it ended"),
-            )
-        };
+        let gone =
+            || aiodebug_engine::Error::io("the dumper thread", std::io::Error::other("it ended"));
         self.tx.send((req, reply)).map_err(|_| gone())?;
         answer.recv().map_err(|_| gone())?
     }

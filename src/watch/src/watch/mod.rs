@@ -67,7 +67,6 @@ impl Log {
         }
     }
 
-
     /// Reports one event.
     pub fn event(&self, kind: &str, mut fields: Value, text: String) {
         if self.json {
@@ -231,8 +230,8 @@ pub(crate) fn dump_options(args: &WatchArgs) -> aiodebug_engine::dump::DumpOptio
 
 /// Connects to `--statsd`, if given; a failure is a warning.
 pub(crate) fn connect_stats(args: &WatchArgs, log: &Log) -> Option<Stats> {
-    args.statsd.as_deref().and_then(|addr| {
-        match Stats::connect(addr, &args.prefix, &args.tags) {
+    args.statsd.as_deref().and_then(
+        |addr| match Stats::connect(addr, &args.prefix, &args.tags) {
             Ok(s) => Some(s),
             Err(e) => {
                 log.event(
@@ -242,8 +241,8 @@ pub(crate) fn connect_stats(args: &WatchArgs, log: &Log) -> Option<Stats> {
                 );
                 None
             }
-        }
-    })
+        },
+    )
 }
 
 /// SIGINT/SIGTERM set the returned flag.

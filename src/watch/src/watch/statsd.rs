@@ -233,7 +233,9 @@ mod tests {
         let mut got = String::new();
         let mut buf = [0u8; 65536];
         while !got.contains("pid:2") {
-            let n = listener.recv(&mut buf).expect("packet after a client ended");
+            let n = listener
+                .recv(&mut buf)
+                .expect("packet after a client ended");
             got.push_str(&String::from_utf8_lossy(&buf[..n]));
         }
         assert!(got.contains("env:t,pid:2,loop:main"), "{got}");
