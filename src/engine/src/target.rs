@@ -138,7 +138,10 @@ impl Plan {
         }
         plan.ranges = merged;
         let fits = plan.ranges.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0)
-            && plan.ranges.last().is_none_or(|&(o, l)| o + l <= copy.len());
+            && plan
+                .ranges
+                .last()
+                .map_or(true, |&(o, l)| o + l <= copy.len());
         fits.then_some(plan)
     }
 

@@ -83,7 +83,7 @@ pub struct WatchArgs {
     #[arg(required_unless_present = "all", conflicts_with = "all", value_parser = parse_pid)]
     pub pid: Option<i32>,
     /// Watch every process on this host that exports a heartbeat, each with its
-    /// own episodes; files go to OUTPUT_DIR/<comm>-<pid>/, one byte budget for all.
+    /// own episodes; files go to OUTPUT_DIR/COMM-PID/, one byte budget for all.
     #[arg(long)]
     pub all: bool,
     /// With --all: only processes whose command name (comm) matches this regex.

@@ -387,7 +387,7 @@ impl Fleet<'_> {
             .args
             .match_comm
             .as_ref()
-            .is_none_or(|re| re.is_match(&stat.comm));
+            .map_or(true, |re| re.is_match(&stat.comm));
         if !wanted {
             self.not_watched.insert(pid, skip);
             return;
@@ -521,7 +521,7 @@ impl Fleet<'_> {
 pub fn run(args: &WatchArgs) -> u8 {
     // The root must be writable now, not at the first hang.
     if let Err(e) = OutputDir::open(&args.output_dir, args.max_dump_bytes, args.follow_symlinks) {
-        eprintln!("aiodebug-watch: {e}");
+        crate::errln!("aiodebug-watch: {e}");
         return exit::OTHER;
     }
     let log = Log {
@@ -534,7 +534,7 @@ pub fn run(args: &WatchArgs) -> u8 {
     let dumper = match DumpClient::start(super::dump_options(args)) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("aiodebug-watch: cannot start the dumper thread: {e}");
+            crate::errln!("aiodebug-watch: cannot start the dumper thread: {e}");
             return exit::OTHER;
         }
     };

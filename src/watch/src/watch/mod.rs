@@ -318,11 +318,12 @@ pub(crate) fn watch_target(args: &WatchArgs, parts: Parts, stop: &AtomicBool) ->
     };
     // Load the target's modules and debug info now, not when the first hang
     // is already being dumped.
-    if let Err(e) = parts
-        .preload
-        .then(|| ctx.dumper.prepare(ctx.pid))
-        .unwrap_or(Ok(0))
-    {
+    let prepared = if parts.preload {
+        ctx.dumper.prepare(ctx.pid)
+    } else {
+        Ok(0)
+    };
+    if let Err(e) = prepared {
         ctx.log.event(
             "warning",
             json!({"message": e.to_string()}),
