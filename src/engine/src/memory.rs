@@ -124,7 +124,7 @@ pub fn read_exact_into(pid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {
 }
 
 /// Most iovecs one `process_vm_readv` takes (`IOV_MAX`).
-const IOV_MAX: usize = 1024;
+pub const IOV_MAX: usize = 1024;
 
 /// Reads the byte ranges `(offset, len)` of the memory at `base` of process
 /// `pid` into the same offsets of `buf`, with one `process_vm_readv` per
