@@ -225,10 +225,10 @@ mod tests {
         let base = Stats::connect(&addr, "aiodebug", &[("env".into(), "t".into())]).expect("c");
         let a = base.with_tags(&[("pid".into(), "1".into())]);
         let b = base.with_tags(&[("pid".into(), "2".into())]);
-        a.hang("main");
+        a.hang("main", None);
         a.drain(Duration::from_secs(2));
         drop(a);
-        b.hang("main");
+        b.hang("main", None);
         b.drain(Duration::from_secs(2));
         let mut got = String::new();
         let mut buf = [0u8; 65536];
