@@ -422,9 +422,10 @@ fn a_resumed_clock_falls_back_to_real_time() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         real.elapsed()
     });
-    // 200 ms of real time now, not 20 ms.
+    // 200 ms of real time now, not 20 ms; the upper bound only says "did not
+    // hang" (a loaded CI machine has been seen taking 2.1 s here).
     assert!(
-        (0.199..1.0).contains(&secs(took)),
+        (0.199..10.0).contains(&secs(took)),
         "sleep(200 ms) after resume took {took:?}"
     );
     let real = RealInstant::now();

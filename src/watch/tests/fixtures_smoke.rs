@@ -220,9 +220,17 @@ fn no_heartbeat_has_no_registry() {
     let mut fx = Fixture::spawn("fx-no-heartbeat", Variant::Pie, &[]);
     assert_eq!(fx.kind(), "no-heartbeat");
     assert!(fx.loops().is_empty());
-    assert!(support::proc_tasks(fx.pid)
-        .iter()
-        .any(|(_, n)| n == "main-loop"));
+    // std names a thread from inside it, so READY may come first: wait.
+    let named = |pid| {
+        support::proc_tasks(pid)
+            .iter()
+            .any(|(_, n)| n == "main-loop")
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !named(fx.pid) && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(named(fx.pid), "no thread named main-loop");
     check_protocol(&mut fx);
     check_block(&mut fx, None, "main-loop", &[]);
 }
