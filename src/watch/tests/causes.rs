@@ -110,16 +110,7 @@ fn watch_through(fx: &mut Fixture, cmd: &str, extra: &[&str]) -> Seen {
         .expect("start watch");
     let out = child.stdout.take().expect("stdout");
     let watch = Killed(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let v: Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("watch printed non-JSON {line:?}: {e}"));
-            if tx.send(v).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = support::json_events(out);
     let mut events = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut answer = None;

@@ -693,3 +693,20 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Reads `aiodebug-watch --json` output line by line on a thread of its own:
+/// one parsed event per line on the returned channel (a line that is not
+/// JSON fails the test).
+pub fn json_events(out: std::process::ChildStdout) -> Receiver<serde_json::Value> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("watch printed non-JSON {line:?}: {e}"));
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
