@@ -43,7 +43,7 @@ extern "C" {
 
 /* The registry layout this header describes. */
 #define AIODEBUG_ABI_MAJOR 1
-#define AIODEBUG_ABI_MINOR 1
+#define AIODEBUG_ABI_MINOR 2
 
 /* A registered loop. Opaque; one thread at a time may use a handle (the
  * thread may change between calls). */

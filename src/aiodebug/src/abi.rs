@@ -18,6 +18,7 @@
 //! | ---: | --- |
 //! | 0 | header, slots with name, thread, period, ticks, last tick, lag ring |
 //! | 1 | the poll board: per thread, which task is being polled and since when ([`poll`]); header fields [`header::POLL_COUNT`], [`header::POLL_ENTRY_SIZE`], [`header::POLL_REFUSED`] (zero in minor 0) |
+//! | 2 | [`slot::NEXT_DUE_NS`] (a loop says when its next tick is due: monitors that sleep longer while their runtime is idle); the *worker board* after the poll board: per worker thread of a runtime, whether it is parked and since when it has made no progress ([`worker`]) |
 //!
 //! ## Compatibility
 //! Readers accept a registry whose [`header::ABI_MAJOR`] equals theirs and
@@ -71,6 +72,36 @@
 //! [`poll::LOOP_GEN`] so a reused slot is not mistaken for it); otherwise
 //! `loop_slot` is `u32::MAX` and readers may match the entry's `tid` with a
 //! slot's `tid`.
+//!
+//! ## When the next tick is due (minor 2)
+//! [`slot::NEXT_DUE_NS`], formerly reserved (zero), is the CLOCK_MONOTONIC
+//! time at which the loop's next tick is due, written by the owner after each
+//! tick; 0 means "one period after the last tick". A reader of minor 2
+//! measures a loop's stall as `now − next_due` when it is non-zero and later
+//! than the last tick, else as `now − last_tick − period`. The tokio monitor
+//! ticks every period while its runtime works and sleeps longer (200 ms)
+//! while every worker is parked; a minor-0/1 reader, which knows only the
+//! period, then sees stalls of up to 180 ms in an idle service.
+//!
+//! ## The worker board (minor 2): runtime workers and their progress
+//! The board starts at the first 64-byte boundary after the poll board
+//! (`header_size + slot_size * slot_count + poll_entry_size * poll_count`,
+//! rounded up to [`ALIGN`]) with a [`WORKER_BOARD_HEADER`]-byte board header
+//! ([`worker_board`]: tag [`WORKER_TAG`], never [`MAGIC`], entry count and
+//! size), followed by the entries ([`worker`]). A reader uses it only when
+//! `abi_minor >= 2` and the tag matches; it indexes entries by the board's
+//! entry size and ignores bytes past the fields it knows.
+//!
+//! A monitor (`aiodebug::tokio::spawn_monitor`) owns one entry per worker of
+//! its runtime. At every tick it samples the runtime's per-worker counters
+//! (tokio's stable `RuntimeMetrics`: park count, park/unpark count, busy
+//! time), which a worker publishes whenever it parks, unparks, and every 61
+//! scheduler ticks while it runs tasks. A worker whose counters did not move
+//! while it was not parked has not reached a scheduling point since
+//! [`worker::SINCE_NS`]: it is inside one poll. A worker that polls many
+//! short tasks moves them all the time. Entries are read like poll board
+//! entries: accept one only if [`worker::STATE`] is 1, [`worker::GEN`] is
+//! even and its [`WORKER_ENTRY_SIZE`] bytes are identical in both copies.
 
 /// Name of the ELF section holding registries.
 pub const SECTION_NAME: &str = "aiodebug_hb";
@@ -82,7 +113,7 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"AIODBGHB");
 /// Major ABI version; readers reject any other.
 pub const ABI_MAJOR: u16 = 1;
 /// Minor ABI version; a higher minor only appends fields.
-pub const ABI_MINOR: u16 = 1;
+pub const ABI_MINOR: u16 = 2;
 /// Size of the header this version writes.
 pub const HEADER_SIZE: usize = 64;
 /// Size of one slot this version writes.
@@ -108,8 +139,22 @@ pub const POLL_NAME_CAP: usize = 32;
 pub const POLL_FILE_CAP: usize = 48;
 /// Offset of the poll board from the registry's start: right after the last slot.
 pub const POLL_BOARD_OFFSET: usize = HEADER_SIZE + SLOT_SIZE * SLOT_COUNT;
+/// Offset of the worker board (minor 2) from the registry's start: right
+/// after the poll board (already 64-byte aligned in this version).
+pub const WORKER_BOARD_OFFSET: usize = POLL_BOARD_OFFSET + POLL_ENTRY_SIZE * POLL_COUNT;
+/// Size of the worker board's own header.
+pub const WORKER_BOARD_HEADER: usize = 64;
+/// Number of worker entries in a registry (all runtimes of the process
+/// together); monitors that find the board full show no workers.
+pub const WORKER_COUNT: usize = 64;
+/// Size of one worker entry this version writes.
+pub const WORKER_ENTRY_SIZE: usize = 64;
+/// The first 8 bytes of the worker board: `b"AIODBGWK"` as a little-endian
+/// `u64` (not [`MAGIC`]: a scan for registries never stops here).
+pub const WORKER_TAG: u64 = u64::from_le_bytes(*b"AIODBGWK");
 /// Total size of one registry of this version.
-pub const REGISTRY_SIZE: usize = POLL_BOARD_OFFSET + POLL_ENTRY_SIZE * POLL_COUNT;
+pub const REGISTRY_SIZE: usize =
+    WORKER_BOARD_OFFSET + WORKER_BOARD_HEADER + WORKER_ENTRY_SIZE * WORKER_COUNT;
 
 /// Byte offsets of the header's fields.
 pub mod header {
@@ -163,6 +208,9 @@ pub mod slot {
     pub const LAST_TICK_NS: usize = 40;
     /// `u64`: CLOCK_MONOTONIC ns of registration.
     pub const REGISTERED_NS: usize = 48;
+    /// `u64` (minor 2; reserved zero before): CLOCK_MONOTONIC ns at which the
+    /// next tick is due; 0: one period after the last tick.
+    pub const NEXT_DUE_NS: usize = 56;
     /// `[u8; NAME_CAP]`: the loop's name, UTF-8, NUL padded.
     pub const NAME: usize = 64;
     /// `[(u64 tick, u64 lag_ns); RING_LEN]`: the lag of tick `t` sits at index
@@ -222,4 +270,60 @@ pub mod poll {
     /// A callback marked through the C ABI (`aiodebug_poll_begin`): C, C++,
     /// Python, ...
     pub const KIND_FOREIGN: u8 = 3;
+}
+
+/// Byte offsets of the worker board's header (minor 2), relative to the
+/// board's start ([`WORKER_BOARD_OFFSET`] in this version).
+pub mod worker_board {
+    /// `u64`: [`super::WORKER_TAG`].
+    pub const TAG: usize = 0;
+    /// `u32`: number of entries.
+    pub const COUNT: usize = 8;
+    /// `u32`: size of one entry in bytes.
+    pub const ENTRY_SIZE: usize = 12;
+    /// `u32`: workers that found the board full (only grows, saturates).
+    pub const REFUSED: usize = 16;
+}
+
+/// Byte offsets of a worker entry's fields (minor 2), relative to the entry's
+/// start. Entries follow the board header.
+pub mod worker {
+    /// `u64`: generation; odd while the owner rewrites the entry.
+    pub const GEN: usize = 0;
+    /// `u32`: 1 while a monitor owns the entry; 0 free; 2 being claimed or
+    /// released.
+    pub const STATE: usize = 8;
+    /// `u32`: OS thread id (Linux tid) of the worker thread, 0 while unknown.
+    /// The monitor learns it when it runs on that worker while every other
+    /// worker is parked; a reader may look for the worker among the threads
+    /// named like the known workers.
+    pub const TID: usize = 12;
+    /// `u32`: slot index of the monitor's loop (the runtime's heartbeat).
+    pub const LOOP_SLOT: usize = 16;
+    /// `u32`: low 32 bits of that slot's [`super::slot::GEN`].
+    pub const LOOP_GEN: usize = 20;
+    /// `u16`: the worker's index in its runtime.
+    pub const INDEX: usize = 24;
+    /// `u16`: number of workers of the runtime.
+    pub const WORKERS: usize = 26;
+    /// `u32`: [`FLAG_PARKED`] | [`FLAG_CURRENT_THREAD`].
+    pub const FLAGS: usize = 28;
+    /// `u64`: CLOCK_MONOTONIC ns of the first sample that saw the worker's
+    /// counters as they are now, the worker not parked; 0 while it is parked.
+    pub const SINCE_NS: usize = 32;
+    /// `u64`: the sample before that one (the counters were different, or the
+    /// worker parked): the worker last made progress between `after_ns` and
+    /// `since_ns`.
+    pub const AFTER_NS: usize = 40;
+    /// `u64`: CLOCK_MONOTONIC ns of the latest sample.
+    pub const SAMPLED_NS: usize = 48;
+    /// `u64`: CLOCK_MONOTONIC ns at which the monitor plans its next sample;
+    /// a reader past it knows the monitor itself is held up.
+    pub const NEXT_NS: usize = 56;
+
+    /// The worker was parked (waiting for work) at the latest sample.
+    pub const FLAG_PARKED: u32 = 1;
+    /// The runtime is a current_thread runtime: its one worker is the thread
+    /// that runs `block_on`, which also runs the monitor.
+    pub const FLAG_CURRENT_THREAD: u32 = 2;
 }

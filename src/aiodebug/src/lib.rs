@@ -25,9 +25,11 @@
 //! ```
 //!
 //! ## A tokio runtime (feature `tokio`)
+//! The default multi-thread runtime or a current_thread one: a worker stuck
+//! in one poll is seen even while the other workers keep the loop ticking.
 //! ```no_run
 //! # #[cfg(feature = "tokio")]
-//! #[tokio::main(flavor = "current_thread")]
+//! #[tokio::main]
 //! async fn main() {
 //!     let _monitor = aiodebug::tokio::spawn_monitor("main");
 //!     // ... the service ...
@@ -50,6 +52,7 @@
 //! | (default) | [`Heartbeat`], [`slow`], [`polling`] | none |
 //! | `tokio` | `tokio::spawn_monitor`, `tokio::spawn_named`; with `--cfg tokio_unstable`, runtime-wide poll hooks | tokio (rt, time) |
 //! | `log` | slow polls become `log` warnings | log |
+//! | `tracing` | slow polls become `tracing` WARN events (with fields) | tracing |
 //! | `testing` | time dilation for tests: `testing::dilated_runtime` (a whole runtime) and `testing::Clock` | tokio (+ sync, test-util) |
 //!
 //! The registry's layout is a versioned ABI documented in [`abi`]; C, C++ and
@@ -66,6 +69,8 @@ mod sys;
 pub mod testing;
 #[cfg(feature = "tokio")]
 pub mod tokio;
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+mod workers;
 
 use core::marker::PhantomData;
 use core::time::Duration;
@@ -158,6 +163,24 @@ impl Heartbeat {
     pub fn tick_with_lag(&self, lag: Duration) {
         if let Some(slot) = self.slot {
             slot.tick(sys::monotonic_ns(), duration_ns(lag), sys::thread_id());
+        }
+    }
+
+    /// Says that the next tick is due `within` from now rather than one
+    /// period after the last tick (a loop that sleeps longer while it has
+    /// nothing to do). Watchers measure the stall from that moment; the next
+    /// tick resets it to "one period after". ABI minor 2.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let hb = aiodebug::Heartbeat::with_period("poller", Duration::from_millis(20));
+    /// hb.tick();
+    /// hb.next_tick_within(Duration::from_millis(200)); // going idle
+    /// ```
+    #[inline]
+    pub fn next_tick_within(&self, within: Duration) {
+        if let Some(slot) = self.slot {
+            slot.set_next_due(sys::monotonic_ns().saturating_add(duration_ns(within)));
         }
     }
 

@@ -52,7 +52,7 @@ pub(crate) struct Slot {
     ticks: AtomicU64,
     last_tick_ns: AtomicU64,
     registered_ns: AtomicU64,
-    _reserved1: AtomicU64,
+    next_due_ns: AtomicU64,
     name: [AtomicU8; abi::NAME_CAP],
     ring: [Entry; abi::RING_LEN],
 }
@@ -74,11 +74,40 @@ pub(crate) struct PollEntry {
     file: [AtomicU64; abi::POLL_FILE_CAP / 8],
 }
 
+/// The worker board's header (see [`abi::worker_board`]).
+#[repr(C)]
+pub(crate) struct WorkerBoardHeader {
+    tag: AtomicU64,
+    count: AtomicU32,
+    entry_size: AtomicU32,
+    pub(crate) refused: AtomicU32,
+    _pad: [AtomicU32; 11],
+}
+
+/// One entry of the worker board (see [`abi::worker`]).
+#[repr(C)]
+pub(crate) struct WorkerEntry {
+    gen: AtomicU64,
+    state: AtomicU32,
+    tid: AtomicU32,
+    loop_slot: AtomicU32,
+    loop_gen: AtomicU32,
+    /// index | workers << 16.
+    index_workers: AtomicU32,
+    flags: AtomicU32,
+    since_ns: AtomicU64,
+    after_ns: AtomicU64,
+    sampled_ns: AtomicU64,
+    next_ns: AtomicU64,
+}
+
 #[repr(C, align(64))]
 pub(crate) struct Registry {
     pub(crate) header: Header,
     slots: [Slot; abi::SLOT_COUNT],
     polls: [PollEntry; abi::POLL_COUNT],
+    pub(crate) worker_board: WorkerBoardHeader,
+    workers: [WorkerEntry; abi::WORKER_COUNT],
 }
 
 // The layout is the ABI: any drift is a compile error.
@@ -102,6 +131,29 @@ const _: () = {
     assert!(core::mem::offset_of!(Header, poll_entry_size) == abi::header::POLL_ENTRY_SIZE);
     assert!(core::mem::offset_of!(Header, poll_refused) == abi::header::POLL_REFUSED);
     assert!(core::mem::offset_of!(Registry, polls) == abi::POLL_BOARD_OFFSET);
+    assert!(core::mem::offset_of!(Slot, next_due_ns) == abi::slot::NEXT_DUE_NS);
+    assert!(core::mem::offset_of!(Registry, worker_board) == abi::WORKER_BOARD_OFFSET);
+    assert!(abi::WORKER_BOARD_OFFSET % abi::ALIGN == 0);
+    assert!(core::mem::size_of::<WorkerBoardHeader>() == abi::WORKER_BOARD_HEADER);
+    assert!(core::mem::offset_of!(WorkerBoardHeader, count) == abi::worker_board::COUNT);
+    assert!(core::mem::offset_of!(WorkerBoardHeader, entry_size) == abi::worker_board::ENTRY_SIZE);
+    assert!(core::mem::offset_of!(WorkerBoardHeader, refused) == abi::worker_board::REFUSED);
+    assert!(
+        core::mem::offset_of!(Registry, workers)
+            == abi::WORKER_BOARD_OFFSET + abi::WORKER_BOARD_HEADER
+    );
+    assert!(core::mem::size_of::<WorkerEntry>() == abi::WORKER_ENTRY_SIZE);
+    assert!(core::mem::offset_of!(WorkerEntry, state) == abi::worker::STATE);
+    assert!(core::mem::offset_of!(WorkerEntry, tid) == abi::worker::TID);
+    assert!(core::mem::offset_of!(WorkerEntry, loop_slot) == abi::worker::LOOP_SLOT);
+    assert!(core::mem::offset_of!(WorkerEntry, loop_gen) == abi::worker::LOOP_GEN);
+    assert!(core::mem::offset_of!(WorkerEntry, index_workers) == abi::worker::INDEX);
+    assert!(abi::worker::WORKERS == abi::worker::INDEX + 2);
+    assert!(core::mem::offset_of!(WorkerEntry, flags) == abi::worker::FLAGS);
+    assert!(core::mem::offset_of!(WorkerEntry, since_ns) == abi::worker::SINCE_NS);
+    assert!(core::mem::offset_of!(WorkerEntry, after_ns) == abi::worker::AFTER_NS);
+    assert!(core::mem::offset_of!(WorkerEntry, sampled_ns) == abi::worker::SAMPLED_NS);
+    assert!(core::mem::offset_of!(WorkerEntry, next_ns) == abi::worker::NEXT_NS);
     assert!(core::mem::size_of::<PollEntry>() == abi::POLL_ENTRY_SIZE);
     assert!(core::mem::offset_of!(PollEntry, tid) == abi::poll::TID);
     assert!(core::mem::offset_of!(PollEntry, state) == abi::poll::STATE);
@@ -151,6 +203,14 @@ impl Registry {
             },
             slots: [const { Slot::new() }; abi::SLOT_COUNT],
             polls: [const { PollEntry::new() }; abi::POLL_COUNT],
+            worker_board: WorkerBoardHeader {
+                tag: AtomicU64::new(abi::WORKER_TAG),
+                count: AtomicU32::new(abi::WORKER_COUNT as u32),
+                entry_size: AtomicU32::new(abi::WORKER_ENTRY_SIZE as u32),
+                refused: AtomicU32::new(0),
+                _pad: [const { AtomicU32::new(0) }; 11],
+            },
+            workers: [const { WorkerEntry::new() }; abi::WORKER_COUNT],
         }
     }
 }
@@ -167,7 +227,7 @@ impl Slot {
             ticks: AtomicU64::new(0),
             last_tick_ns: AtomicU64::new(0),
             registered_ns: AtomicU64::new(0),
-            _reserved1: AtomicU64::new(0),
+            next_due_ns: AtomicU64::new(0),
             name: [const { AtomicU8::new(0) }; abi::NAME_CAP],
             ring: [const {
                 Entry {
@@ -205,8 +265,16 @@ impl Slot {
         self.ticks.store(0, Ordering::Relaxed);
         self.last_tick_ns.store(now, Ordering::Relaxed);
         self.registered_ns.store(now, Ordering::Relaxed);
+        self.next_due_ns.store(0, Ordering::Relaxed);
         self.in_use.store(IN_USE_LIVE, Ordering::Relaxed);
         self.end_write();
+    }
+
+    /// Says when the next tick is due (owner only; one word). 0: one period
+    /// after the last tick.
+    #[inline]
+    pub(crate) fn set_next_due(&self, at_ns: u64) {
+        self.next_due_ns.store(at_ns, Ordering::Release);
     }
 
     /// Records one tick. Only the owner calls this, from one thread at a time.
@@ -220,6 +288,10 @@ impl Slot {
         e.tick.store(t, Ordering::Release);
         if self.tid.load(Ordering::Relaxed) != tid {
             self.tid.store(tid, Ordering::Relaxed);
+        }
+        // A due time set before this tick is spent: back to "one period".
+        if self.next_due_ns.load(Ordering::Relaxed) != 0 {
+            self.next_due_ns.store(0, Ordering::Relaxed);
         }
         self.last_tick_ns.store(now, Ordering::Release);
         self.ticks.store(t, Ordering::Release);
@@ -414,6 +486,121 @@ pub(crate) fn claim_poll_entry(tid: u32) -> Option<&'static PollEntry> {
     let _ = reg
         .header
         .poll_refused
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1));
+    None
+}
+
+/// What a worker entry shows after a sample (see [`abi::worker`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct WorkerRecord {
+    pub(crate) tid: u32,
+    pub(crate) index: u16,
+    pub(crate) workers: u16,
+    pub(crate) flags: u32,
+    pub(crate) since_ns: u64,
+    pub(crate) after_ns: u64,
+    pub(crate) sampled_ns: u64,
+    pub(crate) next_ns: u64,
+}
+
+impl core::fmt::Debug for WorkerEntry {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("WorkerEntry")
+    }
+}
+
+impl WorkerEntry {
+    const fn new() -> Self {
+        WorkerEntry {
+            gen: AtomicU64::new(0),
+            state: AtomicU32::new(IN_USE_FREE),
+            tid: AtomicU32::new(0),
+            loop_slot: AtomicU32::new(u32::MAX),
+            loop_gen: AtomicU32::new(0),
+            index_workers: AtomicU32::new(0),
+            flags: AtomicU32::new(0),
+            since_ns: AtomicU64::new(0),
+            after_ns: AtomicU64::new(0),
+            sampled_ns: AtomicU64::new(0),
+            next_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Shows `rec` (owner only); readers reject the entry while it changes.
+    pub(crate) fn publish(&self, rec: &WorkerRecord, loop_id: (u32, u32)) {
+        let g = self.gen.load(Ordering::Relaxed);
+        self.gen.store(g.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        self.tid.store(rec.tid, Ordering::Relaxed);
+        self.loop_slot.store(loop_id.0, Ordering::Relaxed);
+        self.loop_gen.store(loop_id.1, Ordering::Relaxed);
+        self.index_workers.store(
+            u32::from(rec.index) | u32::from(rec.workers) << 16,
+            Ordering::Relaxed,
+        );
+        self.flags.store(rec.flags, Ordering::Relaxed);
+        self.since_ns.store(rec.since_ns, Ordering::Relaxed);
+        self.after_ns.store(rec.after_ns, Ordering::Relaxed);
+        self.sampled_ns.store(rec.sampled_ns, Ordering::Relaxed);
+        self.next_ns.store(rec.next_ns, Ordering::Relaxed);
+        self.gen.store(g.wrapping_add(2), Ordering::Release);
+    }
+
+    /// Makes the entry live (the claimer only).
+    fn activate(&self) {
+        self.state.store(IN_USE_LIVE, Ordering::Release);
+    }
+
+    /// Frees the entry (owner only).
+    pub(crate) fn release(&self) {
+        let g = self.gen.load(Ordering::Relaxed);
+        self.gen.store(g.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        self.state.store(IN_USE_TRANSITION, Ordering::Relaxed);
+        self.gen.store(g.wrapping_add(2), Ordering::Release);
+        self.state.store(IN_USE_FREE, Ordering::Release);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn record_for_test(&self) -> (u32, WorkerRecord) {
+        let iw = self.index_workers.load(Ordering::Relaxed);
+        (
+            self.state.load(Ordering::Relaxed),
+            WorkerRecord {
+                tid: self.tid.load(Ordering::Relaxed),
+                index: iw as u16,
+                workers: (iw >> 16) as u16,
+                flags: self.flags.load(Ordering::Relaxed),
+                since_ns: self.since_ns.load(Ordering::Relaxed),
+                after_ns: self.after_ns.load(Ordering::Relaxed),
+                sampled_ns: self.sampled_ns.load(Ordering::Relaxed),
+                next_ns: self.next_ns.load(Ordering::Relaxed),
+            },
+        )
+    }
+}
+
+/// Claims a worker board entry, or counts a refusal.
+pub(crate) fn claim_worker_entry() -> Option<&'static WorkerEntry> {
+    let reg = registry()?;
+    for e in &reg.workers {
+        if e.state
+            .compare_exchange(
+                IN_USE_FREE,
+                IN_USE_TRANSITION,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            e.publish(&WorkerRecord::default(), (u32::MAX, 0));
+            e.activate();
+            return Some(e);
+        }
+    }
+    let _ = reg
+        .worker_board
+        .refused
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1));
     None
 }

@@ -151,13 +151,25 @@ pub fn report(poll: &SlowPoll<'_>) {
     }
 }
 
-#[cfg(feature = "log")]
+/// The default: a `log` warning (feature `log`) and a `tracing` WARN event
+/// (feature `tracing`, with the fields `task`, `task_id`, `file`, `line`,
+/// `took_s`), each when its feature is on; nothing without either.
 fn default_handler(poll: &SlowPoll<'_>) {
+    #[cfg(feature = "log")]
     log::warn!(target: "aiodebug::slow", "{poll}");
+    #[cfg(feature = "tracing")]
+    tracing::warn!(
+        target: "aiodebug::slow",
+        task = poll.name.unwrap_or(""),
+        task_id = poll.task_id.unwrap_or(0),
+        file = poll.file,
+        line = poll.line,
+        took_s = poll.took.as_secs_f64(),
+        "{poll}"
+    );
+    #[cfg(not(any(feature = "log", feature = "tracing")))]
+    let _ = poll;
 }
-
-#[cfg(not(feature = "log"))]
-fn default_handler(_poll: &SlowPoll<'_>) {}
 
 fn duration_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)

@@ -9,9 +9,16 @@
 //! The default period is [`DEFAULT_PERIOD`], 20 ms rather than the ancestor's
 //! 250 ms: a watcher can only tell a blocked loop from a sleeping one once the
 //! next tick is overdue, so the period bounds how late a hang is noticed
-//! (threshold + period). 50 wake-ups a second cost a runtime about a
-//! microsecond each. Note that tokio's timer has millisecond resolution, so
-//! lags below ~1 ms are noise.
+//! (threshold + period). A timer wake-up of an otherwise idle runtime costs
+//! ~60 µs of CPU on a small VM, so while every worker is parked the monitor
+//! ticks every [`IDLE_PERIOD`] (200 ms) instead. Note that tokio's timer has
+//! millisecond resolution, so lags below ~1 ms are noise.
+//!
+//! On a multi-thread runtime one blocked worker does not stop the monitor
+//! (it runs on another worker); each tick therefore also samples tokio's
+//! stable per-worker metrics into the registry's worker board, where a
+//! watcher sees a worker whose counters stopped while it is not parked: a
+//! worker inside one poll (see [`crate::abi::worker`]).
 //!
 //! Slow polls: [`spawn_named`] spawns a task whose polls longer than
 //! [`crate::slow::DEFAULT_THRESHOLD`] are reported (`Executing task 'orders'
@@ -22,25 +29,45 @@
 //! hooks (`scripts/check-tokio-unstable` tests it).
 
 use crate::slow::{LogSlow, Site};
+use crate::workers::{Counters, Sampler};
 use crate::Heartbeat;
 use core::future::Future;
 use core::panic::Location;
 use core::time::Duration;
 use std::borrow::Cow;
 
-/// Default tick period of [`spawn_monitor`].
+/// Default tick period of [`spawn_monitor`] while the runtime works.
 pub const DEFAULT_PERIOD: Duration = Duration::from_millis(20);
+
+/// Tick period of a monitor while its runtime is idle (every worker parked,
+/// nothing woke it but the monitor): 5 wake-ups a second instead of 50. A
+/// parked runtime cannot be blocked; as soon as a worker wakes for anything
+/// else, the monitor is back at its period at its next tick, and a watcher
+/// sees the woken thread in the kernel meanwhile (its stall is measured from
+/// when it left its park, see the crate's `abi` module, minor 2).
+pub const IDLE_PERIOD: Duration = Duration::from_millis(200);
 
 /// Spawns a monitor task named `name` with [`DEFAULT_PERIOD`] on the current
 /// runtime. Abort the returned handle (or drop the runtime) to unregister.
 ///
+/// The monitor measures the loop lag of the runtime (how late its timer
+/// fires) and, on every tick, samples the runtime's per-worker counters
+/// (tokio's stable `RuntimeMetrics`: park count, park/unpark count, busy
+/// time) into the registry's worker board, so that a watcher sees a worker
+/// stuck in one poll while the other workers keep the monitor ticking. No
+/// `tokio_unstable`, no runtime builder: `#[tokio::main]` as it is, multi-thread
+/// or current_thread.
+///
 /// # Panics
 /// Like `tokio::spawn`, when called outside a tokio runtime.
 pub fn spawn_monitor(name: &str) -> tokio::task::JoinHandle<()> {
-    spawn_monitor_with_period(name, DEFAULT_PERIOD)
+    spawn_monitor_with_periods(name, DEFAULT_PERIOD, IDLE_PERIOD)
 }
 
-/// Spawns a monitor task ticking every `period` (at least 1 ms).
+/// Spawns a monitor task ticking every `period` (at least 1 ms), idle or
+/// not: what a fixed-period monitor did before [`IDLE_PERIOD`] existed. An
+/// idle runtime then pays a timer wake-up every `period`, and a watcher
+/// sees every block longer than `period` in the lags (`--slow`).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -52,12 +79,66 @@ pub fn spawn_monitor(name: &str) -> tokio::task::JoinHandle<()> {
 /// # }
 /// ```
 pub fn spawn_monitor_with_period(name: &str, period: Duration) -> tokio::task::JoinHandle<()> {
-    let period = period.max(Duration::from_millis(1));
-    let hb = Heartbeat::with_period(name, period);
-    tokio::spawn(monitor(hb, period))
+    spawn_monitor_with_periods(name, period, period)
 }
 
-async fn monitor(hb: Heartbeat, period: Duration) {
+/// Spawns a monitor task ticking every `period` (at least 1 ms) while the
+/// runtime works and every `idle_period` (at least `period`) while it is
+/// idle; [`spawn_monitor`] is `spawn_monitor_with_periods(name,
+/// DEFAULT_PERIOD, IDLE_PERIOD)`.
+///
+/// While the runtime is idle, a block shorter than `idle_period` that ends
+/// before the next tick is due leaves no trace in the lags: slow ticks
+/// (`--slow`) of an idle service are seen only when they delay a tick.
+/// Hangs are seen as fast as with a fixed period: a watcher sees the
+/// runtime's thread leave its wait in the kernel.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use std::time::Duration;
+/// let ms = Duration::from_millis;
+/// let monitor = aiodebug::tokio::spawn_monitor_with_periods("main", ms(10), ms(100));
+/// tokio::time::sleep(ms(30)).await;
+/// monitor.abort();
+/// # }
+/// ```
+pub fn spawn_monitor_with_periods(
+    name: &str,
+    period: Duration,
+    idle_period: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let period = period.max(Duration::from_millis(1));
+    let hb = Heartbeat::with_period(name, period);
+    tokio::spawn(monitor(hb, period, idle_period.max(period)))
+}
+
+/// Worker counters of the current runtime, where tokio has them (64-bit
+/// atomics).
+#[cfg(target_has_atomic = "64")]
+fn counters(m: &tokio::runtime::RuntimeMetrics, i: usize) -> Counters {
+    Counters {
+        park: m.worker_park_count(i),
+        park_unpark: m.worker_park_unpark_count(i),
+        busy_ns: u64::try_from(m.worker_total_busy_duration(i).as_nanos()).unwrap_or(u64::MAX),
+    }
+}
+
+#[cfg(not(target_has_atomic = "64"))]
+fn counters(_m: &tokio::runtime::RuntimeMetrics, _i: usize) -> Counters {
+    Counters::default()
+}
+
+async fn monitor(hb: Heartbeat, period: Duration, idle_period: Duration) {
+    let handle = tokio::runtime::Handle::current();
+    let metrics = handle.metrics();
+    let current_thread = matches!(
+        handle.runtime_flavor(),
+        tokio::runtime::RuntimeFlavor::CurrentThread
+    );
+    let publish = cfg!(target_has_atomic = "64") && hb.is_registered();
+    let mut sampler = Sampler::new(metrics.num_workers(), current_thread, publish);
+    let loop_id = hb.loop_id().unwrap_or((u32::MAX, 0));
     let mut scheduled = tokio::time::Instant::now() + period;
     loop {
         tokio::time::sleep_until(scheduled).await;
@@ -66,8 +147,19 @@ async fn monitor(hb: Heartbeat, period: Duration) {
         // Whatever worker runs the monitor belongs to this runtime's loop:
         // polls recorded on it are listed under the loop.
         crate::polling::set_thread_loop(&hb);
-        scheduled = woke + period;
+        let now_ns = crate::sys::monotonic_ns();
+        let idle = sampler.sample(now_ns, crate::sys::thread_id(), |i| counters(&metrics, i));
+        let next = if idle { idle_period } else { period };
+        if next != period {
+            hb.next_tick_within(next);
+        }
+        sampler.publish(now_ns.saturating_add(duration_ns(next)), loop_id);
+        scheduled = woke + next;
     }
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Spawns `future` as a task named `name` on the current runtime, reporting

@@ -16,6 +16,12 @@
 //! that loop. An entry is trusted only when it is owned, its generation is
 //! even and identical in both copies, and its bytes are identical in both
 //! copies. A minor-0 registry simply has no board.
+//!
+//! Since ABI minor 2 a loop may say when its next tick is due
+//! ([`Loop::next_due_ns`]: a monitor sleeping longer while its runtime is
+//! idle), and a registry carries a *worker board*: per worker of a runtime,
+//! whether it was parked at the monitor's latest sample and since when its
+//! counters have not moved ([`Registry::workers`]).
 
 use aiodebug::abi;
 
@@ -31,6 +37,10 @@ pub const MAX_RING_LEN: u32 = 1024;
 pub const MAX_POLL_ENTRIES: u32 = 1024;
 /// Largest poll board entry a reader accepts (bytes).
 pub const MAX_POLL_ENTRY_SIZE: u32 = 4096;
+/// Largest worker board a reader accepts (entries).
+pub const MAX_WORKER_ENTRIES: u32 = 1024;
+/// Largest worker board entry a reader accepts (bytes).
+pub const MAX_WORKER_ENTRY_SIZE: u32 = 4096;
 
 /// Everything found in one copied section.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -88,6 +98,54 @@ pub struct Registry {
     /// (a stuck worker of a multi-thread runtime shows here even when another
     /// worker keeps the loop ticking).
     pub polling: Vec<Polling>,
+    /// Entries of the worker board (0: none, e.g. ABI minor 0 or 1).
+    pub worker_entries: u32,
+    /// Workers that found the worker board full (only grows).
+    pub worker_refused: u32,
+    /// Owned worker entries that changed between the copies (a monitor
+    /// sampling at that moment).
+    pub unsettled_workers: u32,
+    /// Why the worker board was ignored, if it was.
+    pub worker_problem: Option<String>,
+    /// Runtime workers as their monitors last sampled them.
+    pub workers: Vec<Worker>,
+}
+
+/// One worker of a runtime, as its monitor last sampled it (ABI minor 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Worker {
+    /// Board entry index.
+    pub entry: u32,
+    /// OS thread id of the worker, when the monitor knows it.
+    pub tid: Option<u32>,
+    /// Slot of the monitor's loop, when it names a live loop of this registry.
+    pub loop_slot: Option<u32>,
+    /// The worker's index in its runtime.
+    pub index: u16,
+    /// Workers of the runtime.
+    pub workers: u16,
+    /// Parked (waiting for work) at the latest sample.
+    pub parked: bool,
+    /// The runtime is a current_thread runtime (its worker runs the monitor).
+    pub current_thread: bool,
+    /// First sample that saw the worker's counters as they are now (not
+    /// parked); None while parked.
+    pub since_ns: Option<u64>,
+    /// The sample before `since_ns`: the worker last made progress between
+    /// the two.
+    pub after_ns: u64,
+    /// The latest sample.
+    pub sampled_ns: u64,
+    /// When the monitor plans its next sample.
+    pub next_ns: u64,
+}
+
+impl Worker {
+    /// How long the worker's counters have not moved at `now_ns` (0 while
+    /// parked).
+    pub fn frozen_ns(&self, now_ns: u64) -> u64 {
+        self.since_ns.map_or(0, |s| now_ns.saturating_sub(s))
+    }
 }
 
 /// One live event loop, as read.
@@ -115,6 +173,9 @@ pub struct Loop {
     /// Whether ticks and last tick time were identical in both copies (false:
     /// the loop ticked while being read — it is alive).
     pub settled: bool,
+    /// When the next tick is due, if the loop said so (ABI minor 2; later
+    /// than the last tick); otherwise one period after the last tick.
+    pub next_due_ns: Option<u64>,
     /// Verified lags, oldest first.
     pub lags: Vec<Lag>,
     /// Polls in progress on threads of this loop: threads whose board entry
@@ -265,6 +326,7 @@ struct Geometry {
     ring_len: u32,
     name_cap: usize,
     total: usize,
+    minor: u16,
 }
 
 fn validate_header(c1: &[u8], c2: &[u8], off: usize) -> Result<Geometry, String> {
@@ -326,6 +388,7 @@ fn validate_header(c1: &[u8], c2: &[u8], off: usize) -> Result<Geometry, String>
         ring_len,
         name_cap: name_cap as usize,
         total,
+        minor: u16_at(hdr1, abi::header::ABI_MINOR).unwrap_or(0),
     })
 }
 
@@ -422,6 +485,10 @@ fn decode_slot(s1: &[u8], s2: &[u8], index: u32, g: &Geometry) -> SlotRead {
     let last_tick_ns = u64_at(s2, o::LAST_TICK_NS).unwrap_or(0);
     let tid = u32_at(s2, o::TID).unwrap_or(0);
     let settled = ticks1 == ticks && last1 == last_tick_ns;
+    // Reserved (zero) before minor 2.
+    let next_due_ns = (g.minor >= 2)
+        .then(|| u64_at(s2, o::NEXT_DUE_NS).unwrap_or(0))
+        .filter(|&d| d > last_tick_ns);
 
     let ring_len = u64::from(g.ring_len);
     let mut lags = Vec::with_capacity(g.ring_len as usize);
@@ -456,6 +523,7 @@ fn decode_slot(s1: &[u8], s2: &[u8], index: u32, g: &Geometry) -> SlotRead {
             last_tick_ns,
             registered_ns,
             settled,
+            next_due_ns,
             lags,
             polling: Vec::new(),
         },
@@ -559,7 +627,8 @@ pub fn decode_section(copy1: &[u8], copy2: &[u8]) -> Scan {
             Ok(g) => {
                 let board = validate_board(copy1, copy2, off, &g);
                 let (mut reg, gens) = decode_registry(copy1, copy2, off, &g);
-                let end = match board {
+                let has_board = matches!(board, Ok(Some(_)));
+                let mut end = match board {
                     Ok(Some(b)) => {
                         decode_board(copy1, copy2, off, &b, &mut reg, &gens);
                         b.start + b.count as usize * b.entry_size
@@ -570,6 +639,16 @@ pub fn decode_section(copy1: &[u8], copy2: &[u8]) -> Scan {
                         g.total
                     }
                 };
+                if has_board && g.minor >= 2 {
+                    match validate_workers(copy1, copy2, off, end) {
+                        Ok(Some(w)) => {
+                            decode_workers(copy1, copy2, off, &w, &mut reg, &gens);
+                            end = w.start + w.count as usize * w.entry_size;
+                        }
+                        Ok(None) => {}
+                        Err(why) => reg.worker_problem = Some(why),
+                    }
+                }
                 scan.registries.push(reg);
                 off = off.saturating_add(end.div_ceil(abi::ALIGN) * abi::ALIGN);
             }
@@ -598,6 +677,11 @@ fn decode_registry(c1: &[u8], c2: &[u8], off: usize, g: &Geometry) -> (Registry,
         unsettled_polls: 0,
         poll_problem: None,
         polling: Vec::new(),
+        worker_entries: 0,
+        worker_refused: 0,
+        unsettled_workers: 0,
+        worker_problem: None,
+        workers: Vec::new(),
     };
     let mut gens = Vec::new();
     for i in 0..g.slot_count {
@@ -657,12 +741,107 @@ fn decode_board(c1: &[u8], c2: &[u8], off: usize, b: &Board, reg: &mut Registry,
     }
 }
 
+/// The worker board of a minor-2 registry whose poll board ends at `board_end`
+/// (from the registry's start): `Ok(None)` when absent.
+fn validate_workers(
+    c1: &[u8],
+    c2: &[u8],
+    off: usize,
+    board_end: usize,
+) -> Result<Option<Board>, String> {
+    use abi::worker_board as wb;
+    let start = board_end.div_ceil(abi::ALIGN) * abi::ALIGN;
+    let at = off.saturating_add(start);
+    let tag = u64_at(c1, at + wb::TAG);
+    if tag != Some(abi::WORKER_TAG) || tag != u64_at(c2, at + wb::TAG) {
+        return Ok(None);
+    }
+    let count = u32_at(c1, at + wb::COUNT).unwrap_or(0);
+    let size = u32_at(c1, at + wb::ENTRY_SIZE).unwrap_or(0);
+    if Some(count) != u32_at(c2, at + wb::COUNT) || Some(size) != u32_at(c2, at + wb::ENTRY_SIZE) {
+        return Err("worker board geometry changed between two reads".into());
+    }
+    if count > MAX_WORKER_ENTRIES {
+        return Err(format!(
+            "worker board of {count} entries (at most {MAX_WORKER_ENTRIES})"
+        ));
+    }
+    if size < abi::WORKER_ENTRY_SIZE as u32 || size > MAX_WORKER_ENTRY_SIZE || size % 8 != 0 {
+        return Err(format!(
+            "worker entry size {size} out of range ({}..={MAX_WORKER_ENTRY_SIZE})",
+            abi::WORKER_ENTRY_SIZE
+        ));
+    }
+    // start is below ~9 MiB (capped geometry), the board at most 4 MiB.
+    let entries = start + abi::WORKER_BOARD_HEADER;
+    let end = entries + count as usize * size as usize;
+    let available = c1.len().min(c2.len()).saturating_sub(off);
+    if end > available {
+        return Err(format!(
+            "worker board ends at {end} bytes but only {available} follow the header"
+        ));
+    }
+    Ok(Some(Board {
+        start: entries,
+        count,
+        entry_size: size as usize,
+    }))
+}
+
+/// Reads the worker board into `reg`.
+fn decode_workers(c1: &[u8], c2: &[u8], off: usize, b: &Board, reg: &mut Registry, gens: &[u64]) {
+    use abi::worker as w;
+    reg.worker_entries = b.count;
+    let header = off + b.start - abi::WORKER_BOARD_HEADER;
+    reg.worker_refused = u32_at(c2, header + abi::worker_board::REFUSED).unwrap_or(0);
+    for i in 0..b.count {
+        let start = off + b.start + i as usize * b.entry_size;
+        let known = start..start + abi::WORKER_ENTRY_SIZE;
+        let (Some(e1), Some(e2)) = (c1.get(known.clone()), c2.get(known)) else {
+            break;
+        };
+        let (s1, s2) = (u32_at(e1, w::STATE), u32_at(e2, w::STATE));
+        if s1 != Some(1) && s2 != Some(1) {
+            continue;
+        }
+        let gen = u64_at(e2, w::GEN);
+        if s1 != s2 || gen.map_or(true, |g| g % 2 == 1) || e1 != e2 {
+            reg.unsettled_workers += 1;
+            continue;
+        }
+        let flags = u32_at(e2, w::FLAGS).unwrap_or(0);
+        let slot = u32_at(e2, w::LOOP_SLOT).unwrap_or(u32::MAX);
+        let slot_gen = u32_at(e2, w::LOOP_GEN).unwrap_or(0);
+        let loop_slot = reg
+            .loops
+            .iter()
+            .zip(gens)
+            .find(|(l, &g)| l.slot == slot && g as u32 == slot_gen)
+            .map(|(l, _)| l.slot);
+        let parked = flags & w::FLAG_PARKED != 0;
+        reg.workers.push(Worker {
+            entry: i,
+            tid: u32_at(e2, w::TID).filter(|&t| t != 0),
+            loop_slot,
+            index: u16_at(e2, w::INDEX).unwrap_or(0),
+            workers: u16_at(e2, w::WORKERS).unwrap_or(0),
+            parked,
+            current_thread: flags & w::FLAG_CURRENT_THREAD != 0,
+            since_ns: u64_at(e2, w::SINCE_NS).filter(|&s| s != 0 && !parked),
+            after_ns: u64_at(e2, w::AFTER_NS).unwrap_or(0),
+            sampled_ns: u64_at(e2, w::SAMPLED_NS).unwrap_or(0),
+            next_ns: u64_at(e2, w::NEXT_NS).unwrap_or(0),
+        });
+    }
+}
+
 /// Figures derived from a [`Loop`] at a given time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LoopStats {
     /// Time since the last tick: `now − last tick` (0 if the tick is in the future).
     pub age_ns: u64,
-    /// How long the next tick is overdue: `age − period`, 0 while on time.
+    /// How long the next tick is overdue: `now − next due` when the loop said
+    /// when ([`Loop::next_due_ns`]), else `age − period`; 0 while on time.
     pub stall_ns: u64,
     /// Lag of the latest verified tick.
     pub last_lag_ns: Option<u64>,
@@ -682,7 +861,10 @@ impl Loop {
         sorted.sort_unstable();
         LoopStats {
             age_ns,
-            stall_ns: age_ns.saturating_sub(self.period_ns),
+            stall_ns: match self.next_due_ns {
+                Some(due) => now_ns.saturating_sub(due),
+                None => age_ns.saturating_sub(self.period_ns),
+            },
             last_lag_ns: self.lags.last().map(|l| l.lag_ns),
             p50_ns: percentile(&sorted, 50),
             p99_ns: percentile(&sorted, 99),
@@ -1219,5 +1401,156 @@ mod tests {
         assert_eq!((r.polling[0].entry, r.polling[0].tid), (3, 4242));
         assert_eq!(r.polling[0].describe(), "task 'later' (l.rs:9)");
         assert_eq!(r.loops[0].polling.len(), 1, "matched by tid");
+    }
+
+    impl Image {
+        const WB: usize = abi::WORKER_BOARD_OFFSET;
+        fn worker_board(&mut self) -> &mut Self {
+            self.put64(Self::WB + abi::worker_board::TAG, abi::WORKER_TAG);
+            self.put32(
+                Self::WB + abi::worker_board::COUNT,
+                abi::WORKER_COUNT as u32,
+            );
+            self.put32(
+                Self::WB + abi::worker_board::ENTRY_SIZE,
+                abi::WORKER_ENTRY_SIZE as u32,
+            );
+            self
+        }
+        /// Worker entry `i`: worker `index` of 2 of the loop in slot 0
+        /// (generation 2), thread `tid`, flags, since/after.
+        fn worker(&mut self, i: usize, index: u16, tid: u32, flags: u32, since: u64) -> &mut Self {
+            use abi::worker as w;
+            let e = Self::WB + abi::WORKER_BOARD_HEADER + i * abi::WORKER_ENTRY_SIZE;
+            self.put64(e + w::GEN, 4);
+            self.put32(e + w::STATE, 1);
+            self.put32(e + w::TID, tid);
+            self.put32(e + w::LOOP_SLOT, 0);
+            self.put32(e + w::LOOP_GEN, 2);
+            self.put32(e + w::INDEX, u32::from(index) | 2 << 16);
+            self.put32(e + w::FLAGS, flags);
+            self.put64(e + w::SINCE_NS, since);
+            self.put64(e + w::AFTER_NS, since.saturating_sub(20));
+            self.put64(e + w::SAMPLED_NS, 900);
+            self.put64(e + w::NEXT_NS, 920);
+            self
+        }
+    }
+
+    #[test]
+    fn worker_board_entries_decode_with_their_loop() {
+        use abi::worker as w;
+        let mut img = Image::new();
+        img.live(0, b"main", 10).worker_board();
+        img.worker(0, 0, 0, w::FLAG_PARKED, 0)
+            .worker(3, 1, 777, 0, 500);
+        let scan = decode_section(&img.0, &img.0);
+        let r = &scan.registries[0];
+        assert_eq!((r.worker_entries, r.worker_problem.as_deref()), (64, None));
+        assert_eq!(r.workers.len(), 2);
+        let parked = &r.workers[0];
+        assert!(parked.parked && parked.since_ns.is_none() && parked.tid.is_none());
+        assert_eq!(parked.frozen_ns(10_000), 0);
+        let stuck = &r.workers[1];
+        assert_eq!(
+            (
+                stuck.entry,
+                stuck.index,
+                stuck.workers,
+                stuck.tid,
+                stuck.loop_slot
+            ),
+            (3, 1, 2, Some(777), Some(0))
+        );
+        assert_eq!((stuck.since_ns, stuck.after_ns), (Some(500), 480));
+        assert_eq!((stuck.sampled_ns, stuck.next_ns), (900, 920));
+        assert_eq!(stuck.frozen_ns(1500), 1000);
+
+        // An entry being rewritten (odd generation, or different copies) is
+        // unsettled, not shown.
+        let mut other = Image(img.0.clone());
+        let e3 = Image::WB + abi::WORKER_BOARD_HEADER + 3 * abi::WORKER_ENTRY_SIZE;
+        other.put64(e3 + w::SINCE_NS, 501);
+        let scan = decode_section(&img.0, &other.0);
+        let r = &scan.registries[0];
+        assert_eq!((r.workers.len(), r.unsettled_workers), (1, 1));
+        let mut odd = Image(img.0.clone());
+        odd.put64(e3 + w::GEN, 5);
+        let r = &decode_section(&odd.0, &odd.0).registries[0];
+        assert_eq!((r.workers.len(), r.unsettled_workers), (1, 1));
+
+        // A stale loop generation names no loop.
+        let mut stale = Image(img.0.clone());
+        stale.put32(e3 + w::LOOP_GEN, 9);
+        let r = &decode_section(&stale.0, &stale.0).registries[0];
+        assert_eq!(r.workers[1].loop_slot, None);
+    }
+
+    #[test]
+    fn worker_board_is_ignored_before_minor_2_and_bounded_when_garbage() {
+        let mut img = Image::new();
+        img.live(0, b"main", 10)
+            .worker_board()
+            .worker(0, 0, 5, 0, 100);
+        img.0[10..12].copy_from_slice(&1u16.to_le_bytes());
+        let r = &decode_section(&img.0, &img.0).registries[0];
+        assert_eq!(
+            (r.worker_entries, r.workers.len()),
+            (0, 0),
+            "minor 1: no board"
+        );
+
+        img.0[10..12].copy_from_slice(&2u16.to_le_bytes());
+        img.put32(Image::WB + abi::worker_board::COUNT, u32::MAX);
+        let r = &decode_section(&img.0, &img.0).registries[0];
+        assert!(r
+            .worker_problem
+            .as_deref()
+            .is_some_and(|p| p.contains("entries")));
+        assert_eq!(
+            (r.workers.len(), r.loops.len()),
+            (0, 1),
+            "the loops stay valid"
+        );
+
+        img.put32(Image::WB + abi::worker_board::COUNT, 64);
+        img.put32(Image::WB + abi::worker_board::ENTRY_SIZE, 8);
+        let r = &decode_section(&img.0, &img.0).registries[0];
+        assert!(r
+            .worker_problem
+            .as_deref()
+            .is_some_and(|p| p.contains("size")));
+
+        // Cut off by the end of the section.
+        img.put32(Image::WB + abi::worker_board::ENTRY_SIZE, 64);
+        let cut = &img.0[..Image::WB + 200];
+        let r = &decode_section(cut, cut).registries[0];
+        assert!(r
+            .worker_problem
+            .as_deref()
+            .is_some_and(|p| p.contains("ends at")));
+    }
+
+    #[test]
+    fn next_due_moves_the_stall_only_from_minor_2_and_only_forward() {
+        let mut img = Image::new();
+        img.live(0, b"idle", 10);
+        let s = Image::slot(0);
+        // Last tick at 1 s, period 20 ms, next due at 1.2 s.
+        img.put64(s + o::NEXT_DUE_NS, 1_200_000_000);
+        let l = decode_section(&img.0, &img.0).registries[0].loops[0].clone();
+        assert_eq!(l.next_due_ns, Some(1_200_000_000));
+        assert_eq!(l.stats(1_150_000_000).stall_ns, 0, "not due yet");
+        assert_eq!(l.stats(1_250_000_000).stall_ns, 50_000_000);
+        // Not later than the last tick: spent, one period applies.
+        img.put64(s + o::NEXT_DUE_NS, 900_000_000);
+        let l = decode_section(&img.0, &img.0).registries[0].loops[0].clone();
+        assert_eq!(l.next_due_ns, None);
+        assert_eq!(l.stats(1_150_000_000).stall_ns, 130_000_000);
+        // Minor 1 wrote zero there; a non-zero value is not trusted.
+        img.put64(s + o::NEXT_DUE_NS, 1_200_000_000);
+        img.0[10..12].copy_from_slice(&1u16.to_le_bytes());
+        let l = decode_section(&img.0, &img.0).registries[0].loops[0].clone();
+        assert_eq!(l.next_due_ns, None);
     }
 }

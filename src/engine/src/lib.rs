@@ -11,7 +11,8 @@
 //! - [`cause`]: why a thread is stuck (system call, lock owner, throttling);
 //! - [`python`]: Python frames of CPython 3.11–3.14 processes;
 //! - [`tidmap`]: thread ids of a target in another PID namespace, mapped to ours;
-//! - [`cgroup`]: container and pod ids from `/proc/PID/cgroup` (pure).
+//! - [`cgroup`]: container and pod ids from `/proc/PID/cgroup` (pure);
+//! - [`threadstate`]: what the kernel says a thread is doing (parked or not).
 //!
 //! Every value read from a target is untrusted: sizes, counts and strings are
 //! bounds-checked, nothing is allocated from a count without a cap.
@@ -32,6 +33,7 @@ pub mod python;
 pub mod snapshot;
 pub mod symbols;
 pub mod target;
+pub mod threadstate;
 pub mod tidmap;
 pub mod unwind;
 

@@ -388,20 +388,28 @@ impl ElfImage {
             .map(|d| d.frames(probe, MAX_INLINED))
             .unwrap_or_default();
         let needs_name = match frames.last() {
-            Some(f) => f.function.is_none(),
+            Some(f) => f.function.as_deref().map_or(true, |n| !is_qualified(n)),
             None => true,
         };
-        if needs_name {
-            if let Some(name) = symbol_for(self.elf_symbols(data), probe) {
-                let name = addr2line::demangle_auto(name.into(), None).into_owned();
-                match frames.last_mut() {
-                    Some(f) => f.function = Some(name),
-                    None => frames.push(SourceFrame {
-                        function: Some(name),
-                        file: None,
-                        line: None,
-                    }),
-                }
+        let symbol = needs_name
+            .then(|| symbol_for(self.elf_symbols(data), probe))
+            .flatten()
+            .map(|name| addr2line::demangle_auto(name.into(), None).into_owned());
+        qualify_frames(&mut frames, symbol.as_deref());
+        if let Some(name) = symbol {
+            match frames.last_mut() {
+                // A name with its path replaces one without (C names have
+                // none either way and keep DWARF's).
+                Some(f) => match f.function.as_deref() {
+                    None => f.function = Some(name),
+                    Some(n) if !is_qualified(n) && is_qualified(&name) => f.function = Some(name),
+                    Some(_) => {}
+                },
+                None => frames.push(SourceFrame {
+                    function: Some(name),
+                    file: None,
+                    line: None,
+                }),
             }
         }
         frames
@@ -491,6 +499,76 @@ fn read_symbols(data: &[u8], dynamic: bool) -> Vec<Symbol> {
     });
     out.dedup_by_key(|s| s.address);
     out
+}
+
+/// Whether a function name carries its path (`a::b`, `<T as Tr>::f`) rather
+/// than only its own name, as DWARF with line tables only gives it
+/// (`run_task`, `poll<T>`, `{async_fn#0}`).
+fn is_qualified(name: &str) -> bool {
+    let head = name.split('<').next().unwrap_or(name);
+    head.contains("::") || name.starts_with('<')
+}
+
+/// The marker of an anonymous function's body (`{async_fn#0}`,
+/// `{closure#1}`, `{async_block#0}`) and the marker of its state type
+/// (`{async_fn_env#0}`), for a name that is only that (plus generics).
+fn anonymous_marker(name: &str) -> Option<(&str, String)> {
+    let end = name.find('}')? + 1;
+    let marker = name.get(..end)?;
+    let inner = marker.strip_prefix('{')?.strip_suffix('}')?;
+    let (kind, n) = inner.split_once('#')?;
+    if !matches!(kind, "async_fn" | "closure" | "async_block" | "coroutine")
+        || n.is_empty()
+        || !n.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let rest = name.get(end..)?;
+    if !(rest.is_empty() || rest.starts_with('<')) {
+        return None;
+    }
+    Some((marker, format!("::{{{kind}_env#{n}}}")))
+}
+
+/// The path in front of `env` (`shop::orders::handler` of
+/// `fn(..) -> shop::orders::handler::{async_fn_env#0}`) in `text`.
+fn path_before(text: &str, env: &str) -> Option<String> {
+    let at = text.find(env)?;
+    let before = text.get(..at)?;
+    let start = before
+        .rfind(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+        .map_or(0, |i| i + 1);
+    let path = before.get(start..)?.trim_start_matches(':');
+    (!path.is_empty()).then(|| path.to_string())
+}
+
+/// Names anonymous frames (`{async_fn#0}`: an async fn's body, inlined into
+/// the framework that polls it) by the function they belong to, which DWARF
+/// with line tables only does not say: the callers' names (frames further
+/// out at the same address, and the symbol of the function that contains
+/// the address) usually carry the body's state type among their generic
+/// arguments, `shop::orders::handler::{async_fn_env#0}`, whose path is the
+/// function's. An anonymous frame whose path cannot be found keeps its name.
+pub fn qualify_frames(frames: &mut [SourceFrame], symbol: Option<&str>) {
+    for i in 0..frames.len() {
+        let Some(name) = frames.get(i).and_then(|f| f.function.clone()) else {
+            continue;
+        };
+        let Some((_, env)) = anonymous_marker(&name) else {
+            continue;
+        };
+        let outer = frames
+            .iter()
+            .skip(i + 1)
+            .filter_map(|f| f.function.as_deref())
+            .chain(symbol);
+        let Some(path) = outer.into_iter().find_map(|t| path_before(t, &env)) else {
+            continue;
+        };
+        if let Some(f) = frames.get_mut(i) {
+            f.function = Some(format!("{path}::{name}"));
+        }
+    }
 }
 
 fn symbol_for(symbols: &[Symbol], probe: u64) -> Option<&str> {
@@ -860,6 +938,72 @@ fn own_vdso(len: usize) -> crate::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sf(name: &str) -> SourceFrame {
+        SourceFrame {
+            function: Some(name.into()),
+            file: None,
+            line: None,
+        }
+    }
+
+    #[test]
+    fn anonymous_frames_are_named_by_their_callers_generics() {
+        let mut frames = vec![
+            sf("sleep<u64>"),
+            sf("{async_fn#0}"),
+            sf("{async_block#0}<fn(axum::extract::path::Path<u64>) -> shop::orders::sleep_handler::{async_fn_env#0}, shop::orders::sleep_handler::{async_fn_env#0}, ()>"),
+            sf("poll<alloc::boxed::Box<dyn core::future::future::Future>>"),
+        ];
+        qualify_frames(
+            &mut frames,
+            Some("<F as axum::handler::Handler<(M,T1),S>>::call::{{closure}}"),
+        );
+        assert_eq!(
+            frames[1].function.as_deref(),
+            Some("shop::orders::sleep_handler::{async_fn#0}")
+        );
+        // The axum block is named from the symbol (no env marker of its own
+        // among the outer names): it stays as it was, to be replaced by the
+        // symbol name when it is the outermost frame.
+        assert!(frames[2]
+            .function
+            .as_deref()
+            .is_some_and(|n| n.starts_with("{async_block#0}<")));
+        assert_eq!(
+            frames[0].function.as_deref(),
+            Some("sleep<u64>"),
+            "not anonymous"
+        );
+        // No caller names the state type: unchanged.
+        let mut alone = vec![sf("{closure#2}"), sf("run")];
+        qualify_frames(&mut alone, None);
+        assert_eq!(alone[0].function.as_deref(), Some("{closure#2}"));
+    }
+
+    #[test]
+    fn qualified_names_and_markers_are_told_apart() {
+        assert!(is_qualified("tokio::runtime::task::raw::poll"));
+        assert!(is_qualified(
+            "<F as axum::handler::Handler<(M,T1),S>>::call"
+        ));
+        assert!(!is_qualified("run_task"));
+        assert!(!is_qualified("poll<tokio::net::TcpStream>"));
+        assert!(!is_qualified("{async_fn#0}"));
+        assert_eq!(
+            anonymous_marker("{closure#12}<u8>").map(|(m, e)| (m.to_string(), e)),
+            Some(("{closure#12}".into(), "::{closure_env#12}".into()))
+        );
+        assert_eq!(anonymous_marker("{impl#0}"), None);
+        assert_eq!(anonymous_marker("{async_fn#x}"), None);
+        assert_eq!(anonymous_marker("{async_fn#0}tail"), None);
+        assert_eq!(anonymous_marker("}{"), None);
+        assert_eq!(path_before("no marker", "::{async_fn_env#0}"), None);
+        assert_eq!(
+            path_before("::{async_fn_env#0}", "::{async_fn_env#0}"),
+            None
+        );
+    }
 
     #[test]
     fn a_garbage_module_gets_offsets_from_its_mapping() {

@@ -13,6 +13,7 @@ pub mod files;
 pub mod fleet;
 pub mod render;
 pub mod statsd;
+pub mod workers;
 
 use crate::cli::WatchArgs;
 use crate::exit;
@@ -179,6 +180,9 @@ struct Ctx<'a> {
     max_sleep_ns: u64,
     episodes_completed: u64,
     summary: Summary,
+    workers: workers::Workers,
+    threads: workers::ProcView,
+    view: workers::View,
 }
 
 /// What a watch run did, for callers that go on (the demo).
@@ -315,6 +319,9 @@ pub(crate) fn watch_target(args: &WatchArgs, parts: Parts, stop: &AtomicBool) ->
         max_sleep_ns: parts.max_sleep_ns,
         episodes_completed: 0,
         summary: Summary::default(),
+        workers: workers::Workers::default(),
+        threads: workers::ProcView::new(parts.pid),
+        view: workers::View::default(),
     };
     // Load the target's modules and debug info now, not when the first hang
     // is already being dumped.
@@ -427,9 +434,15 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
                 text,
             );
         }
+        ctx.view = ctx.workers.observe(&mut ctx.threads, &reading);
         let now = monotonic_ns();
         let mut deadline = now.saturating_add(ctx.max_sleep_ns);
         let mut seen = Vec::new();
+        let stuck_tids: Vec<u32> = workers
+            .values()
+            .filter(|w| w.tracker.in_episode())
+            .map(|w| w.tid)
+            .collect();
         for (region, reg) in &reading.registries {
             for lp in &reg.loops {
                 let k = key(region.addr, lp);
@@ -459,7 +472,9 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
                     }
                 });
                 w.tid = lp.tid;
-                let st = lp.stats(reading.now_ns);
+                let mut st = lp.stats(reading.now_ns);
+                let base = region.addr.wrapping_add(reg.offset as u64);
+                st.stall_ns = workers::loop_stall(&ctx.view, base, lp, reading.now_ns);
                 // Every tick's lag since the previous read, once.
                 let mut new_max = 0u64;
                 let mut fresh = 0u64;
@@ -480,12 +495,15 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
                 }
                 w.last_read_ns = now;
                 w.last_ticks = w.last_ticks.max(lp.ticks);
+                // A loop held up only by workers already in their own
+                // episode is that hang, not a second one.
+                let covered = workers::covered_by_workers(&ctx.view, base, lp, &stuck_tids);
                 let obs = Observation {
                     now_ns: now,
                     stall_ns: st.stall_ns,
                     ticked: advanced > 0,
                     new_max_lag_ns: new_max,
-                    stopped,
+                    stopped: stopped || covered,
                 };
                 w.cause.observe(ctx.pid, w.tid, obs.stall_ns);
                 for action in w.tracker.observe(obs) {
@@ -518,9 +536,12 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
             keep
         });
         let busy = loops.values().any(|w| w.tracker.in_episode())
-            || reading
-                .loops()
-                .any(|l| l.stats(reading.now_ns).stall_ns > cfg.interval_ns / 2);
+            || reading.registries.iter().any(|(region, reg)| {
+                let base = region.addr.wrapping_add(reg.offset as u64);
+                reg.loops.iter().any(|l| {
+                    workers::loop_stall(&ctx.view, base, l, reading.now_ns) > cfg.interval_ns / 2
+                })
+            });
         match watch_workers(ctx, &mut workers, &reading, cfg, now, stopped || busy) {
             Err(code) => return finish(ctx, &mut loops, code),
             Ok(Some(d)) => deadline = deadline.min(d),
@@ -545,7 +566,8 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
         let sleep = deadline
             .saturating_sub(monotonic_ns())
             .clamp(MIN_SLEEP_NS, ctx.max_sleep_ns);
-        std::thread::sleep(Duration::from_nanos(sleep));
+        ctx.workers
+            .sleep(&mut ctx.threads, Duration::from_nanos(sleep));
     }
 }
 
@@ -569,61 +591,63 @@ fn watch_workers(
     };
     let mut active: Vec<(u64, u32)> = Vec::new();
     let mut deadline: Option<u64> = None;
-    for (region, reg) in &reading.registries {
-        for p in &reg.polling {
-            let k = (region.addr, p.tid);
-            active.push(k);
-            let owner = p
-                .loop_slot
-                .and_then(|s| reg.loops.iter().find(|l| l.slot == s))
-                .map(|l| l.name.clone())
-                .unwrap_or_else(|| "?".into());
-            let w = workers.entry(k).or_insert_with(|| Watched {
-                name: owner,
-                tid: p.tid,
-                stuck_poll: Some(p.describe()),
-                poll_since_ns: p.since_ns,
-                tracker: Tracker::new(cfg),
-                last_ticks: 0,
-                window: Vec::new(),
-                lost: 0,
-                episode_prev_cpu: HashMap::new(),
-                recovered_after_ns: None,
-                slow_frames: None,
-                last_gauge_ns: 0,
-                last_read_ns: now,
-                tick_rate_ns: 0,
-                cause: Default::default(),
-            });
-            // Another poll than last time: the previous one ended.
-            let ticked = w.poll_since_ns != p.since_ns;
-            let finished_ns = if ticked {
-                p.since_ns.saturating_sub(w.poll_since_ns)
-            } else {
-                0
-            };
-            if ticked {
-                w.poll_since_ns = p.since_ns;
-                if !w.tracker.is_hung() {
-                    w.stuck_poll = Some(p.describe());
-                }
+    for p in self::workers::observations(reading, &ctx.view) {
+        let k = p.key;
+        active.push(k);
+        let w = workers.entry(k).or_insert_with(|| Watched {
+            name: p.owner.clone(),
+            tid: p.tid,
+            stuck_poll: Some(p.what.clone()),
+            poll_since_ns: p.since_ns,
+            tracker: Tracker::new(cfg),
+            last_ticks: 0,
+            window: Vec::new(),
+            lost: 0,
+            episode_prev_cpu: HashMap::new(),
+            recovered_after_ns: None,
+            slow_frames: None,
+            last_gauge_ns: 0,
+            last_read_ns: now,
+            tick_rate_ns: 0,
+            cause: Default::default(),
+        });
+        if w.tid == 0 {
+            w.tid = p.tid;
+        }
+        // Another poll than last time: the previous one ended.
+        let ticked = w.poll_since_ns != p.since_ns;
+        let finished_ns = if ticked {
+            p.since_ns.saturating_sub(w.poll_since_ns)
+        } else {
+            0
+        };
+        if ticked {
+            w.poll_since_ns = p.since_ns;
+            if !w.tracker.is_hung() {
+                w.stuck_poll = Some(p.what.clone());
             }
-            let obs = Observation {
-                now_ns: now,
-                stall_ns: p.duration_ns(reading.now_ns),
-                ticked,
-                new_max_lag_ns: finished_ns,
-                stopped: quiet,
-            };
-            w.cause.observe(ctx.pid, w.tid, obs.stall_ns);
-            for action in w.tracker.observe(obs) {
-                if let Some(code) = act(ctx, w, action, reading) {
-                    return Err(code);
-                }
+        }
+        let stall_ns = reading.now_ns.saturating_sub(p.since_ns);
+        if let Some(s) = &ctx.stats {
+            if w.tracker.is_hung() {
+                s.stall(&w.name, stall_ns);
             }
-            if let Some(d) = w.tracker.next_deadline(&obs) {
-                deadline = Some(deadline.map_or(d, |x| x.min(d)));
+        }
+        let obs = Observation {
+            now_ns: now,
+            stall_ns,
+            ticked,
+            new_max_lag_ns: finished_ns,
+            stopped: quiet,
+        };
+        w.cause.observe(ctx.pid, w.tid, obs.stall_ns);
+        for action in w.tracker.observe(obs) {
+            if let Some(code) = act(ctx, w, action, reading) {
+                return Err(code);
             }
+        }
+        if let Some(d) = w.tracker.next_deadline(&obs) {
+            deadline = Some(deadline.map_or(d, |x| x.min(d)));
         }
     }
     // Threads whose poll ended: one last observation (recovery, pending
@@ -766,13 +790,16 @@ fn act(ctx: &mut Ctx<'_>, w: &mut Watched, action: Action, reading: &Reading) ->
             if let Some(s) = &ctx.stats {
                 s.hang(&w.name, cause.as_ref().map(|c| c.kind.as_str()));
             }
+            let blocking =
+                workers::marked_threads(&ctx.view, reading, &w.name, w.tid, w.stuck_poll.is_some());
             let text = match &w.stuck_poll {
                 None => format!(
-                    "HANG: loop '{}' on thread {} is {} overdue (interval {:.3} s)",
+                    "HANG: loop '{}' on thread {} is {} overdue (interval {:.3} s){}",
                     w.name,
                     w.tid,
                     human(stall_ns),
-                    ctx.args.interval
+                    ctx.args.interval,
+                    workers::blocked_by(&blocking, w.tid)
                 ),
                 Some(poll) => format!(
                     "STUCK WORKER: thread {} of loop '{}' has been polling {poll} for {} (the loop keeps ticking)",
@@ -788,7 +815,8 @@ fn act(ctx: &mut Ctx<'_>, w: &mut Watched, action: Action, reading: &Reading) ->
                     "hang_started"
                 },
                 json!({"loop": w.name, "tid": w.tid, "stall_ms": stall_ns as f64 / 1e6,
-                       "polling": w.stuck_poll, "cause": crate::cause::json_or_null(cause.as_ref())}),
+                       "polling": w.stuck_poll, "blocking_tids": blocking,
+                       "cause": crate::cause::json_or_null(cause.as_ref())}),
                 match &cause {
                     Some(c) => format!("{text}: {}", c.line()),
                     None => text,
@@ -858,6 +886,7 @@ fn snapshot_loop_thread(
     tid: u32,
     cause: &mut crate::cause::LoopCause,
 ) -> Option<String> {
+    ctx.workers.snapshot_taken();
     let d = ctx.dumper.dump_threads(ctx.pid, &[tid as i32]).ok()?;
     cause.slow = cause.for_capture(ctx.pid, tid, &d);
     let t = d.threads.iter().find(|t| t.tid as u32 == tid)?;
@@ -881,6 +910,7 @@ fn dump_now(
 ) -> Option<u8> {
     let (tid_loops, polls) = thread_notes(reading);
     let polls = &polls;
+    ctx.workers.snapshot_taken();
     let taken = w.cause.take_pending();
     // A snapshot taken when the hang was detected is named by its own time.
     let at = match &taken {
@@ -913,10 +943,13 @@ fn dump_now(
         .then(|| w.cause.for_snapshot(ctx.pid, w.tid, &dump))
         .flatten();
     let cause_line = cause.as_ref().map(|c| c.line());
+    let marked =
+        workers::marked_threads(&ctx.view, reading, &w.name, w.tid, w.stuck_poll.is_some());
     let header = render::Header {
         exe: &ctx.exe,
         loop_name: &w.name,
         loop_tid: w.tid,
+        marked: &marked,
         stuck_poll: w.stuck_poll.as_deref(),
         stall_ns,
         polls,
@@ -930,10 +963,11 @@ fn dump_now(
     w.episode_prev_cpu = dump.threads.iter().map(|t| (t.tid, t.cpu_time)).collect();
     let name = files::dump_file_name(&at, index);
     // Once the loop recovered, its thread is doing something else.
+    let first = marked.first().copied().unwrap_or(w.tid);
     let culprit = dump
         .threads
         .iter()
-        .find(|t| t.tid as u32 == w.tid && w.recovered_after_ns.is_none())
+        .find(|t| t.tid as u32 == first && w.recovered_after_ns.is_none())
         .and_then(|t| render::culprit_text(&t.frames));
     match ctx.out.write(&name, text.as_bytes()) {
         Outcome::Written(path, bytes) => {
@@ -960,7 +994,10 @@ fn dump_now(
                     dump.threads.len(),
                     dump.timings.freeze.as_secs_f64() * 1e3,
                     culprit
-                        .map(|c| format!("; loop '{}' blocked in {c}", w.name))
+                        .map(|c| match w.stuck_poll {
+                            None => format!("; loop '{}' blocked in {c}", w.name),
+                            Some(_) => format!("; worker thread {} blocked in {c}", w.tid),
+                        })
                         .unwrap_or_default()
                 ) + &cause_line
                     .map(|c| format!("; cause: {c}"))

@@ -16,6 +16,8 @@ pub struct Header<'a> {
     pub loop_name: &'a str,
     /// Its thread (last tick), or the stuck worker.
     pub loop_tid: u32,
+    /// The threads that block it, first the main one (empty: `loop_tid`).
+    pub marked: &'a [u32],
     /// For a stuck worker: what it polls (`task 'orders' (src/main.rs:37)`).
     pub stuck_poll: Option<&'a str>,
     /// How long it is overdue now (0 once it recovered).
@@ -35,49 +37,107 @@ pub struct Header<'a> {
     pub cause: Option<&'a str>,
 }
 
-/// Library and runtime frames that never are the culprit of a blocked loop.
-fn is_plumbing(f: &Frame) -> bool {
-    let func = f.function.as_deref().unwrap_or("");
-    let file = f.file.as_deref().unwrap_or("");
+/// Whether a frame is the service's own code rather than the language's
+/// runtime and libraries (std, core, alloc), an async runtime (tokio), a
+/// crate from the cargo registry or a git checkout, the rustc sources, this
+/// tool's companion crate, or a system library (libc, the loader, the vDSO).
+/// Judged by the source file when the frame has one (line tables), else by
+/// the function's path.
+fn is_service(f: &Frame) -> bool {
+    let Some(func) = f.function.as_deref() else {
+        return false;
+    };
     let module = f.module.as_deref().unwrap_or("");
     let base = module.rsplit('/').next().unwrap_or(module);
-    const SYSTEM_LIBS: [&str; 5] = ["libc.so", "libc-", "libpthread", "ld-linux", "[vdso]"];
-    const RUNTIME: [&str; 12] = [
+    const SYSTEM_LIBS: [&str; 6] = [
+        "libc.so",
+        "libc-",
+        "libpthread",
+        "ld-linux",
+        "libgcc_s",
+        "[vdso]",
+    ];
+    if SYSTEM_LIBS.iter().any(|p| base.starts_with(p)) {
+        return false;
+    }
+    if let Some(file) = f.file.as_deref() {
+        const FOREIGN: [&str; 4] = [
+            "/.cargo/registry/",
+            "/registry/src/",
+            "/.cargo/git/",
+            "/git/checkouts/",
+        ];
+        if file.starts_with("/rustc/") || FOREIGN.iter().any(|p| file.contains(p)) {
+            return false;
+        }
+    }
+    // The path of the function, without the `<T as Trait>` wrapping.
+    let path = func.trim_start_matches('<');
+    const RUNTIME: [&str; 10] = [
         "std::",
         "core::",
         "alloc::",
         "tokio::",
-        "<std::",
-        "<core::",
-        "<alloc::",
-        "<tokio::",
-        "__",
         "aiodebug::",
-        "<aiodebug::",
+        "futures_",
+        "hyper::",
+        "hyper_util::",
+        "tower::",
         "parking_lot",
     ];
-    f.function.is_none()
-        || SYSTEM_LIBS.iter().any(|p| base.starts_with(p))
-        || RUNTIME.iter().any(|p| func.starts_with(p))
-        || file.starts_with("/rustc/")
-        || file.contains("/.cargo/registry/")
+    !(RUNTIME.iter().any(|p| path.starts_with(p))
+        || path.starts_with("__")
         || matches!(
             func,
             "nanosleep" | "clock_nanosleep" | "syscall" | "start_thread" | "clone3" | "main"
-        )
+        ))
 }
 
-/// The frame most likely responsible for blocking: the innermost one that is
-/// neither libc nor a language runtime or dependency.
-pub fn culprit(frames: &[Frame]) -> Option<&Frame> {
-    frames.iter().find(|f| !is_plumbing(f))
+/// What blocks a thread: the innermost frame of the service's own code, and
+/// the frame it called (what it is blocked inside). When no frame belongs to
+/// the service, the innermost frame that has a name.
+#[derive(Debug, Clone, Copy)]
+pub struct Culprit<'a> {
+    /// The service's frame (or the innermost named one).
+    pub frame: &'a Frame,
+    /// The frame it called, if any.
+    pub inside: Option<&'a Frame>,
+}
+
+impl Culprit<'_> {
+    /// `shop::orders::sleep_handler (src/orders.rs:10), inside std::thread::sleep`.
+    pub fn describe(&self) -> String {
+        let mut out = short_frame(self.frame);
+        if let Some(callee) = self.inside.and_then(|f| f.function.as_deref()) {
+            out.push_str(", inside ");
+            out.push_str(callee);
+        }
+        out
+    }
+}
+
+/// The culprit of a blocked thread, from its frames (innermost first).
+pub fn culprit(frames: &[Frame]) -> Option<Culprit<'_>> {
+    match frames.iter().position(is_service) {
+        Some(i) => Some(Culprit {
+            frame: frames.get(i)?,
+            inside: i.checked_sub(1).and_then(|j| frames.get(j)),
+        }),
+        None => frames
+            .iter()
+            .find(|f| f.function.is_some())
+            .map(|frame| Culprit {
+                frame,
+                inside: None,
+            }),
+    }
 }
 
 /// The culprit line of a stack: its innermost Python frame and what it is
 /// inside when it has Python frames (`parse_order (orders.py:10), inside
 /// time_sleep`), else the [`culprit`] native frame.
 pub fn culprit_text(frames: &[Frame]) -> Option<String> {
-    crate::pyview::python_culprit(frames).or_else(|| culprit(frames).map(short_frame))
+    crate::pyview::python_culprit(frames).or_else(|| culprit(frames).map(|c| c.describe()))
 }
 
 /// `parse_order (src/orders.rs:37)` for a frame.
@@ -168,23 +228,64 @@ pub fn dump_file(h: &Header<'_>, d: &Dump, prev_cpu: &HashMap<i32, Duration>) ->
         (None, false) => format!("stalled for {} so far", secs(h.stall_ns)),
         (None, true) => format!("stuck for {} so far", secs(h.stall_ns)),
     };
+    let recovered = h.recovered_after_ns.is_some();
+    let after = if recovered {
+        " (this snapshot was taken after that)"
+    } else {
+        ""
+    };
+    let marked: Vec<u32> = if h.marked.is_empty() {
+        vec![h.loop_tid]
+    } else {
+        h.marked.to_vec()
+    };
     match h.stuck_poll {
         None => {
             let _ = writeln!(
                 out,
-                "loop:       '{}' on thread {}: {state}",
+                "loop:       '{}' on thread {}: {state}{after}",
                 h.loop_name, h.loop_tid
             );
+            if marked != [h.loop_tid] {
+                let list: Vec<String> = marked.iter().map(|t| format!("thread {t}")).collect();
+                let verb = if recovered {
+                    "was blocked by"
+                } else {
+                    "blocked by"
+                };
+                let _ = writeln!(out, "{:<12}{}", format!("{verb}:"), list.join(", "));
+            }
         }
         Some(poll) => {
             let _ = writeln!(
                 out,
-                "worker:     thread {} of loop '{}' polling {poll}: {state} (the loop itself keeps ticking)",
+                "worker:     thread {} of loop '{}' polling {poll}: {state}{after} (the loop itself keeps ticking)",
                 h.loop_tid, h.loop_name
             );
         }
     }
-    if let Some(p) = h.polls.get(&(h.loop_tid as i32)) {
+    if !recovered {
+        for tid in &marked {
+            let Some(c) = d
+                .threads
+                .iter()
+                .find(|t| t.tid as u32 == *tid)
+                .and_then(|t| culprit_text(&t.frames))
+            else {
+                continue;
+            };
+            let whose = if marked.len() > 1 {
+                format!(" [thread {tid}]")
+            } else {
+                String::new()
+            };
+            let _ = writeln!(out, "blocked in: {c}{whose}");
+        }
+        if let Some(c) = h.cause {
+            let _ = writeln!(out, "cause:      {c}");
+        }
+    }
+    if let Some(p) = marked.first().and_then(|t| h.polls.get(&(*t as i32))) {
         let _ = writeln!(out, "polling:    {}", p.trim_start_matches("polling "));
     }
     let _ = writeln!(out, "taken:      {}", h.local_time);
@@ -194,17 +295,6 @@ pub fn dump_file(h: &Header<'_>, d: &Dump, prev_cpu: &HashMap<i32, Duration>) ->
         d.timings.freeze.as_secs_f64() * 1e3,
         d.threads.len()
     );
-    if let Some(c) = d
-        .threads
-        .iter()
-        .find(|t| t.tid as u32 == h.loop_tid && h.recovered_after_ns.is_none())
-        .and_then(|t| culprit_text(&t.frames))
-    {
-        let _ = writeln!(out, "blocked in: {c}");
-    }
-    if let Some(c) = h.cause.filter(|_| h.recovered_after_ns.is_none()) {
-        let _ = writeln!(out, "cause:      {c}");
-    }
     if d.exited {
         let _ = writeln!(
             out,
@@ -215,17 +305,22 @@ pub fn dump_file(h: &Header<'_>, d: &Dump, prev_cpu: &HashMap<i32, Duration>) ->
         let _ = writeln!(out, "note:       {p}");
     }
     out.push('\n');
-    let stalled_first = d
-        .threads
+    let is_marked = |t: &ThreadDump| marked.contains(&(t.tid as u32));
+    let first = marked
         .iter()
-        .filter(|t| t.tid as u32 == h.loop_tid)
-        .chain(d.threads.iter().filter(|t| t.tid as u32 != h.loop_tid));
-    let mark = match h.stuck_poll {
+        .filter_map(|tid| d.threads.iter().find(|t| t.tid as u32 == *tid));
+    let ordered = first.chain(d.threads.iter().filter(|t| !is_marked(t)));
+    let what = match h.stuck_poll {
         None => format!("STALLED LOOP '{}'", h.loop_name),
         Some(_) => "STUCK WORKER".to_string(),
     };
-    for t in stalled_first {
-        let m = (t.tid as u32 == h.loop_tid).then_some(mark.as_str());
+    let mark = if recovered {
+        format!("was {what} (recovered before this snapshot)")
+    } else {
+        what
+    };
+    for t in ordered {
+        let m = is_marked(t).then_some(mark.as_str());
         thread_block(
             &mut out,
             t,
@@ -272,7 +367,64 @@ mod tests {
             ),
         ];
         let c = culprit(&frames).expect("culprit");
-        assert_eq!(short_frame(c), "app::parse_order (src/orders.rs:37)");
-        assert!(culprit(&frames[..2]).is_none());
+        assert_eq!(
+            c.describe(),
+            "app::parse_order (src/orders.rs:37), inside std::thread::sleep"
+        );
+        // No frame of the service: the innermost frame.
+        let c = culprit(&frames[..2]).expect("innermost");
+        assert_eq!(c.describe(), "clock_nanosleep");
+        assert!(culprit(&[]).is_none());
+    }
+
+    #[test]
+    fn framework_frames_are_not_the_service_and_spawn_sites_come_second() {
+        let reg = "/home/u/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f";
+        let frames = [
+            frame("shop::orders::price_orders", "src/orders.rs", "/srv/shop"),
+            frame(
+                "shop::orders::compute_handler::{async_fn#0}",
+                "src/orders.rs",
+                "/srv/shop",
+            ),
+            frame(
+                "<axum::handler::future::IntoServiceFuture<F> as core::future::future::Future>::poll",
+                &format!("{reg}/axum-0.8.9/src/handler/future.rs"),
+                "/srv/shop",
+            ),
+            frame(
+                "hyper::proto::h1::dispatch::Dispatcher::poll_inner",
+                "",
+                "/srv/shop",
+            ),
+        ];
+        let c = culprit(&frames).expect("culprit");
+        assert_eq!(
+            c.describe(),
+            "shop::orders::price_orders (src/orders.rs:37)",
+            "innermost service frame; it calls nothing"
+        );
+        // The computation inlined away: the handler, inside nothing named
+        // std; a dependency frame outside it is never chosen.
+        let c = culprit(&frames[1..]).expect("culprit");
+        assert!(c
+            .describe()
+            .starts_with("shop::orders::compute_handler::{async_fn#0}"));
+        assert!(culprit(&frames[2..]).is_some_and(|c| c.describe().starts_with("<axum::handler")));
+        // Without file names (no line tables), the path decides.
+        let mut bare = frames[3].clone();
+        bare.file = None;
+        let mut user = frames[0].clone();
+        user.file = None;
+        let pair = [bare, user];
+        let c = culprit(&pair).expect("culprit");
+        assert_eq!(
+            c.frame.function.as_deref(),
+            Some("shop::orders::price_orders")
+        );
+        assert_eq!(
+            c.inside.and_then(|f| f.function.as_deref()),
+            Some("hyper::proto::h1::dispatch::Dispatcher::poll_inner")
+        );
     }
 }

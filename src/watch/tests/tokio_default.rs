@@ -1,0 +1,709 @@
+//! The default tokio runtime, as a service author builds it: the axum 0.8
+//! service of `fixtures/tokio-service` (`#[tokio::main]` multi-thread and a
+//! current_thread variant, the companion linked with the one line README.md
+//! shows, `debug = "line-tables-only"`), built here with stable Rust and no
+//! RUSTFLAGS, watched by `aiodebug-watch watch`.
+//!
+//! - one handler blocking one worker (sleeping, or computing) is a hang
+//!   episode: the worker's own thread is marked (checked against the kernel:
+//!   the thread in `clock_nanosleep`, or the one whose CPU time grew), the
+//!   handler is named in the log line and the file, and a snapshot taken
+//!   after the worker moved on says so;
+//! - the same on a current_thread runtime;
+//! - two handlers on two workers: with three workers, two episodes, each
+//!   marking its own thread; with two (the whole runtime blocked), one loop
+//!   hang marking both threads;
+//! - under load (many short requests, some 20 ms polls, idle gaps between
+//!   bursts) at `--interval 0.25`: no episode at all.
+
+mod support;
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::time::{Duration, Instant};
+use support::{watch_bin, workspace_root, Fixture};
+
+/// The tests of this file run one at a time: each measures how a service
+/// behaves, and the load test alone keeps both cores of a small machine
+/// busy.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---------------------------------------------------------------------------
+// The service, built once per test process.
+
+/// `target/fixtures/tokio-service/release/`, after `cargo build --release
+/// --locked` of the fixture with RUSTFLAGS removed from the environment.
+fn service_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let target = workspace_root().join("target/fixtures/tokio-service");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .current_dir(workspace_root().join("fixtures/tokio-service"))
+            .args(["build", "--release", "--locked", "--target-dir"])
+            .arg(&target)
+            // As a service author builds: no flags from our environment.
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_RUSTFLAGS")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run cargo build for fixtures/tokio-service");
+        assert!(
+            out.status.success(),
+            "building fixtures/tokio-service failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        target.join("release")
+    })
+}
+
+/// A running shop: the fixture, and the port it serves on.
+struct Shop {
+    fx: Fixture,
+    port: u16,
+}
+
+impl Shop {
+    /// Starts `bin` (`shop` or `shop-current`) with `TOKIO_WORKER_THREADS`
+    /// set when `workers` is given (a deployment setting, read by tokio).
+    fn start(bin: &str, workers: Option<usize>) -> Shop {
+        let path = service_dir().join(bin);
+        let fx = match workers {
+            // `env` execs the service: same pid.
+            Some(n) => Fixture::spawn_path(
+                Path::new("env"),
+                &[
+                    format!("TOKIO_WORKER_THREADS={n}"),
+                    path.to_string_lossy().into_owned(),
+                ],
+            ),
+            None => Fixture::spawn_path(&path, &[]),
+        };
+        let port = fx
+            .ready_field("port")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {:?}", fx.ready));
+        Shop { fx, port }
+    }
+
+    fn pid(&self) -> i32 {
+        self.fx.pid
+    }
+
+    /// GET `path` on a new connection, on a thread; the answer comes later.
+    fn get_later(&self, path: &str) -> std::thread::JoinHandle<String> {
+        self.get_later_on(self.connect(), path)
+    }
+
+    /// A connection, accepted by the service before it is used: a request
+    /// sent on it later is read by whichever worker is free, not by the task
+    /// that accepts connections (which a blocked worker may be holding).
+    fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to the shop");
+        std::thread::sleep(Duration::from_millis(100));
+        s
+    }
+
+    /// GET `path` on `conn`, on a thread.
+    fn get_later_on(&self, conn: TcpStream, path: &str) -> std::thread::JoinHandle<String> {
+        let path = path.to_string();
+        std::thread::spawn(move || get_on(conn, &path))
+    }
+}
+
+/// One HTTP/1.1 GET with `Connection: close` on `s`; the body.
+fn get_on(mut s: TcpStream, path: &str) -> String {
+    // One write, one segment, as an HTTP client sends a small request.
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read the answer");
+    assert!(out.starts_with("HTTP/1.1 200"), "{path}: {out}");
+    out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+}
+
+// ---------------------------------------------------------------------------
+// The watch.
+
+/// A temporary directory, removed on drop (also when a test fails).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "aiodebug-tokio-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("create a temporary directory");
+        TempDir(d)
+    }
+
+    /// The dump files in snapshot order, with their texts.
+    fn dumps(&self) -> Vec<String> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.0)
+            .expect("read the output directory")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.to_string_lossy().ends_with(".txt"))
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|p| std::fs::read_to_string(p).expect("read a dump file"))
+            .collect()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `aiodebug-watch watch PID --json` with its events collected on a thread;
+/// killed on drop.
+struct Watch {
+    child: Child,
+    events: mpsc::Receiver<Value>,
+    seen: Vec<Value>,
+}
+
+impl Watch {
+    fn start(pid: i32, dir: &TempDir, extra: &[&str]) -> Watch {
+        let mut child = Command::new(watch_bin())
+            .args(["watch", &pid.to_string(), "--json", "--output-dir"])
+            .arg(&dir.0)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start aiodebug-watch");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, events) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("watch printed non-JSON {line:?}: {e}"));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut w = Watch {
+            child,
+            events,
+            seen: Vec::new(),
+        };
+        w.until(Duration::from_secs(15), |v| v["event"] == "loop_found");
+        w
+    }
+
+    /// Collects events until one satisfies `done`; returns it.
+    fn until(&mut self, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let end = Instant::now() + within;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if done(&v) {
+                        return v;
+                    }
+                }
+                Err(_) => panic!("no such event within {within:?}; seen {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Waits for the watch to exit (`--exit-on-hang`, `--duration`); every event.
+    fn finish(mut self, within: Duration) -> (Option<i32>, Vec<Value>) {
+        let end = Instant::now() + within;
+        let code = loop {
+            if let Some(st) = self.child.try_wait().expect("wait for the watch") {
+                break st.code();
+            }
+            assert!(Instant::now() < end, "watch did not exit: {:#?}", self.seen);
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        while let Ok(v) = self.events.recv_timeout(Duration::from_millis(300)) {
+            self.seen.push(v);
+        }
+        (code, std::mem::take(&mut self.seen))
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["event"] == kind).collect()
+}
+
+/// The thread a handler ran on, from its answer (`... on thread 1234 ...`).
+fn thread_of(answer: &str) -> u32 {
+    answer
+        .split(" on thread ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .filter(|&t| t != 0)
+        .unwrap_or_else(|| panic!("no thread in the answer {answer:?}"))
+}
+
+/// When a sleeping handler slept (`... from 1700000000.123456 to ...`, Unix s).
+fn slept_during(answer: &str) -> (f64, f64) {
+    let num = |key: &str| -> f64 {
+        answer
+            .split(key)
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("no {key:?} in the answer {answer:?}"))
+    };
+    (num(" from "), num(" to "))
+}
+
+/// When a dump file's snapshot was taken (`taken:` line), Unix s.
+fn taken_at(file: &str) -> f64 {
+    let line = file
+        .lines()
+        .find_map(|l| l.strip_prefix("taken:"))
+        .expect("a taken: line")
+        .trim();
+    chrono::DateTime::parse_from_str(line, "%Y-%m-%d %H:%M:%S%.f %z")
+        .map(|t| t.timestamp_micros() as f64 / 1e6)
+        .unwrap_or_else(|e| panic!("taken: {line:?}: {e}"))
+}
+
+/// The header of a dump file and its threads' first lines (for failure
+/// messages: whole files are long).
+fn head(f: &str) -> String {
+    f.lines()
+        .filter(|l| !l.starts_with("  ") && !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn headers(files: &[String]) -> Vec<String> {
+    files.iter().map(|f| head(f)).collect()
+}
+
+/// The thread blocks of a dump file, each with its header line.
+fn thread_blocks(text: &str) -> Vec<&str> {
+    text.split("\n\n")
+        .filter(|b| b.starts_with("Thread "))
+        .collect()
+}
+
+fn block_tid(block: &str) -> u32 {
+    block
+        .split_whitespace()
+        .nth(1)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no tid in {block}"))
+}
+
+/// The marked threads of a dump file, in order.
+fn marked(text: &str) -> Vec<u32> {
+    thread_blocks(text)
+        .into_iter()
+        .filter(|b| b.lines().next().is_some_and(|l| l.contains("<== ")))
+        .map(block_tid)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// One blocked worker.
+
+/// Blocks one worker of `shop` with `path` (a handler that takes `ms`), runs
+/// a watch through the episode, checks what every test of one blocked
+/// worker checks, and returns (tid marked, events, files).
+fn one_blocked_worker(shop: &Shop, path: &str, ms: u64) -> (u32, Vec<Value>, Vec<String>) {
+    let dir = TempDir::new("one");
+    let mut w = Watch::start(
+        shop.pid(),
+        &dir,
+        &["--exit-on-hang", "--dump-gap", "0.5", "--interval", "0.25"],
+    );
+    // An idle service: the monitor is in its slow period, so the watcher's
+    // kernel view must make up for it.
+    std::thread::sleep(Duration::from_millis(600));
+    let answer = shop.get_later(path);
+    let started = Instant::now();
+    let stuck = w.until(Duration::from_secs(10), |v| {
+        v["event"] == "worker_stuck" || v["event"] == "hang_started"
+    });
+    let seen_after = started.elapsed();
+    let (code, events) = w.finish(Duration::from_secs(15));
+    assert_eq!(code, Some(1), "--exit-on-hang exits 1: {events:#?}");
+    // The handler says which thread it blocked.
+    let blocked = vec![thread_of(&answer.join().expect("the blocked request"))];
+    assert!(
+        seen_after < Duration::from_millis(ms),
+        "caught while it lasted ({seen_after:?} of {ms} ms)"
+    );
+    // The thread that blocks: a stuck worker's own, or the first of those
+    // blocking the loop (its `tid` is the thread of its last tick).
+    let tid = stuck["blocking_tids"][0]
+        .as_u64()
+        .or_else(|| stuck["tid"].as_u64())
+        .expect("tid") as u32;
+    assert_eq!(
+        blocked,
+        vec![tid],
+        "the thread marked ({tid}) is the one that blocks: {events:#?}"
+    );
+    let files = dir.dumps();
+    assert_eq!(files.len(), 3, "{events:#?}");
+    let first = &files[0];
+    assert_eq!(marked(first), vec![tid], "{}", head(first));
+    assert_eq!(
+        block_tid(thread_blocks(first)[0]),
+        tid,
+        "marked thread first"
+    );
+    (tid, events, files)
+}
+
+/// One episode: a stuck worker, or — when tokio left the monitor task in
+/// the blocked worker's LIFO slot, where no other worker may take it — a
+/// hang of the loop itself. Either way the same thread is marked.
+fn single_episode(events: &[Value]) -> &'static str {
+    let stuck = of_kind(events, "worker_stuck").len();
+    let hangs = of_kind(events, "hang_started").len();
+    assert_eq!(stuck + hangs, 1, "one episode: {events:#?}");
+    if stuck == 1 {
+        "STUCK WORKER"
+    } else {
+        "STALLED LOOP 'main'"
+    }
+}
+
+#[test]
+fn a_sleeping_handler_on_one_worker_is_caught_marked_and_named() {
+    let _serial = one_at_a_time();
+    let shop = Shop::start("shop", Some(2));
+    // 900 ms: the third snapshot (1 s after the first) comes after it.
+    let (_, events, files) = one_blocked_worker(&shop, "/orders/sleep/900", 900);
+    let mark = single_episode(&events);
+    // Named in the log line and the file: the handler, inside the sleep.
+    let written = of_kind(&events, "dump_written");
+    let culprit = written[0]["culprit"].as_str().expect("a culprit");
+    assert!(
+        culprit.starts_with("shop::orders::sleep_handler::{async_fn#0} (")
+            && culprit.contains("src/orders.rs:")
+            && culprit.contains(", inside std::thread::"),
+        "{culprit}"
+    );
+    let first = &files[0];
+    assert!(
+        first.contains(&format!("blocked in: {culprit}")),
+        "{}",
+        head(first)
+    );
+    assert!(first.contains(&format!("<== {mark}\n")), "{}", head(first));
+    // The last snapshot was taken after the worker moved on: said so, and
+    // no culprit.
+    let last = &files[2];
+    assert!(last.contains("taken after that"), "{}", head(last));
+    assert!(!last.contains("blocked in:"), "{}", head(last));
+    assert!(
+        last.contains(&format!("<== was {mark} (recovered before this snapshot)")),
+        "{}",
+        head(last)
+    );
+    let recovered =
+        of_kind(&events, "worker_recovered").len() + of_kind(&events, "recovered").len();
+    assert_eq!(recovered, 1, "{events:#?}");
+}
+
+#[test]
+fn a_computing_handler_on_one_worker_is_caught_marked_and_named() {
+    let _serial = one_at_a_time();
+    let shop = Shop::start("shop", Some(2));
+    let (_, events, files) = one_blocked_worker(&shop, "/orders/compute/1500", 1500);
+    single_episode(&events);
+    let culprit = of_kind(&events, "dump_written")[0]["culprit"]
+        .as_str()
+        .expect("a culprit")
+        .to_string();
+    assert!(
+        culprit.starts_with("shop::orders::price_orders (") && culprit.contains("src/orders.rs:"),
+        "{culprit}"
+    );
+    assert!(
+        files[0].contains("blocked in: shop::orders::price_orders ("),
+        "{}",
+        files[0]
+    );
+}
+
+#[test]
+fn a_sleeping_handler_on_a_current_thread_runtime_hangs_the_loop() {
+    let _serial = one_at_a_time();
+    let shop = Shop::start("shop-current", None);
+    let (tid, events, files) = one_blocked_worker(&shop, "/orders/sleep/1500", 1500);
+    assert_eq!(
+        tid,
+        shop.pid() as u32,
+        "the runtime runs on the main thread"
+    );
+    assert_eq!(of_kind(&events, "hang_started").len(), 1, "{events:#?}");
+    let first = &files[0];
+    assert!(first.contains("<== STALLED LOOP 'main'"), "{}", head(first));
+    assert!(
+        first.contains("blocked in: shop::orders::sleep_handler::{async_fn#0} ("),
+        "{}",
+        head(first)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Two blocked workers.
+
+/// Blocks two workers of `shop` with sleeping handlers, the second sent once
+/// the first is caught, each on a connection of its own, and watches until
+/// both are over. Whether tokio runs the second while the first blocks is
+/// up to its scheduler (when no other worker holds the I/O driver at that
+/// moment, the second request waits for the first), so this tries up to
+/// eight rounds and keeps the first where the two ran at once on two
+/// threads. Returns those threads, the events and snapshots of that round.
+/// A handler's sleep: its thread, from, to (Unix s).
+type Sleep = (u32, f64, f64);
+
+fn two_blocked_workers(shop: &Shop) -> (Vec<Sleep>, Vec<Value>, Vec<String>) {
+    let dir = TempDir::new("two");
+    let mut w = Watch::start(shop.pid(), &dir, &["--dump-gap", "0.3"]);
+    for round in 0..8u64 {
+        std::thread::sleep(Duration::from_millis(600));
+        let (files_before, events_before) = (dir.dumps().len(), w.seen.len());
+        let a = shop.get_later("/orders/sleep/2500");
+        w.until(Duration::from_secs(10), |v| {
+            v["event"] == "worker_stuck" || v["event"] == "hang_started"
+        });
+        std::thread::sleep(Duration::from_millis(100 + 100 * (round % 4)));
+        let b = shop.get_later("/orders/sleep/1500");
+        let (b_answer, b_done) = (b.join().expect("second request"), Instant::now());
+        let (a_answer, a_done) = (a.join().expect("first request"), Instant::now());
+        // Every episode over: the last snapshot of each is 0.6 s after its
+        // first; the recoveries are logged.
+        std::thread::sleep(Duration::from_millis(900));
+        while let Ok(v) = w.events.recv_timeout(Duration::from_millis(200)) {
+            w.seen.push(v);
+        }
+        let sleeps: Vec<Sleep> = [&a_answer, &b_answer]
+            .iter()
+            .map(|a| {
+                let (from, to) = slept_during(a);
+                (thread_of(a), from, to)
+            })
+            .collect();
+        if b_done < a_done && sleeps[0].0 != sleeps[1].0 {
+            let files = dir.dumps().split_off(files_before);
+            return (sleeps, w.seen.split_off(events_before), files);
+        }
+        eprintln!("tokio served the two requests one after the other ({sleeps:?}); again");
+    }
+    panic!("tokio never ran the two handlers at once in eight rounds");
+}
+
+/// Every snapshot marks exactly the threads sleeping in a handler when it
+/// was taken (by the handlers' own clocks; snapshots within 30 ms of a sleep's
+/// start or end are not judged), names the handler for each, and between
+/// them the snapshots mark both threads.
+fn check_two(sleeps: &[Sleep], files: &[String]) {
+    const MARGIN: f64 = 0.030;
+    let mut all: Vec<u32> = Vec::new();
+    let mut judged = 0;
+    for f in files {
+        let t = taken_at(f);
+        if sleeps
+            .iter()
+            .any(|&(_, from, to)| (t - from).abs() < MARGIN || (t - to).abs() < MARGIN)
+        {
+            continue;
+        }
+        let mut sleeping: Vec<u32> = sleeps
+            .iter()
+            .filter(|&&(_, from, to)| from < t && t < to)
+            .map(|&(tid, _, _)| tid)
+            .collect();
+        sleeping.sort_unstable();
+        if f.contains("recovered before this snapshot") || sleeping.is_empty() {
+            continue;
+        }
+        let mut m = marked(f);
+        m.sort_unstable();
+        assert_eq!(
+            m,
+            sleeping,
+            "the threads marked are those that sleep: {}",
+            head(f)
+        );
+        assert_eq!(
+            f.matches("blocked in: shop::orders::sleep_handler").count(),
+            m.len(),
+            "{}",
+            head(f)
+        );
+        judged += 1;
+        all.extend(m);
+    }
+    all.sort_unstable();
+    all.dedup();
+    let mut both: Vec<u32> = sleeps.iter().map(|s| s.0).collect();
+    both.sort_unstable();
+    assert!(
+        judged >= 2,
+        "too few snapshots to judge: {:#?}",
+        headers(files)
+    );
+    assert_eq!(all, both, "both blocking threads shown");
+}
+
+#[test]
+fn two_handlers_on_two_of_three_workers_each_mark_their_own_thread() {
+    let _serial = one_at_a_time();
+    let shop = Shop::start("shop", Some(3));
+    let (sleeps, events, files) = two_blocked_workers(&shop);
+    // The third worker keeps the loop ticking: an episode per worker (unless
+    // tokio left the monitor in a blocked worker's LIFO slot: then the
+    // loop's episode, marked the same way).
+    assert!(files.len() >= 3, "{events:#?}");
+    check_two(&sleeps, &files);
+}
+
+#[test]
+fn two_handlers_on_both_workers_hang_the_loop_and_both_threads_are_marked() {
+    let _serial = one_at_a_time();
+    let shop = Shop::start("shop", Some(2));
+    let (sleeps, events, files) = two_blocked_workers(&shop);
+    // With both blocked the loop cannot tick: one hang for the loop, or each
+    // blocked thread in an episode of its own; every snapshot marks the
+    // threads that sleep at that moment (both, when both do).
+    let hangs = of_kind(&events, "hang_started").len();
+    let stuck = of_kind(&events, "worker_stuck").len();
+    assert!(hangs <= 1 && hangs + stuck >= 1, "{events:#?}");
+    check_two(&sleeps, &files);
+}
+
+// ---------------------------------------------------------------------------
+// Load: no false alarm.
+
+#[test]
+fn many_short_requests_and_some_20_ms_polls_give_no_episode() {
+    let _serial = one_at_a_time();
+    let shop = Shop::start("shop", None);
+    let dir = TempDir::new("load");
+    let secs = 60;
+    let w = Watch::start(
+        shop.pid(),
+        &dir,
+        &["--interval", "0.25", "--duration", &secs.to_string()],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let short = Arc::new(AtomicU64::new(0));
+    let slow = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..6)
+        .map(|c| {
+            let (stop, short, slow) = (stop.clone(), short.clone(), slow.clone());
+            let port = shop.port;
+            std::thread::spawn(move || load_client(port, c, started, &stop, &short, &slow))
+        })
+        .collect();
+    let (code, events) = w.finish(Duration::from_secs(secs + 30));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("load client");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (short, slow) = (short.load(Ordering::Relaxed), slow.load(Ordering::Relaxed));
+    eprintln!(
+        "load: {short} short requests ({:.0}/s), {slow} with a 20 ms poll, in {elapsed:.1} s",
+        short as f64 / elapsed
+    );
+    assert_eq!(code, Some(0), "{events:#?}");
+    for kind in ["hang_started", "worker_stuck", "dump_written", "slow_tick"] {
+        assert_eq!(of_kind(&events, kind), Vec::<&Value>::new(), "no {kind}");
+    }
+    assert!(dir.dumps().is_empty());
+    assert!(
+        short as f64 / elapsed > 1000.0,
+        "the load was real: {short} requests"
+    );
+    assert!(slow > 100, "and had 20 ms polls: {slow}");
+    // The watch saw the loop ticking all along.
+    assert!(!of_kind(&events, "lag_summary").is_empty());
+}
+
+/// One keep-alive connection: short requests, every 25th a 20 ms poll;
+/// 9 s of load, then 1 s of silence (all clients at once: the runtime parks
+/// and its monitor slows down), again and again.
+fn load_client(
+    port: u16,
+    id: u64,
+    started: Instant,
+    stop: &AtomicBool,
+    short: &AtomicU64,
+    slow: &AtomicU64,
+) {
+    let mut conn = BufReader::new(TcpStream::connect(("127.0.0.1", port)).expect("connect"));
+    let mut n = id;
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        if started.elapsed().as_millis() % 10_000 >= 9_000 {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        n += 1;
+        let path = if n % 25 == 0 {
+            "/orders/compute/20"
+        } else {
+            "/ping"
+        };
+        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        if conn.get_mut().write_all(req.as_bytes()).is_err() {
+            return;
+        }
+        // Headers, then a body of Content-Length bytes.
+        let mut len = 0usize;
+        loop {
+            line.clear();
+            match conn.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        if conn.read_exact(&mut body).is_err() {
+            return;
+        }
+        if path == "/ping" {
+            short.fetch_add(1, Ordering::Relaxed);
+        } else {
+            slow.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
