@@ -116,8 +116,11 @@ pub struct Registry {
 pub struct Worker {
     /// Board entry index.
     pub entry: u32,
-    /// OS thread id of the worker, when the monitor knows it.
+    /// OS thread id of the worker, when the monitor knows it (in our PID
+    /// namespace once mapped, as [`Loop::tid`]).
     pub tid: Option<u32>,
+    /// The same id as the companion wrote it (target's PID namespace).
+    pub ns_tid: Option<u32>,
     /// Slot of the monitor's loop, when it names a live loop of this registry.
     pub loop_slot: Option<u32>,
     /// The worker's index in its runtime.
@@ -822,6 +825,7 @@ fn decode_workers(c1: &[u8], c2: &[u8], off: usize, b: &Board, reg: &mut Registr
         reg.workers.push(Worker {
             entry: i,
             tid: u32_at(e2, w::TID).filter(|&t| t != 0),
+            ns_tid: u32_at(e2, w::TID).filter(|&t| t != 0),
             loop_slot,
             index: u16_at(e2, w::INDEX).unwrap_or(0),
             workers: u16_at(e2, w::WORKERS).unwrap_or(0),

@@ -159,6 +159,9 @@ impl TidMap {
         for p in &mut reg.polling {
             p.tid = self.to_ours(p.ns_tid).unwrap_or(0);
         }
+        for w in &mut reg.workers {
+            w.tid = w.ns_tid.and_then(|t| self.to_ours(t));
+        }
     }
 }
 
@@ -219,6 +222,7 @@ mod tests {
             last_tick_ns: 0,
             registered_ns: 0,
             settled: true,
+            next_due_ns: None,
             lags: Vec::new(),
             polling: vec![poll(1)],
         };
@@ -235,7 +239,32 @@ mod tests {
             unsettled_polls: 0,
             poll_problem: None,
             polling: vec![poll(1), poll(2), poll(3)],
+            worker_entries: 1,
+            worker_refused: 0,
+            unsettled_workers: 0,
+            worker_problem: None,
+            workers: vec![crate::heartbeat::Worker {
+                entry: 0,
+                tid: Some(2),
+                ns_tid: Some(2),
+                loop_slot: Some(0),
+                index: 0,
+                workers: 1,
+                parked: false,
+                current_thread: false,
+                since_ns: Some(1),
+                after_ns: 0,
+                sampled_ns: 1,
+                next_ns: 2,
+            }],
         };
+        // Worker ids are mapped too (on a fresh map: below, the unknown poll
+        // id 3 makes `m` rebuild from a process that does not exist).
+        let mut only_workers = reg.clone();
+        only_workers.loops.clear();
+        only_workers.polling.clear();
+        TidMap::from_threads(i32::MAX, &threads).map_registry(&mut only_workers);
+        assert_eq!(only_workers.workers[0].tid, Some(501));
         m.map_registry(&mut reg);
         assert_eq!((reg.loops[0].tid, reg.loops[0].ns_tid), (500, 1));
         assert_eq!(reg.loops[0].polling[0].tid, 500);

@@ -625,6 +625,7 @@ mod tests {
             slot: 0,
             name: "main".into(),
             tid,
+            ns_tid: tid,
             period_ns: 20 * MS,
             ticks: 10,
             last_tick_ns: last_tick,
@@ -646,6 +647,7 @@ mod tests {
         Worker {
             entry: u32::from(index),
             tid,
+            ns_tid: tid,
             loop_slot: Some(0),
             index,
             workers: 2,
