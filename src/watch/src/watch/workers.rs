@@ -403,14 +403,16 @@ impl Workers {
                     .filter(|(_, t)| !taken.contains(t) && !known.contains(t))
                     .min_by_key(|(q, _)| q.abs_diff(s))
                     .map(|&(_, t)| t);
-                if let Some(t) = pick {
-                    taken.push(t);
-                }
+                // No thread of the runtime is out of its wait to be it: the
+                // kernel sees nothing stuck (or it waits in `futex`, which a
+                // worker whose thread is unknown cannot be told from parked).
+                let Some(t) = pick else { continue };
+                taken.push(t);
                 frozen.push(Frozen {
                     loop_id: id,
                     entry: w.entry,
-                    tid: pick,
-                    since_ns: self.backdate(w, s, pick, now),
+                    tid: Some(t),
+                    since_ns: self.backdate(w, s, Some(t), now),
                 });
             }
             // What a hang snapshot marks: frozen workers and the loop's
