@@ -542,7 +542,7 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
                     workers::loop_stall(&ctx.view, base, l, reading.now_ns) > cfg.interval_ns / 2
                 })
             });
-        match watch_workers(ctx, &mut workers, &reading, cfg, now, stopped || busy) {
+        match watch_workers(ctx, &mut workers, &reading, cfg, now, (stopped, busy)) {
             Err(code) => return finish(ctx, &mut loops, code),
             Ok(Some(d)) => deadline = deadline.min(d),
             Ok(None) => {}
@@ -583,8 +583,12 @@ fn watch_workers(
     reading: &Reading,
     cfg: Config,
     now: u64,
-    quiet: bool,
+    (stopped, busy): (bool, bool),
 ) -> Result<Option<u64>, u8> {
+    // A loop in trouble starts no worker episode (one hang, one episode),
+    // but an episode under way keeps its snapshots unless the process is
+    // stopped.
+    let quiet = |w: &Watched| stopped || (busy && !w.tracker.in_episode());
     let cfg = Config {
         slow_ns: None,
         ..cfg
@@ -638,7 +642,7 @@ fn watch_workers(
             stall_ns,
             ticked,
             new_max_lag_ns: finished_ns,
-            stopped: quiet,
+            stopped: quiet(w),
         };
         w.cause.observe(ctx.pid, w.tid, obs.stall_ns);
         for action in w.tracker.observe(obs) {
@@ -662,7 +666,9 @@ fn watch_workers(
             stall_ns: 0,
             ticked: true,
             new_max_lag_ns: reading.now_ns.saturating_sub(w.poll_since_ns),
-            stopped: true,
+            // Stall 0 starts nothing; only a stopped process holds back the
+            // episode's remaining snapshots.
+            stopped,
         };
         for action in w.tracker.observe(obs) {
             if let Some(code) = act(ctx, w, action, reading) {
