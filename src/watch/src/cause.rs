@@ -20,7 +20,7 @@ use aiodebug_engine::dump::{Dump, ThreadDump};
 use aiodebug_engine::snapshot::{Registers, StopKind};
 use serde_json::{json, Value};
 
-use crate::watch::render::culprit;
+use crate::watch::render::{culprit, short_frame};
 
 /// Shortest window over which CPU shares are computed: below it the
 /// counters say more about our own stop than about the stall.
@@ -264,7 +264,7 @@ fn thread_cause(
             lock.owner = Some(Owner {
                 tid: o.tid,
                 name: o.name.clone(),
-                frame: culprit(&o.frames).map(|c| c.describe()),
+                frame: culprit(&o.frames).map(|c| short_frame(c.frame)),
                 syscall: o
                     .regs
                     .as_ref()
