@@ -264,7 +264,11 @@ mod tests {
 
     #[test]
     fn version_and_abi() {
-        assert_eq!(aiodebug_abi_version(), (1 << 16) | 1);
+        // The registry's version as abi.rs (the source of truth) declares it,
+        // packed major-high: a reader compares the major half alone.
+        let (major, minor) = (hb::abi::ABI_MAJOR, hb::abi::ABI_MINOR);
+        assert_eq!(aiodebug_abi_version() >> 16, u32::from(major));
+        assert_eq!(aiodebug_abi_version() & 0xffff, u32::from(minor));
         // SAFETY: a static NUL-terminated string.
         let v = unsafe { CStr::from_ptr(aiodebug_version()) };
         assert_eq!(v.to_str(), Ok(env!("CARGO_PKG_VERSION")));

@@ -18,6 +18,21 @@ from aiodebug_heartbeat import _native
 HERE = os.path.abspath(__file__)
 
 
+def declared_abi():
+    """(major, minor) as the companion crate's abi.rs, the source of truth of
+    the registry layout, declares them (the extension is built from it)."""
+    abi_rs = os.path.join(
+        os.path.dirname(HERE), "..", "..", "aiodebug", "src", "abi.rs"
+    )
+    with open(abi_rs, encoding="utf-8") as f:
+        text = f.read()
+    found = [
+        int(re.search(rf"^pub const ABI_{part}: u16 = (\d+);$", text, re.M).group(1))
+        for part in ("MAJOR", "MINOR")
+    ]
+    return tuple(found)
+
+
 def loop_named(loops, name):
     found = [lp for lp in loops if lp["loop"] == name]
     assert len(found) == 1, f"loop {name!r} in {loops!r}"
@@ -359,7 +374,7 @@ def test_poll_markers_directly():
     assert took is not None and 0 <= took < 1
     _native.poll_begin("\udcff lone surrogate", "\ud800.py", 2**32 - 1)  # never raises
     assert _native.poll_end() is not None
-    assert aiodebug_heartbeat.abi_version() == (1, 1)
+    assert aiodebug_heartbeat.abi_version() == declared_abi()
 
 
 # ---------------------------------------------------------------------------
