@@ -663,10 +663,14 @@ fn watch_catches_a_stuck_worker_while_the_loop_keeps_ticking() {
     let mut fx = Fixture::spawn_path(companion_service(), &[]);
     std::thread::sleep(Duration::from_millis(150));
     let (events, files) = watch_episode(&mut fx, "stuck 1500", &[]);
-    let stuck: Vec<&Value> = events
-        .iter()
-        .filter(|e| e["event"] == "worker_stuck")
-        .collect();
+    // A hang episode like a loop's, of one worker (scope "worker").
+    let hang_of = |scope: &str| -> Vec<&Value> {
+        events
+            .iter()
+            .filter(|e| e["event"] == "hang_started" && e["scope"] == scope)
+            .collect()
+    };
+    let stuck = hang_of("worker");
     assert_eq!(stuck.len(), 1, "{events:#?}");
     assert!(
         stuck[0]["polling"]
@@ -675,14 +679,7 @@ fn watch_catches_a_stuck_worker_while_the_loop_keeps_ticking() {
         "{events:#?}"
     );
     // The loop never hung: its monitor kept ticking on the other worker.
-    assert_eq!(
-        events
-            .iter()
-            .filter(|e| e["event"] == "hang_started")
-            .count(),
-        0,
-        "{events:#?}"
-    );
+    assert_eq!(hang_of("loop").len(), 0, "{events:#?}");
     assert_eq!(files.len(), 3);
     let first = &files[0];
     assert!(
@@ -690,6 +687,9 @@ fn watch_catches_a_stuck_worker_while_the_loop_keeps_ticking() {
         "{first}"
     );
     let block = first_thread(first);
-    assert!(block.contains("STUCK WORKER"), "{block}");
+    assert!(
+        block.contains("STALLED LOOP 'workers' (one stuck worker)"),
+        "{block}"
+    );
     assert!(block.contains("block_worker"), "{block}");
 }

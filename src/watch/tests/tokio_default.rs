@@ -99,6 +99,33 @@ impl Shop {
         self.fx.pid
     }
 
+    /// The threads inside a blocking handler now, as the service lists them.
+    fn blocking(&mut self) -> Vec<u32> {
+        let answer = self.fx.ok("blocking");
+        answer
+            .split_whitespace()
+            .skip(2)
+            .filter_map(|t| t.parse().ok())
+            .collect()
+    }
+
+    /// Waits until `n` threads are inside a blocking handler at once, while
+    /// `go_on()` holds (checked after each look: the request is still
+    /// pending); those threads, or None.
+    fn until_blocking(&mut self, n: usize, go_on: impl Fn() -> bool) -> Option<Vec<u32>> {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = self.blocking();
+            if now.len() >= n {
+                return Some(now);
+            }
+            if !go_on() || Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// GET `path` on a new connection, on a thread; the answer comes later.
     fn get_later(&self, path: &str) -> std::thread::JoinHandle<String> {
         self.get_later_on(self.connect(), path)
@@ -343,9 +370,7 @@ fn one_blocked_worker(shop: &Shop, path: &str, ms: u64) -> (u32, Vec<Value>, Vec
     std::thread::sleep(Duration::from_millis(600));
     let answer = shop.get_later(path);
     let started = Instant::now();
-    let stuck = w.until(Duration::from_secs(10), |v| {
-        v["event"] == "worker_stuck" || v["event"] == "hang_started"
-    });
+    let stuck = w.until(Duration::from_secs(10), |v| v["event"] == "hang_started");
     let seen_after = started.elapsed();
     let (code, events) = w.finish(Duration::from_secs(15));
     assert_eq!(code, Some(1), "--exit-on-hang exits 1: {events:#?}");
@@ -355,8 +380,9 @@ fn one_blocked_worker(shop: &Shop, path: &str, ms: u64) -> (u32, Vec<Value>, Vec
         seen_after < Duration::from_millis(ms),
         "caught while it lasted ({seen_after:?} of {ms} ms)"
     );
-    // The thread that blocks: a stuck worker's own, or the first of those
-    // blocking the loop (its `tid` is the thread of its last tick).
+    // The thread that blocks: a stuck worker's own (scope "worker"), or the
+    // first of those blocking the loop (its `tid` is the thread of its last
+    // tick).
     let tid = stuck["blocking_tids"][0]
         .as_u64()
         .or_else(|| stuck["tid"].as_u64())
@@ -378,17 +404,26 @@ fn one_blocked_worker(shop: &Shop, path: &str, ms: u64) -> (u32, Vec<Value>, Vec
     (tid, events, files)
 }
 
-/// One episode: a stuck worker, or — when tokio left the monitor task in
-/// the blocked worker's LIFO slot, where no other worker may take it — a
-/// hang of the loop itself. Either way the same thread is marked.
+/// The hang episodes of `events` of one scope (`"worker"`: one worker of a
+/// runtime stuck in one poll; `"loop"`: the loop itself overdue).
+fn hangs_of<'a>(events: &'a [Value], scope: &str) -> Vec<&'a Value> {
+    of_kind(events, "hang_started")
+        .into_iter()
+        .filter(|e| e["scope"] == scope)
+        .collect()
+}
+
+/// One episode, a hang like any loop's: of the stuck worker, or — when
+/// tokio left the monitor task in the blocked worker's LIFO slot, where no
+/// other worker may take it — of the loop itself. Either way the same
+/// thread is marked; the mark it gets.
 fn single_episode(events: &[Value]) -> &'static str {
-    let stuck = of_kind(events, "worker_stuck").len();
-    let hangs = of_kind(events, "hang_started").len();
-    assert_eq!(stuck + hangs, 1, "one episode: {events:#?}");
-    if stuck == 1 {
-        "STUCK WORKER"
-    } else {
-        "STALLED LOOP 'main'"
+    let hangs = of_kind(events, "hang_started");
+    assert_eq!(hangs.len(), 1, "one episode: {events:#?}");
+    match hangs[0]["scope"].as_str() {
+        Some("worker") => "STALLED LOOP 'main' (one stuck worker)",
+        Some("loop") => "STALLED LOOP 'main'",
+        other => panic!("scope {other:?}: {events:#?}"),
     }
 }
 
@@ -425,9 +460,12 @@ fn a_sleeping_handler_on_one_worker_is_caught_marked_and_named() {
         "{}",
         head(last)
     );
-    let recovered =
-        of_kind(&events, "worker_recovered").len() + of_kind(&events, "recovered").len();
-    assert_eq!(recovered, 1, "{events:#?}");
+    let recovered = of_kind(&events, "recovered");
+    assert_eq!(recovered.len(), 1, "{events:#?}");
+    assert_eq!(
+        recovered[0]["scope"],
+        of_kind(&events, "hang_started")[0]["scope"]
+    );
 }
 
 #[test]
@@ -461,9 +499,14 @@ fn a_sleeping_handler_on_a_current_thread_runtime_hangs_the_loop() {
         shop.pid() as u32,
         "the runtime runs on the main thread"
     );
+    assert_eq!(hangs_of(&events, "loop").len(), 1, "{events:#?}");
     assert_eq!(of_kind(&events, "hang_started").len(), 1, "{events:#?}");
     let first = &files[0];
-    assert!(first.contains("<== STALLED LOOP 'main'"), "{}", head(first));
+    assert!(
+        first.contains("<== STALLED LOOP 'main'\n"),
+        "{}",
+        head(first)
+    );
     assert!(
         first.contains("blocked in: shop::orders::sleep_handler::{async_fn#0} ("),
         "{}",
@@ -474,39 +517,51 @@ fn a_sleeping_handler_on_a_current_thread_runtime_hangs_the_loop() {
 // ---------------------------------------------------------------------------
 // Two blocked workers.
 
-/// Blocks two workers of `shop` with sleeping handlers, the second sent once
-/// the first is caught, each on a connection of its own, and watches until
-/// both are over. Whether tokio runs the second while the first blocks is
-/// up to its scheduler (when no other worker holds the I/O driver at that
-/// moment, the second request waits for the first), so this tries up to
-/// eight rounds and keeps the first where the two ran at once on two
-/// threads. Returns those threads, the events and snapshots of that round.
 /// A handler's sleep: its thread, from, to (Unix s).
 type Sleep = (u32, f64, f64);
 
-fn two_blocked_workers(shop: &Shop) -> (Vec<Sleep>, Vec<Value>, Vec<String>) {
+/// Blocks two workers of `shop` with sleeping handlers at once, each on a
+/// connection of its own (the second sent once the first reports it
+/// blocks), and watches until every episode is over. Whether tokio runs the
+/// second while the first blocks is up to its scheduler (when no other
+/// worker holds the I/O driver at that moment, the second request waits for
+/// the first), so this tries up to eight rounds and keeps the first where
+/// the service listed both handlers blocking at once, the second since
+/// before the round's first snapshot (a worker that blocks after a loop's
+/// hang was caught is part of that hang, which takes no more snapshots).
+/// Returns the two sleeps, the events and snapshots of that round.
+fn two_blocked_workers(shop: &mut Shop) -> (Vec<Sleep>, Vec<Value>, Vec<String>) {
     let dir = TempDir::new("two");
-    let mut w = Watch::start(shop.pid(), &dir, &["--dump-gap", "0.3"]);
-    for round in 0..8u64 {
+    let mut w = Watch::start(
+        shop.pid(),
+        &dir,
+        &["--dump-gap", "0.3", "--interval", "0.5"],
+    );
+    for round in 0..8 {
         std::thread::sleep(Duration::from_millis(600));
         let (files_before, events_before) = (dir.dumps().len(), w.seen.len());
-        let a_sent = Instant::now();
         let a = shop.get_later("/orders/sleep/2500");
-        w.until(Duration::from_secs(10), |v| {
-            v["event"] == "worker_stuck" || v["event"] == "hang_started"
-        });
-        // The second request 0.5 to 0.8 s after the first (its episode
-        // begun), as two clients would send them.
-        let b_at = a_sent + Duration::from_millis(500 + 100 * (round % 4));
-        std::thread::sleep(b_at.saturating_duration_since(Instant::now()));
+        let first = shop.until_blocking(1, || !a.is_finished());
         let b = shop.get_later("/orders/sleep/1500");
-        let (b_answer, b_done) = (b.join().expect("second request"), Instant::now());
-        let (a_answer, a_done) = (a.join().expect("first request"), Instant::now());
-        // Every episode over: the last snapshot of each is 0.6 s after its
-        // first; the recoveries are logged.
-        std::thread::sleep(Duration::from_millis(900));
-        while let Ok(v) = w.events.recv_timeout(Duration::from_millis(200)) {
-            w.seen.push(v);
+        let both = first.and_then(|_| shop.until_blocking(2, || !a.is_finished()));
+        let (a_answer, b_answer) = (
+            a.join().expect("first request"),
+            b.join().expect("second request"),
+        );
+        // Every episode of the round over: each recovered, with its three
+        // snapshots written.
+        let over = |seen: &[Value]| {
+            let round = seen.get(events_before..).unwrap_or_default();
+            let hangs = of_kind(round, "hang_started").len();
+            hangs > 0
+                && of_kind(round, "recovered").len() >= hangs
+                && of_kind(round, "dump_written").len() >= 3 * hangs
+        };
+        let end = Instant::now() + Duration::from_secs(15);
+        while !over(&w.seen) && Instant::now() < end {
+            if let Ok(v) = w.events.recv_timeout(Duration::from_millis(100)) {
+                w.seen.push(v);
+            }
         }
         let sleeps: Vec<Sleep> = [&a_answer, &b_answer]
             .iter()
@@ -515,11 +570,15 @@ fn two_blocked_workers(shop: &Shop) -> (Vec<Sleep>, Vec<Value>, Vec<String>) {
                 (thread_of(a), from, to)
             })
             .collect();
-        if b_done < a_done && sleeps[0].0 != sleeps[1].0 {
-            let files = dir.dumps().split_off(files_before);
+        let files = dir.dumps().split_off(files_before);
+        let b_in_time = files.first().is_some_and(|f| sleeps[1].1 < taken_at(f));
+        if both.is_some() && b_in_time {
             return (sleeps, w.seen.split_off(events_before), files);
         }
-        eprintln!("tokio served the two requests one after the other ({sleeps:?}); again");
+        eprintln!(
+            "round {round}: the two handlers did not block at once before the first snapshot \
+             (listed at once: {both:?}; {sleeps:?}); again"
+        );
     }
     panic!("tokio never ran the two handlers at once in eight rounds");
 }
@@ -591,8 +650,8 @@ fn check_two(sleeps: &[Sleep], files: &[String]) {
 #[test]
 fn two_handlers_on_two_of_three_workers_each_mark_their_own_thread() {
     let _serial = one_at_a_time();
-    let shop = Shop::start("shop", Some(3));
-    let (sleeps, events, files) = two_blocked_workers(&shop);
+    let mut shop = Shop::start("shop", Some(3));
+    let (sleeps, events, files) = two_blocked_workers(&mut shop);
     // The third worker keeps the loop ticking: an episode per worker (unless
     // tokio left the monitor in a blocked worker's LIFO slot: then the
     // loop's episode, marked the same way).
@@ -603,14 +662,17 @@ fn two_handlers_on_two_of_three_workers_each_mark_their_own_thread() {
 #[test]
 fn two_handlers_on_both_workers_hang_the_loop_and_both_threads_are_marked() {
     let _serial = one_at_a_time();
-    let shop = Shop::start("shop", Some(2));
-    let (sleeps, events, files) = two_blocked_workers(&shop);
+    let mut shop = Shop::start("shop", Some(2));
+    let (sleeps, events, files) = two_blocked_workers(&mut shop);
     // With both blocked the loop cannot tick: one hang for the loop, or each
     // blocked thread in an episode of its own; every snapshot marks the
     // threads that sleep at that moment (both, when both do).
-    let hangs = of_kind(&events, "hang_started").len();
-    let stuck = of_kind(&events, "worker_stuck").len();
-    assert!(hangs <= 1 && hangs + stuck >= 1, "{events:#?}");
+    let loop_hangs = hangs_of(&events, "loop").len();
+    let worker_hangs = hangs_of(&events, "worker").len();
+    assert!(
+        loop_hangs <= 1 && loop_hangs + worker_hangs >= 1,
+        "{events:#?}"
+    );
     check_two(&sleeps, &files);
 }
 
@@ -651,7 +713,7 @@ fn many_short_requests_and_some_20_ms_polls_give_no_episode() {
         short as f64 / elapsed
     );
     assert_eq!(code, Some(0), "{events:#?}");
-    for kind in ["hang_started", "worker_stuck", "dump_written", "slow_tick"] {
+    for kind in ["hang_started", "dump_written", "slow_tick"] {
         assert_eq!(of_kind(&events, kind), Vec::<&Value>::new(), "no {kind}");
     }
     assert!(dir.dumps().is_empty());

@@ -443,6 +443,14 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
             .filter(|w| w.tracker.in_episode())
             .map(|w| w.tid)
             .collect();
+        // Loops one of whose workers is in a hang now: their `loop_stall`
+        // gauge is the worker's stall (sent by watch_workers), not the
+        // loop's own near-zero one, as for a hung loop.
+        let worker_hung: Vec<String> = workers
+            .values()
+            .filter(|w| w.tracker.is_hung())
+            .map(|w| w.name.clone())
+            .collect();
         for (region, reg) in &reading.registries {
             for lp in &reg.loops {
                 let k = key(region.addr, lp);
@@ -512,7 +520,9 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
                     }
                 }
                 if let Some(s) = &ctx.stats {
-                    if w.tracker.is_hung() || now.saturating_sub(w.last_gauge_ns) >= 1_000_000_000 {
+                    let periodic = now.saturating_sub(w.last_gauge_ns) >= 1_000_000_000
+                        && !worker_hung.contains(&w.name);
+                    if w.tracker.is_hung() || periodic {
                         s.stall(&w.name, st.stall_ns);
                         w.last_gauge_ns = now;
                     }
@@ -777,6 +787,17 @@ fn gone_or_error(ctx: &mut Ctx<'_>, e: &aiodebug_engine::Error) -> u8 {
     code
 }
 
+/// The `scope` of an episode's events: `"loop"` (the loop is overdue) or
+/// `"worker"` (one worker thread of its runtime is stuck in one poll while
+/// the loop keeps ticking).
+fn scope(w: &Watched) -> &'static str {
+    if w.stuck_poll.is_some() {
+        "worker"
+    } else {
+        "loop"
+    }
+}
+
 /// Performs one action; `Some(code)` ends the watch.
 fn act(ctx: &mut Ctx<'_>, w: &mut Watched, action: Action, reading: &Reading) -> Option<u8> {
     match action {
@@ -798,6 +819,10 @@ fn act(ctx: &mut Ctx<'_>, w: &mut Watched, action: Action, reading: &Reading) ->
             }
             let blocking =
                 workers::marked_threads(&ctx.view, reading, &w.name, w.tid, w.stuck_poll.is_some());
+            // One worker of a runtime stuck in one poll is the same episode
+            // as a loop's hang (same event, counters, files, recovery line),
+            // told apart by `scope` and by the words "worker thread": an
+            // on-call engineer greps one word, a consumer counts one event.
             let text = match &w.stuck_poll {
                 None => format!(
                     "HANG: loop '{}' on thread {} is {} overdue (interval {:.3} s){}",
@@ -808,19 +833,17 @@ fn act(ctx: &mut Ctx<'_>, w: &mut Watched, action: Action, reading: &Reading) ->
                     workers::blocked_by(&blocking, w.tid)
                 ),
                 Some(poll) => format!(
-                    "STUCK WORKER: thread {} of loop '{}' has been polling {poll} for {} (the loop keeps ticking)",
-                    w.tid,
+                    "HANG: loop '{}' on worker thread {} is stuck {} in one poll of {poll} (interval {:.3} s; one worker of its runtime, the loop keeps ticking)",
                     w.name,
-                    human(stall_ns)
+                    w.tid,
+                    human(stall_ns),
+                    ctx.args.interval
                 ),
             };
             ctx.log.event(
-                if w.stuck_poll.is_some() {
-                    "worker_stuck"
-                } else {
-                    "hang_started"
-                },
-                json!({"loop": w.name, "tid": w.tid, "stall_ms": stall_ns as f64 / 1e6,
+                "hang_started",
+                json!({"loop": w.name, "tid": w.tid, "scope": scope(w),
+                       "stall_ms": stall_ns as f64 / 1e6,
                        "polling": w.stuck_poll, "blocking_tids": blocking,
                        "cause": crate::cause::json_or_null(cause.as_ref())}),
                 match &cause {
@@ -839,18 +862,16 @@ fn act(ctx: &mut Ctx<'_>, w: &mut Watched, action: Action, reading: &Reading) ->
                     human(hang_ns)
                 ),
                 Some(poll) => format!(
-                    "recovered: worker thread {} finished polling {poll} after {}",
+                    "recovered: loop '{}' worker thread {} polls again after hanging {} (in one poll of {poll})",
+                    w.name,
                     w.tid,
                     human(hang_ns)
                 ),
             };
             ctx.log.event(
-                if w.stuck_poll.is_some() {
-                    "worker_recovered"
-                } else {
-                    "recovered"
-                },
-                json!({"loop": w.name, "tid": w.tid, "hang_ms": hang_ns as f64 / 1e6}),
+                "recovered",
+                json!({"loop": w.name, "tid": w.tid, "scope": scope(w),
+                       "hang_ms": hang_ns as f64 / 1e6}),
                 text,
             );
         }
@@ -1002,7 +1023,12 @@ fn dump_now(
                     culprit
                         .map(|c| match w.stuck_poll {
                             None => format!("; loop '{}' blocked in {c}", w.name),
-                            Some(_) => format!("; worker thread {} blocked in {c}", w.tid),
+                            Some(_) => {
+                                format!(
+                                    "; loop '{}' worker thread {} blocked in {c}",
+                                    w.name, w.tid
+                                )
+                            }
                         })
                         .unwrap_or_default()
                 ) + &cause_line

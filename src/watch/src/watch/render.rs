@@ -222,11 +222,10 @@ pub fn dump_file(h: &Header<'_>, d: &Dump, prev_cpu: &HashMap<i32, Duration>) ->
     );
     let _ = writeln!(out, "pid:        {} ({})", d.pid, d.name);
     let _ = writeln!(out, "executable: {}", h.exe);
-    let state = match (h.recovered_after_ns, h.stuck_poll.is_some()) {
-        (Some(ns), false) => format!("recovered after {}", secs(ns)),
-        (Some(ns), true) => format!("done after {}", secs(ns)),
-        (None, false) => format!("stalled for {} so far", secs(h.stall_ns)),
-        (None, true) => format!("stuck for {} so far", secs(h.stall_ns)),
+    // A worker's episode reads as a loop's: the same words, the worker named.
+    let state = match h.recovered_after_ns {
+        Some(ns) => format!("recovered after {}", secs(ns)),
+        None => format!("stalled for {} so far", secs(h.stall_ns)),
     };
     let recovered = h.recovered_after_ns.is_some();
     let after = if recovered {
@@ -259,7 +258,12 @@ pub fn dump_file(h: &Header<'_>, d: &Dump, prev_cpu: &HashMap<i32, Duration>) ->
         Some(poll) => {
             let _ = writeln!(
                 out,
-                "worker:     thread {} of loop '{}' polling {poll}: {state}{after} (the loop itself keeps ticking)",
+                "loop:       '{}' on worker thread {}: {state}{after} (one worker of its runtime; the loop itself keeps ticking)",
+                h.loop_name, h.loop_tid
+            );
+            let _ = writeln!(
+                out,
+                "worker:     thread {} of loop '{}' polling {poll} (one poll, not over)",
                 h.loop_tid, h.loop_name
             );
         }
@@ -312,7 +316,7 @@ pub fn dump_file(h: &Header<'_>, d: &Dump, prev_cpu: &HashMap<i32, Duration>) ->
     let ordered = first.chain(d.threads.iter().filter(|t| !is_marked(t)));
     let what = match h.stuck_poll {
         None => format!("STALLED LOOP '{}'", h.loop_name),
-        Some(_) => "STUCK WORKER".to_string(),
+        Some(_) => format!("STALLED LOOP '{}' (one stuck worker)", h.loop_name),
     };
     let mark = if recovered {
         format!("was {what} (recovered before this snapshot)")
