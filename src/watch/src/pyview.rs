@@ -59,12 +59,25 @@ pub fn gil_text(g: GilState) -> &'static str {
     }
 }
 
-/// What a thread header adds for a Python thread: `, Python: holds the GIL`.
+/// What a thread header adds for a Python thread: `, Python: holds the
+/// GIL, running task 'handle-order-7' (coro handle)`.
 pub fn thread_suffix(t: &ThreadDump) -> String {
     match &t.python {
-        Some(p) => format!(", Python: {}", gil_text(p.gil)),
+        Some(p) => {
+            let mut s = format!(", Python: {}", gil_text(p.gil));
+            if let Some(task) = &p.task {
+                s.push_str(&format!(", running {}", task.describe()));
+            }
+            s
+        }
         None => String::new(),
     }
+}
+
+/// The asyncio task a thread's loop runs, as the interpreter says (3.14+):
+/// `task 'handle-order-7' (coro handle)`.
+pub fn running_task(t: &ThreadDump) -> Option<String> {
+    t.python.as_ref()?.task.as_ref().map(|k| k.describe())
 }
 
 /// The note under a thread's frames, if its Python frames are incomplete.
@@ -152,6 +165,7 @@ pub fn thread_json(t: &ThreadDump) -> Value {
         Some(p) => json!({
             "gil": p.gil.code(),
             "thread_id": p.thread_id,
+            "task": p.task.as_ref().map(|k| json!({"name": k.name, "coro": k.coro})),
             "note": p.note,
             "frames": p.frames.iter().enumerate().map(|(i, f)| json!({
                 "index": i,

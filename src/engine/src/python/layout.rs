@@ -126,6 +126,11 @@ pub struct Layout {
     pub owner_interpreter: Option<u8>,
     /// Bits to clear from `f_executable` (3.14's `_PyStackRef` tag bits).
     pub executable_tag_mask: u64,
+    /// `_PyThreadStateImpl.asyncio_running_task` (3.14+, from the `_asyncio`
+    /// module's table once it is loaded: see [`super::asyncio`]).
+    pub tstate_running_task: Option<u64>,
+    /// `PyGenObject.gi_name` (3.14+: the coroutine of a task).
+    pub gen_name: Option<u64>,
     /// `sizeof(PyCodeObject)` (the header read of a code object).
     pub code_size: u64,
     /// `PyCodeObject.co_filename`.
@@ -218,6 +223,8 @@ pub fn fixed_layout(version: Version) -> Option<Layout> {
         owner_cstack: None,
         owner_interpreter: None,
         executable_tag_mask: 0,
+        tstate_running_task: None,
+        gen_name: None,
         code_size: 0,
         code_filename: 112,
         code_name: 120,
@@ -535,6 +542,16 @@ pub fn from_debug_offsets(bytes: &[u8]) -> PyResult<Layout> {
         // 3.14's _PyStackRef: the low two bits tag deferred and immortal
         // references (Py_TAG_BITS).
         executable_tag_mask: if version.minor() >= 14 { 3 } else { 0 },
+        tstate_running_task: None,
+        // 3.14's gen_object {size, gi_name, gi_iframe, gi_frame_state} is
+        // fields 82–85 (3.13's table is not read for it: tasks are 3.14+).
+        gen_name: match version.minor() {
+            14 => {
+                let gen = sized(82, "PyGenObject")?;
+                Some(inside(83, gen, 8, "gi_name")?)
+            }
+            _ => None,
+        },
         code_size: code,
         code_filename: inside(table.code_filename, code, 8, "co_filename")?,
         code_name: inside(table.code_name, code, 8, "co_name")?,
@@ -604,6 +621,35 @@ pub(crate) mod tests {
             b.extend_from_slice(&v.to_le_bytes());
         }
         b
+    }
+
+    /// Debian's 3.14.8 `_Py_DebugOffsets` (fields after the cookie, as read
+    /// out of its `.PyRuntime` section).
+    pub(crate) fn debug_offsets_3_14() -> Vec<u8> {
+        let f: [u64; 94] = [
+            0x30e08f0, 0x0, 0x4d4c8, 0x310, 0x328, 0x37248, 0x1c70, 0x1c68, 0x1cb0, 0x1cc0, 0x1cf0,
+            0x1e08, 0x1df8, 0x1e00, 0x10, 0x1e68, 0x0, 0x1e78, 0x1e70, 0x1f38, 0x0, 0x340, 0x0,
+            0x8, 0x10, 0x48, 0x98, 0xa0, 0xe8, 0x20, 0x58, 0x8, 0x0, 0x38, 0x50, 0x4a, 0x40, 0x0,
+            0xd8, 0x70, 0x78, 0x80, 0x88, 0x44, 0x34, 0x60, 0x68, 0xd0, 0x0, 0x10, 0x8, 0x1a0,
+            0x18, 0x58, 0xa8, 0x28, 0x20, 0x10, 0x28, 0x18, 0x10, 0xc8, 0x18, 0x28, 0x20, 0x30,
+            0x20, 0x28, 0x18, 0x10, 0x20, 0x10, 0x18, 0x28, 0x10, 0x20, 0x40, 0x20, 0x10, 0x28,
+            0x108, 0xc0, 0xa0, 0x18, 0x48, 0x43, 0x0, 0x8, 0x18, 0x130, 0x1f8c, 0x0, 0x4, 0x200,
+        ];
+        let mut b = DEBUG_COOKIE.to_vec();
+        for v in f {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn debians_3_14_table_reads() {
+        let l = from_debug_offsets(&debug_offsets_3_14()).unwrap();
+        assert_eq!(l.version.to_string(), "3.14.8");
+        assert_eq!(l.gen_name, Some(0x18));
+        assert_eq!(l.owner_interpreter, Some(3));
+        assert_eq!(l.executable_tag_mask, 3);
+        assert_eq!(l.tstate_running_task, None);
     }
 
     #[test]

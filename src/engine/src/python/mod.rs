@@ -20,6 +20,7 @@
 //! [`crate::attach::WhileStopped`] runs during the stop, and
 //! [`PythonReader::after`] decodes and merges.
 
+pub mod asyncio;
 pub mod capture;
 pub mod code;
 pub mod layout;
@@ -65,6 +66,9 @@ pub struct PythonThread {
     pub thread_id: u64,
     /// Python frames, innermost first.
     pub frames: Vec<PyFrame>,
+    /// The asyncio task its loop is running (3.14+, from the interpreter's
+    /// asyncio debug offsets), if any.
+    pub task: Option<asyncio::PyTask>,
     /// Why its frames are incomplete or shown alone, if so.
     pub note: Option<String>,
 }
@@ -116,6 +120,8 @@ pub struct PythonReader {
     located: Option<(i32, RuntimeLocation, Result<Layout, String>)>,
     /// A pid known not to be Python.
     not_python: Option<i32>,
+    /// (pid, `_asyncio`'s table or why it is unusable), once found.
+    asyncio: Option<(i32, Result<asyncio::AsyncioOffsets, String>)>,
     codes: CodeCache,
     walk: Arc<FreezeWalk>,
 }
@@ -176,8 +182,26 @@ impl PythonReader {
                 }
             }
         }
+        if self.asyncio.as_ref().is_some_and(|(p, _)| *p != pid) {
+            self.asyncio = None;
+        }
         let (_, loc, layout) = self.located.as_ref()?;
         let layout = layout.as_ref().ok()?;
+        // 3.14+: `_asyncio`'s table, looked for until the module is loaded.
+        if layout.version.minor() >= 14 && self.asyncio.is_none() {
+            if let Ok(maps) = crate::proc::read_maps(pid) {
+                match asyncio::locate(pid, &maps, &mem, &loc.module) {
+                    Ok(Some((_, t))) => self.asyncio = Some((pid, Ok(t))),
+                    Ok(None) => {}
+                    Err(e) => self.asyncio = Some((pid, Err(e))),
+                }
+            }
+        }
+        let mut layout = layout.clone();
+        if let Some((_, Ok(a))) = &self.asyncio {
+            layout.tstate_running_task = Some(a.running_task);
+        }
+        let layout = &layout;
         // A rehearsal on the running target finds the pages the walk will
         // need: the stop then reads them all in one call.
         let cache = capture::new_cache(&mem);
@@ -226,6 +250,18 @@ impl PythonReader {
         process.walk = raw.took;
         process.pages = raw.pages;
         process.note = raw.problem.clone();
+        let (asyncio, asyncio_problem) = match &self.asyncio {
+            Some((p, Ok(a))) if p == pid => (Some(*a), None),
+            Some((p, Err(e))) if p == pid => (None, Some(e.clone())),
+            _ => (None, None),
+        };
+        if let Some(e) = asyncio_problem {
+            let n = format!("no asyncio tasks: {e}");
+            process.note = Some(match process.note.take() {
+                Some(p) => format!("{p}; {n}"),
+                None => n,
+            });
+        }
         let mem = ProcessMemory { pid: *pid };
         let layout = layout.clone();
         for t in &mut dump.threads {
@@ -233,6 +269,20 @@ impl PythonReader {
                 continue;
             };
             apply(&mem, &layout, &mut self.codes, rt, t, mode);
+            if let (Some(a), Some(p)) = (&asyncio, t.python.as_mut()) {
+                if rt.running_task != 0 {
+                    match asyncio::read_task(&mem, &layout, a, rt.running_task) {
+                        Ok(task) => p.task = Some(task),
+                        Err(e) => {
+                            let n = format!("asyncio task: {e}");
+                            p.note = Some(match p.note.take() {
+                                Some(old) => format!("{old}; {n}"),
+                                None => n,
+                            });
+                        }
+                    }
+                }
+            }
         }
         dump.python = Some(process);
     }
@@ -325,6 +375,7 @@ fn apply(
         gil,
         thread_id: raw.thread_id,
         frames: segs.into_iter().flatten().collect(),
+        task: None,
         note: (!notes.is_empty()).then(|| notes.join("; ")),
     });
 }
