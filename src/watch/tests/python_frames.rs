@@ -472,6 +472,23 @@ fn watch_names_the_coroutines_blocking_helper_at_its_line() {
             first.contains(&format!("blocked in: {want}")),
             "Python {v}:\n{first}"
         );
+        // 3.14+: the interpreter names the loop's running task itself (no
+        // companion marks in this fixture); older versions say nothing.
+        let task = "task 'order' (coro handle)";
+        if v.as_str() >= "3.14" {
+            assert!(
+                culprit.ends_with(&format!(", in {task}")),
+                "Python {v}: culprit {culprit:?}"
+            );
+            assert!(
+                first.contains(&format!(
+                    "\nrunning:    {task} (the interpreter's asyncio state)\n"
+                )),
+                "Python {v}:\n{first}"
+            );
+        } else {
+            assert!(!first.contains("\nrunning:    "), "Python {v}:\n{first}");
+        }
         // The loop's thread (first, marked) shows the coroutine under its helper.
         let block = first
             .split("\n\n")
@@ -484,6 +501,70 @@ fn watch_names_the_coroutines_blocking_helper_at_its_line() {
             block.contains("Python: holds the GIL"),
             "Python {v}:\n{block}"
         );
+    }
+}
+
+/// 3.14: `dump` names the task the loop is running (name and coroutine),
+/// in text and JSON, from the interpreter's asyncio debug offsets; on
+/// 3.11/3.13 the JSON's `task` is null (only the companion's marks know).
+#[test]
+fn dump_names_the_running_asyncio_task_from_the_interpreter() {
+    let lib = ffi_dir().join("libaiodebug.so");
+    let script = workspace_root().join("fixtures/python/orders_server.py");
+    let mut checked = Vec::new();
+    for interp in interpreters() {
+        let v = interp.version.clone();
+        let mut fx = Fixture::spawn_path(
+            &interp.run,
+            &[
+                script.to_string_lossy().into_owned(),
+                lib.to_string_lossy().into_owned(),
+            ],
+        );
+        let answer = fx.ok("order 6000");
+        assert!(answer.starts_with("OK line="), "{answer}");
+        // The task starts at the loop's next turn: ask until the loop's
+        // thread is inside parse_order (the block lasts 6 s).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let main = loop {
+            let d = dump_json(fx.pid, &[]);
+            let main = d["threads"]
+                .as_array()
+                .expect("threads")
+                .iter()
+                .find(|t| t["tid"] == fx.pid)
+                .cloned()
+                .expect("main thread");
+            let inside = main["python"]["frames"]
+                .as_array()
+                .is_some_and(|f| f.first().is_some_and(|f| f["function"] == "parse_order"));
+            if inside || Instant::now() > deadline {
+                break main;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let task = &main["python"]["task"];
+        if v.as_str() >= "3.14" {
+            assert_eq!(task["name"], "order", "Python {v}: {main}");
+            assert_eq!(task["coro"], "handle", "Python {v}: {main}");
+            let out = run(Command::new(watch_bin()).args(["dump", &fx.pid.to_string()]));
+            let text = String::from_utf8_lossy(&out.stdout);
+            let header = text
+                .lines()
+                .find(|l| l.starts_with(&format!("Thread {} ", fx.pid)))
+                .unwrap_or_else(|| panic!("no main thread in:\n{text}"));
+            assert!(
+                header.contains(", running task 'order' (coro handle)"),
+                "Python {v}: {header}"
+            );
+        } else {
+            assert!(task.is_null(), "Python {v}: {main}");
+        }
+        checked.push(v);
+    }
+    eprintln!("python_frames: running tasks checked on Python {checked:?}");
+    if !checked.iter().any(|v| v.as_str() >= "3.14") {
+        loud("Python 3.14: not fetched, the interpreter's asyncio task is not checked");
     }
 }
 
