@@ -116,6 +116,15 @@ pub struct Layout {
     pub frame_instr: u64,
     /// `_PyInterpreterFrame.owner`.
     pub frame_owner: u64,
+    /// `_PyInterpreterFrame.localsplus` (the arguments, then the locals).
+    pub frame_localsplus: u64,
+    /// `_PyInterpreterFrame.f_globals` (not in `_Py_DebugOffsets`: 8 in
+    /// 3.11, after f_func; 24 from 3.12 on, after f_code/f_executable,
+    /// previous and f_funcobj — unchanged through 3.14).
+    pub frame_globals: u64,
+    /// `sizeof(PyTypeObject)` (a heap type's `ht_cached_keys` follows at a
+    /// fixed distance: see [`super::threadname`]).
+    pub type_size: u64,
     /// `_PyInterpreterFrame.is_entry` (3.11 only).
     pub frame_is_entry: Option<u64>,
     /// The `owner` value of the entry frame each `_PyEval_EvalFrameDefault`
@@ -219,6 +228,11 @@ pub fn fixed_layout(version: Version) -> Option<Layout> {
         frame_executable: 0,
         frame_instr: 56,
         frame_owner: 0,
+        // Right after `owner` (3.11: is_entry 68, owner 69; 3.12: owner 70),
+        // aligned to a pointer.
+        frame_localsplus: 72,
+        frame_globals: 24,
+        type_size: 0,
         frame_is_entry: None,
         owner_cstack: None,
         owner_interpreter: None,
@@ -261,6 +275,9 @@ pub fn fixed_layout(version: Version) -> Option<Layout> {
             frame_executable: 32,
             frame_owner: 69,
             frame_is_entry: Some(68),
+            // PyTypeObject ends with tp_vectorcall (3.11).
+            type_size: 408,
+            frame_globals: 8,
             code_size: 192,
             code_firstlineno: 72,
             code_adaptive: 184,
@@ -289,6 +306,8 @@ pub fn fixed_layout(version: Version) -> Option<Layout> {
             frame_executable: 0,
             frame_owner: 70,
             owner_cstack: Some(3),
+            // 3.12 added tp_watched (one byte, padded).
+            type_size: 416,
             code_size: 200,
             code_firstlineno: 68,
             code_adaptive: 192,
@@ -320,6 +339,7 @@ struct DebugTable {
     frame_previous: usize,
     frame_executable: usize,
     frame_instr: usize,
+    frame_localsplus: usize,
     frame_owner: usize,
     code_size: usize,
     code_filename: usize,
@@ -360,6 +380,7 @@ const TABLE_3_13: DebugTable = DebugTable {
     frame_previous: 28,
     frame_executable: 29,
     frame_instr: 30,
+    frame_localsplus: 31,
     frame_owner: 32,
     code_size: 33,
     code_filename: 34,
@@ -402,6 +423,7 @@ const TABLE_3_14: DebugTable = DebugTable {
     frame_previous: 31,
     frame_executable: 32,
     frame_instr: 33,
+    frame_localsplus: 34,
     frame_owner: 35,
     code_size: 38,
     code_filename: 39,
@@ -536,6 +558,10 @@ pub fn from_debug_offsets(bytes: &[u8]) -> PyResult<Layout> {
         frame_executable: inside(table.frame_executable, frame, 8, "frame.f_executable")?,
         frame_instr: inside(table.frame_instr, frame, 8, "frame.instr_ptr")?,
         frame_owner: inside(table.frame_owner, frame, 1, "frame.owner")?,
+        // localsplus is the variable part at the end: it may equal the size.
+        frame_localsplus: inside(table.frame_localsplus, frame + 8, 8, "frame.localsplus")?,
+        frame_globals: 24,
+        type_size: ty,
         frame_is_entry: None,
         owner_cstack: Some(if version.minor() >= 14 { 4 } else { 3 }),
         owner_interpreter: (version.minor() >= 14).then_some(3),
@@ -597,6 +623,7 @@ pub(crate) mod tests {
         f[28] = 8;
         f[29] = 0;
         f[30] = 56;
+        f[31] = 72;
         f[32] = 70;
         f[33] = 200; // code size
         f[34] = 112;

@@ -28,6 +28,7 @@ pub mod linetable;
 pub mod locate;
 pub mod memory;
 pub mod merge;
+pub mod threadname;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -64,6 +65,9 @@ pub struct PythonThread {
     pub gil: GilState,
     /// `threading.get_ident()` of the thread.
     pub thread_id: u64,
+    /// Its `threading` name (`Thread(name=...)`), for threads `threading`
+    /// started ([`threadname`]).
+    pub name: Option<String>,
     /// Python frames, innermost first.
     pub frames: Vec<PyFrame>,
     /// The asyncio task its loop is running (3.14+, from the interpreter's
@@ -264,11 +268,13 @@ impl PythonReader {
         }
         let mem = ProcessMemory { pid: *pid };
         let layout = layout.clone();
+        let mut threading_globals = None;
         for t in &mut dump.threads {
             let Some(rt) = raw.threads.iter().find(|r| r.native_tid == t.tid as u64) else {
                 continue;
             };
-            apply(&mem, &layout, &mut self.codes, rt, t, mode);
+            let g = apply(&mem, &layout, &mut self.codes, rt, t, mode);
+            threading_globals = threading_globals.or(g);
             if let (Some(a), Some(p)) = (&asyncio, t.python.as_mut()) {
                 if rt.running_task != 0 {
                     match asyncio::read_task(&mem, &layout, a, rt.running_task) {
@@ -281,6 +287,17 @@ impl PythonReader {
                             });
                         }
                     }
+                }
+            }
+        }
+        // The main thread's name, through the module any started thread
+        // runs in (errors: no name, as for a process without threads).
+        if let Some(Ok(Some((ident, name)))) =
+            threading_globals.map(|g| threadname::main_thread(&mem, &layout, g))
+        {
+            for t in &mut dump.threads {
+                if let Some(p) = t.python.as_mut().filter(|p| p.thread_id == ident) {
+                    p.name.get_or_insert(name.clone());
                 }
             }
         }
@@ -362,22 +379,30 @@ fn apply(
     raw: &RawThread,
     t: &mut ThreadDump,
     mode: StackMode,
-) {
+) -> Option<u64> {
     let (segs, decode_note) = segments(mem, l, codes, raw);
+    let (started, name_note) = match threadname::thread_name(mem, l, codes, &raw.frames) {
+        Ok(n) => (n, None),
+        Err(e) => (None, Some(format!("no thread name: {e}"))),
+    };
+    let globals = started.as_ref().map(|s| s.globals);
+    let name = started.map(|s| s.name);
     let gil = merge::gil_state(raw.holds_gil, &t.frames);
     let (frames, merge_note) = merge::merge(&t.frames, &segs, mode);
     t.frames = frames;
-    let notes: Vec<String> = [raw.problem.clone(), decode_note, merge_note]
+    let notes: Vec<String> = [raw.problem.clone(), decode_note, merge_note, name_note]
         .into_iter()
         .flatten()
         .collect();
     t.python = Some(PythonThread {
         gil,
         thread_id: raw.thread_id,
+        name,
         frames: segs.into_iter().flatten().collect(),
         task: None,
         note: (!notes.is_empty()).then(|| notes.join("; ")),
     });
+    globals
 }
 
 #[cfg(test)]
