@@ -67,7 +67,7 @@ pub fn from_section(bytes: &[u8]) -> PyResult<AsyncioOffsets> {
     let field = |i: u64| u64_at(bytes, 8 * i).unwrap_or(0);
     let sized = |i: u64, what: &str| -> PyResult<u64> {
         let s = field(i);
-        if s < 16 || s > MAX_STRUCT {
+        if !(16..=MAX_STRUCT).contains(&s) {
             return Err(format!("{SECTION}: implausible size {s} of {what}"));
         }
         Ok(s)
