@@ -59,12 +59,29 @@ pub fn gil_text(g: GilState) -> &'static str {
     }
 }
 
-/// What a thread header adds for a Python thread: `, Python: holds the GIL`.
+/// What a thread header adds for a Python thread: `, Python: holds the
+/// GIL, running task 'handle-order-7' (coro handle)`, or `, Python thread
+/// 'db-pool-1': waits for the GIL` for a thread `threading` named.
 pub fn thread_suffix(t: &ThreadDump) -> String {
     match &t.python {
-        Some(p) => format!(", Python: {}", gil_text(p.gil)),
+        Some(p) => {
+            let mut s = match &p.name {
+                Some(n) => format!(", Python thread '{n}': {}", gil_text(p.gil)),
+                None => format!(", Python: {}", gil_text(p.gil)),
+            };
+            if let Some(task) = &p.task {
+                s.push_str(&format!(", running {}", task.describe()));
+            }
+            s
+        }
         None => String::new(),
     }
+}
+
+/// The asyncio task a thread's loop runs, as the interpreter says (3.14+):
+/// `task 'handle-order-7' (coro handle)`.
+pub fn running_task(t: &ThreadDump) -> Option<String> {
+    t.python.as_ref()?.task.as_ref().map(|k| k.describe())
 }
 
 /// The note under a thread's frames, if its Python frames are incomplete.
@@ -152,6 +169,8 @@ pub fn thread_json(t: &ThreadDump) -> Value {
         Some(p) => json!({
             "gil": p.gil.code(),
             "thread_id": p.thread_id,
+            "name": p.name,
+            "task": p.task.as_ref().map(|k| json!({"name": k.name, "coro": k.coro})),
             "note": p.note,
             "frames": p.frames.iter().enumerate().map(|(i, f)| json!({
                 "index": i,

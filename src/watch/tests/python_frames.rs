@@ -177,8 +177,12 @@ fn our_python_frames(dump: &Value) -> HashMap<i64, Vec<String>> {
         .collect()
 }
 
-/// tid → function names of py-spy's frames, innermost first.
-fn py_spy_frames(py_spy: &Path, pid: i32) -> Result<HashMap<i64, Vec<String>>, String> {
+/// py-spy's view: tid → function names of its frames (innermost first),
+/// and tid → its thread name.
+type PySpyView = (HashMap<i64, Vec<String>>, HashMap<i64, String>);
+
+/// tid → function names of py-spy's frames, innermost first, and its names.
+fn py_spy_frames(py_spy: &Path, pid: i32) -> Result<PySpyView, String> {
     let out = run(Command::new(py_spy).args(["dump", "--json", "--pid", &pid.to_string()]));
     if !out.status.success() {
         return Err(format!(
@@ -188,8 +192,17 @@ fn py_spy_frames(py_spy: &Path, pid: i32) -> Result<HashMap<i64, Vec<String>>, S
         ));
     }
     let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("py-spy JSON: {e}"))?;
-    Ok(v.as_array()
-        .ok_or("py-spy printed no thread list")?
+    let threads = v.as_array().ok_or("py-spy printed no thread list")?;
+    let names = threads
+        .iter()
+        .filter_map(|t| {
+            Some((
+                t["os_thread_id"].as_i64()?,
+                t["thread_name"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    let frames = threads
         .iter()
         .map(|t| {
             let names = t["frames"]
@@ -202,7 +215,23 @@ fn py_spy_frames(py_spy: &Path, pid: i32) -> Result<HashMap<i64, Vec<String>>, S
                 .unwrap_or_default();
             (t["os_thread_id"].as_i64().unwrap_or(-1), names)
         })
-        .collect())
+        .collect();
+    Ok((frames, names))
+}
+
+/// tid → `threading` name in our dump.
+fn our_thread_names(dump: &Value) -> HashMap<i64, String> {
+    dump["threads"]
+        .as_array()
+        .expect("threads")
+        .iter()
+        .filter_map(|t| {
+            Some((
+                t["tid"].as_i64()?,
+                t["python"]["name"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
 }
 
 fn frames_fixture(interp: &Path) -> Fixture {
@@ -230,6 +259,26 @@ fn check_frames_dump(version: &str, pid: i32, dump: &Value) {
         "Python {version}: {py}"
     );
     let frames = our_python_frames(dump);
+    // threading names: of started threads (their _bootstrap frame's
+    // Thread) and of the main thread (threading._main_thread).
+    let names = our_thread_names(dump);
+    let named = |first: &str| -> Option<&String> {
+        let (tid, _) = frames
+            .iter()
+            .find(|(_, f)| f.first().is_some_and(|n| n == first))?;
+        names.get(tid)
+    };
+    assert_eq!(
+        named("Worker.nap").map(String::as_str),
+        Some("db-pool-1"),
+        "Python {version}: {names:?}"
+    );
+    assert_eq!(named("recurse").map(String::as_str), Some("deep"));
+    assert_eq!(
+        names.get(&i64::from(pid)).map(String::as_str),
+        Some("MainThread"),
+        "Python {version}: {names:?}"
+    );
     let main = frames.get(&i64::from(pid)).expect("the main thread");
     assert_eq!(
         main,
@@ -291,6 +340,13 @@ fn dump_shows_every_threads_python_frames_like_py_spy() {
         let fx = frames_fixture(&interp.run);
         let dump = dump_json(fx.pid, &[]);
         check_frames_dump(&v, fx.pid, &dump);
+        let out = run(Command::new(watch_bin()).args(["dump", &fx.pid.to_string()]));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("Thread ") && l.contains(", Python thread 'db-pool-1': ")),
+            "Python {v}: the named thread's header:\n{text}"
+        );
         drop(fx);
 
         // Started directly, side by side with py-spy.
@@ -299,8 +355,9 @@ fn dump_shows_every_threads_python_frames_like_py_spy() {
         let mut last = String::new();
         let mut matched = false;
         for _attempt in 0..5 {
-            let ours = our_python_frames(&dump_json(fx.pid, &[]));
-            let theirs = match py_spy_frames(py_spy, fx.pid) {
+            let dump = dump_json(fx.pid, &[]);
+            let ours = our_python_frames(&dump);
+            let (theirs, their_names) = match py_spy_frames(py_spy, fx.pid) {
                 Ok(t) => t,
                 Err(e) => {
                     last = e;
@@ -309,11 +366,24 @@ fn dump_shows_every_threads_python_frames_like_py_spy() {
             };
             // Every thread py-spy sees has the same functions in ours; a
             // thread caught between two points of its loop is asked again.
-            let differing: Vec<String> = theirs
+            let mut differing: Vec<String> = theirs
                 .iter()
                 .filter(|(tid, names)| ours.get(tid) != Some(names))
                 .map(|(tid, names)| format!("{tid}: py-spy {names:?}, ours {:?}", ours.get(tid)))
                 .collect();
+            // Thread names: the same as py-spy's, thread by thread.
+            let our_names = our_thread_names(&dump);
+            differing.extend(
+                their_names
+                    .iter()
+                    .filter(|(tid, n)| our_names.get(tid) != Some(n))
+                    .map(|(tid, n)| {
+                        format!(
+                            "{tid}: py-spy names it {n:?}, ours {:?}",
+                            our_names.get(tid)
+                        )
+                    }),
+            );
             if differing.is_empty() && theirs.len() == ours.len() {
                 matched = true;
                 break;
@@ -370,7 +440,7 @@ fn stacks_option_chooses_python_native_or_merged_frames() {
         "{text}"
     );
     assert!(
-        text.contains("Python: outside Python (GIL released)"),
+        text.contains("Python thread 'MainThread': outside Python (GIL released)"),
         "{text}"
     );
 }
@@ -472,6 +542,23 @@ fn watch_names_the_coroutines_blocking_helper_at_its_line() {
             first.contains(&format!("blocked in: {want}")),
             "Python {v}:\n{first}"
         );
+        // 3.14+: the interpreter names the loop's running task itself (no
+        // companion marks in this fixture); older versions say nothing.
+        let task = "task 'order' (coro handle)";
+        if v.as_str() >= "3.14" {
+            assert!(
+                culprit.ends_with(&format!(", in {task}")),
+                "Python {v}: culprit {culprit:?}"
+            );
+            assert!(
+                first.contains(&format!(
+                    "\nrunning:    {task} (the interpreter's asyncio state)\n"
+                )),
+                "Python {v}:\n{first}"
+            );
+        } else {
+            assert!(!first.contains("\nrunning:    "), "Python {v}:\n{first}");
+        }
         // The loop's thread (first, marked) shows the coroutine under its helper.
         let block = first
             .split("\n\n")
@@ -481,9 +568,76 @@ fn watch_names_the_coroutines_blocking_helper_at_its_line() {
         let handler = block.find("in handle at ").expect("handle frame");
         assert!(helper < handler, "Python {v}:\n{block}");
         assert!(
-            block.contains("Python: holds the GIL"),
+            block
+                .lines()
+                .next()
+                .is_some_and(|h| h.contains(": holds the GIL")),
             "Python {v}:\n{block}"
         );
+    }
+}
+
+/// 3.14: `dump` names the task the loop is running (name and coroutine),
+/// in text and JSON, from the interpreter's asyncio debug offsets; on
+/// 3.11/3.13 the JSON's `task` is null (only the companion's marks know).
+#[test]
+fn dump_names_the_running_asyncio_task_from_the_interpreter() {
+    let lib = ffi_dir().join("libaiodebug.so");
+    let script = workspace_root().join("fixtures/python/orders_server.py");
+    let mut checked = Vec::new();
+    for interp in interpreters() {
+        let v = interp.version.clone();
+        let mut fx = Fixture::spawn_path(
+            &interp.run,
+            &[
+                script.to_string_lossy().into_owned(),
+                lib.to_string_lossy().into_owned(),
+            ],
+        );
+        let answer = fx.ok("order 6000");
+        assert!(answer.starts_with("OK line="), "{answer}");
+        // The task starts at the loop's next turn: ask until the loop's
+        // thread is inside parse_order (the block lasts 6 s).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let main = loop {
+            let d = dump_json(fx.pid, &[]);
+            let main = d["threads"]
+                .as_array()
+                .expect("threads")
+                .iter()
+                .find(|t| t["tid"] == fx.pid)
+                .cloned()
+                .expect("main thread");
+            let inside = main["python"]["frames"]
+                .as_array()
+                .is_some_and(|f| f.first().is_some_and(|f| f["function"] == "parse_order"));
+            if inside || Instant::now() > deadline {
+                break main;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let task = &main["python"]["task"];
+        if v.as_str() >= "3.14" {
+            assert_eq!(task["name"], "order", "Python {v}: {main}");
+            assert_eq!(task["coro"], "handle", "Python {v}: {main}");
+            let out = run(Command::new(watch_bin()).args(["dump", &fx.pid.to_string()]));
+            let text = String::from_utf8_lossy(&out.stdout);
+            let header = text
+                .lines()
+                .find(|l| l.starts_with(&format!("Thread {} ", fx.pid)))
+                .unwrap_or_else(|| panic!("no main thread in:\n{text}"));
+            assert!(
+                header.contains(", running task 'order' (coro handle)"),
+                "Python {v}: {header}"
+            );
+        } else {
+            assert!(task.is_null(), "Python {v}: {main}");
+        }
+        checked.push(v);
+    }
+    eprintln!("python_frames: running tasks checked on Python {checked:?}");
+    if !checked.iter().any(|v| v.as_str() >= "3.14") {
+        loud("Python 3.14: not fetched, the interpreter's asyncio task is not checked");
     }
 }
 

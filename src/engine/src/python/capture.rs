@@ -53,6 +53,9 @@ pub struct RawThread {
     pub holds_gil: Option<bool>,
     /// Frames, innermost first.
     pub frames: Vec<RawFrame>,
+    /// The asyncio task its loop is running (3.14+, once `_asyncio` is
+    /// loaded: [`Layout::tstate_running_task`]), 0 if none.
+    pub running_task: u64,
     /// Why the chain ended early, if it did.
     pub problem: Option<String>,
 }
@@ -148,6 +151,11 @@ pub fn capture_in(
                 holds_gil: gil.map(|(locked, holder)| locked && holder == ts),
                 ..RawThread::default()
             };
+            if let Some(off) = l.tstate_running_task {
+                // One pointer: the task object itself is decoded after the
+                // detach (its name and coroutine are fixed while it runs).
+                t.running_task = read_u64(cache, ts.wrapping_add(off)).unwrap_or(0);
+            }
             if only.is_none_or_contains(t.native_tid) {
                 let budget = MAX_FRAMES.min(MAX_TOTAL_FRAMES.saturating_sub(total_frames));
                 walk_frames(cache, l, &head, &mut t, budget);

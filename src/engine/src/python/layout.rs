@@ -116,6 +116,15 @@ pub struct Layout {
     pub frame_instr: u64,
     /// `_PyInterpreterFrame.owner`.
     pub frame_owner: u64,
+    /// `_PyInterpreterFrame.localsplus` (the arguments, then the locals).
+    pub frame_localsplus: u64,
+    /// `_PyInterpreterFrame.f_globals` (not in `_Py_DebugOffsets`: 8 in
+    /// 3.11, after f_func; 24 from 3.12 on, after f_code/f_executable,
+    /// previous and f_funcobj — unchanged through 3.14).
+    pub frame_globals: u64,
+    /// `sizeof(PyTypeObject)` (a heap type's `ht_cached_keys` follows at a
+    /// fixed distance: see [`super::threadname`]).
+    pub type_size: u64,
     /// `_PyInterpreterFrame.is_entry` (3.11 only).
     pub frame_is_entry: Option<u64>,
     /// The `owner` value of the entry frame each `_PyEval_EvalFrameDefault`
@@ -126,6 +135,11 @@ pub struct Layout {
     pub owner_interpreter: Option<u8>,
     /// Bits to clear from `f_executable` (3.14's `_PyStackRef` tag bits).
     pub executable_tag_mask: u64,
+    /// `_PyThreadStateImpl.asyncio_running_task` (3.14+, from the `_asyncio`
+    /// module's table once it is loaded: see [`super::asyncio`]).
+    pub tstate_running_task: Option<u64>,
+    /// `PyGenObject.gi_name` (3.14+: the coroutine of a task).
+    pub gen_name: Option<u64>,
     /// `sizeof(PyCodeObject)` (the header read of a code object).
     pub code_size: u64,
     /// `PyCodeObject.co_filename`.
@@ -214,10 +228,17 @@ pub fn fixed_layout(version: Version) -> Option<Layout> {
         frame_executable: 0,
         frame_instr: 56,
         frame_owner: 0,
+        // Right after `owner` (3.11: is_entry 68, owner 69; 3.12: owner 70),
+        // aligned to a pointer.
+        frame_localsplus: 72,
+        frame_globals: 24,
+        type_size: 0,
         frame_is_entry: None,
         owner_cstack: None,
         owner_interpreter: None,
         executable_tag_mask: 0,
+        tstate_running_task: None,
+        gen_name: None,
         code_size: 0,
         code_filename: 112,
         code_name: 120,
@@ -254,6 +275,9 @@ pub fn fixed_layout(version: Version) -> Option<Layout> {
             frame_executable: 32,
             frame_owner: 69,
             frame_is_entry: Some(68),
+            // PyTypeObject ends with tp_vectorcall (3.11).
+            type_size: 408,
+            frame_globals: 8,
             code_size: 192,
             code_firstlineno: 72,
             code_adaptive: 184,
@@ -282,6 +306,8 @@ pub fn fixed_layout(version: Version) -> Option<Layout> {
             frame_executable: 0,
             frame_owner: 70,
             owner_cstack: Some(3),
+            // 3.12 added tp_watched (one byte, padded).
+            type_size: 416,
             code_size: 200,
             code_firstlineno: 68,
             code_adaptive: 192,
@@ -313,6 +339,7 @@ struct DebugTable {
     frame_previous: usize,
     frame_executable: usize,
     frame_instr: usize,
+    frame_localsplus: usize,
     frame_owner: usize,
     code_size: usize,
     code_filename: usize,
@@ -353,6 +380,7 @@ const TABLE_3_13: DebugTable = DebugTable {
     frame_previous: 28,
     frame_executable: 29,
     frame_instr: 30,
+    frame_localsplus: 31,
     frame_owner: 32,
     code_size: 33,
     code_filename: 34,
@@ -395,6 +423,7 @@ const TABLE_3_14: DebugTable = DebugTable {
     frame_previous: 31,
     frame_executable: 32,
     frame_instr: 33,
+    frame_localsplus: 34,
     frame_owner: 35,
     code_size: 38,
     code_filename: 39,
@@ -529,12 +558,26 @@ pub fn from_debug_offsets(bytes: &[u8]) -> PyResult<Layout> {
         frame_executable: inside(table.frame_executable, frame, 8, "frame.f_executable")?,
         frame_instr: inside(table.frame_instr, frame, 8, "frame.instr_ptr")?,
         frame_owner: inside(table.frame_owner, frame, 1, "frame.owner")?,
+        // localsplus is the variable part at the end: it may equal the size.
+        frame_localsplus: inside(table.frame_localsplus, frame + 8, 8, "frame.localsplus")?,
+        frame_globals: 24,
+        type_size: ty,
         frame_is_entry: None,
         owner_cstack: Some(if version.minor() >= 14 { 4 } else { 3 }),
         owner_interpreter: (version.minor() >= 14).then_some(3),
         // 3.14's _PyStackRef: the low two bits tag deferred and immortal
         // references (Py_TAG_BITS).
         executable_tag_mask: if version.minor() >= 14 { 3 } else { 0 },
+        tstate_running_task: None,
+        // 3.14's gen_object {size, gi_name, gi_iframe, gi_frame_state} is
+        // fields 82–85 (3.13's table is not read for it: tasks are 3.14+).
+        gen_name: match version.minor() {
+            14 => {
+                let gen = sized(82, "PyGenObject")?;
+                Some(inside(83, gen, 8, "gi_name")?)
+            }
+            _ => None,
+        },
         code_size: code,
         code_filename: inside(table.code_filename, code, 8, "co_filename")?,
         code_name: inside(table.code_name, code, 8, "co_name")?,
@@ -580,6 +623,7 @@ pub(crate) mod tests {
         f[28] = 8;
         f[29] = 0;
         f[30] = 56;
+        f[31] = 72;
         f[32] = 70;
         f[33] = 200; // code size
         f[34] = 112;
@@ -604,6 +648,35 @@ pub(crate) mod tests {
             b.extend_from_slice(&v.to_le_bytes());
         }
         b
+    }
+
+    /// Debian's 3.14.8 `_Py_DebugOffsets` (fields after the cookie, as read
+    /// out of its `.PyRuntime` section).
+    pub(crate) fn debug_offsets_3_14() -> Vec<u8> {
+        let f: [u64; 94] = [
+            0x30e08f0, 0x0, 0x4d4c8, 0x310, 0x328, 0x37248, 0x1c70, 0x1c68, 0x1cb0, 0x1cc0, 0x1cf0,
+            0x1e08, 0x1df8, 0x1e00, 0x10, 0x1e68, 0x0, 0x1e78, 0x1e70, 0x1f38, 0x0, 0x340, 0x0,
+            0x8, 0x10, 0x48, 0x98, 0xa0, 0xe8, 0x20, 0x58, 0x8, 0x0, 0x38, 0x50, 0x4a, 0x40, 0x0,
+            0xd8, 0x70, 0x78, 0x80, 0x88, 0x44, 0x34, 0x60, 0x68, 0xd0, 0x0, 0x10, 0x8, 0x1a0,
+            0x18, 0x58, 0xa8, 0x28, 0x20, 0x10, 0x28, 0x18, 0x10, 0xc8, 0x18, 0x28, 0x20, 0x30,
+            0x20, 0x28, 0x18, 0x10, 0x20, 0x10, 0x18, 0x28, 0x10, 0x20, 0x40, 0x20, 0x10, 0x28,
+            0x108, 0xc0, 0xa0, 0x18, 0x48, 0x43, 0x0, 0x8, 0x18, 0x130, 0x1f8c, 0x0, 0x4, 0x200,
+        ];
+        let mut b = DEBUG_COOKIE.to_vec();
+        for v in f {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn debians_3_14_table_reads() {
+        let l = from_debug_offsets(&debug_offsets_3_14()).unwrap();
+        assert_eq!(l.version.to_string(), "3.14.8");
+        assert_eq!(l.gen_name, Some(0x18));
+        assert_eq!(l.owner_interpreter, Some(3));
+        assert_eq!(l.executable_tag_mask, 3);
+        assert_eq!(l.tstate_running_task, None);
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! [`crate::attach::WhileStopped`] runs during the stop, and
 //! [`PythonReader::after`] decodes and merges.
 
+pub mod asyncio;
 pub mod capture;
 pub mod code;
 pub mod layout;
@@ -27,6 +28,7 @@ pub mod linetable;
 pub mod locate;
 pub mod memory;
 pub mod merge;
+pub mod threadname;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -63,8 +65,14 @@ pub struct PythonThread {
     pub gil: GilState,
     /// `threading.get_ident()` of the thread.
     pub thread_id: u64,
+    /// Its `threading` name (`Thread(name=...)`), for threads `threading`
+    /// started ([`threadname`]).
+    pub name: Option<String>,
     /// Python frames, innermost first.
     pub frames: Vec<PyFrame>,
+    /// The asyncio task its loop is running (3.14+, from the interpreter's
+    /// asyncio debug offsets), if any.
+    pub task: Option<asyncio::PyTask>,
     /// Why its frames are incomplete or shown alone, if so.
     pub note: Option<String>,
 }
@@ -116,6 +124,8 @@ pub struct PythonReader {
     located: Option<(i32, RuntimeLocation, Result<Layout, String>)>,
     /// A pid known not to be Python.
     not_python: Option<i32>,
+    /// (pid, `_asyncio`'s table or why it is unusable), once found.
+    asyncio: Option<(i32, Result<asyncio::AsyncioOffsets, String>)>,
     codes: CodeCache,
     walk: Arc<FreezeWalk>,
 }
@@ -176,8 +186,26 @@ impl PythonReader {
                 }
             }
         }
+        if self.asyncio.as_ref().is_some_and(|(p, _)| *p != pid) {
+            self.asyncio = None;
+        }
         let (_, loc, layout) = self.located.as_ref()?;
         let layout = layout.as_ref().ok()?;
+        // 3.14+: `_asyncio`'s table, looked for until the module is loaded.
+        if layout.version.minor() >= 14 && self.asyncio.is_none() {
+            if let Ok(maps) = crate::proc::read_maps(pid) {
+                match asyncio::locate(pid, &maps, &mem, &loc.module) {
+                    Ok(Some((_, t))) => self.asyncio = Some((pid, Ok(t))),
+                    Ok(None) => {}
+                    Err(e) => self.asyncio = Some((pid, Err(e))),
+                }
+            }
+        }
+        let mut layout = layout.clone();
+        if let Some((_, Ok(a))) = &self.asyncio {
+            layout.tstate_running_task = Some(a.running_task);
+        }
+        let layout = &layout;
         // A rehearsal on the running target finds the pages the walk will
         // need: the stop then reads them all in one call.
         let cache = capture::new_cache(&mem);
@@ -226,13 +254,52 @@ impl PythonReader {
         process.walk = raw.took;
         process.pages = raw.pages;
         process.note = raw.problem.clone();
+        let (asyncio, asyncio_problem) = match &self.asyncio {
+            Some((p, Ok(a))) if p == pid => (Some(*a), None),
+            Some((p, Err(e))) if p == pid => (None, Some(e.clone())),
+            _ => (None, None),
+        };
+        if let Some(e) = asyncio_problem {
+            let n = format!("no asyncio tasks: {e}");
+            process.note = Some(match process.note.take() {
+                Some(p) => format!("{p}; {n}"),
+                None => n,
+            });
+        }
         let mem = ProcessMemory { pid: *pid };
         let layout = layout.clone();
+        let mut threading_globals = None;
         for t in &mut dump.threads {
             let Some(rt) = raw.threads.iter().find(|r| r.native_tid == t.tid as u64) else {
                 continue;
             };
-            apply(&mem, &layout, &mut self.codes, rt, t, mode);
+            let g = apply(&mem, &layout, &mut self.codes, rt, t, mode);
+            threading_globals = threading_globals.or(g);
+            if let (Some(a), Some(p)) = (&asyncio, t.python.as_mut()) {
+                if rt.running_task != 0 {
+                    match asyncio::read_task(&mem, &layout, a, rt.running_task) {
+                        Ok(task) => p.task = Some(task),
+                        Err(e) => {
+                            let n = format!("asyncio task: {e}");
+                            p.note = Some(match p.note.take() {
+                                Some(old) => format!("{old}; {n}"),
+                                None => n,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        // The main thread's name, through the module any started thread
+        // runs in (errors: no name, as for a process without threads).
+        if let Some(Ok(Some((ident, name)))) =
+            threading_globals.map(|g| threadname::main_thread(&mem, &layout, g))
+        {
+            for t in &mut dump.threads {
+                if let Some(p) = t.python.as_mut().filter(|p| p.thread_id == ident) {
+                    p.name.get_or_insert(name.clone());
+                }
+            }
         }
         dump.python = Some(process);
     }
@@ -312,21 +379,30 @@ fn apply(
     raw: &RawThread,
     t: &mut ThreadDump,
     mode: StackMode,
-) {
+) -> Option<u64> {
     let (segs, decode_note) = segments(mem, l, codes, raw);
+    let (started, name_note) = match threadname::thread_name(mem, l, codes, &raw.frames) {
+        Ok(n) => (n, None),
+        Err(e) => (None, Some(format!("no thread name: {e}"))),
+    };
+    let globals = started.as_ref().map(|s| s.globals);
+    let name = started.map(|s| s.name);
     let gil = merge::gil_state(raw.holds_gil, &t.frames);
     let (frames, merge_note) = merge::merge(&t.frames, &segs, mode);
     t.frames = frames;
-    let notes: Vec<String> = [raw.problem.clone(), decode_note, merge_note]
+    let notes: Vec<String> = [raw.problem.clone(), decode_note, merge_note, name_note]
         .into_iter()
         .flatten()
         .collect();
     t.python = Some(PythonThread {
         gil,
         thread_id: raw.thread_id,
+        name,
         frames: segs.into_iter().flatten().collect(),
+        task: None,
         note: (!notes.is_empty()).then(|| notes.join("; ")),
     });
+    globals
 }
 
 #[cfg(test)]

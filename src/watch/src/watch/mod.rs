@@ -917,7 +917,7 @@ fn snapshot_loop_thread(
     let d = ctx.dumper.dump_threads(ctx.pid, &[tid as i32]).ok()?;
     cause.slow = cause.for_capture(ctx.pid, tid, &d);
     let t = d.threads.iter().find(|t| t.tid as u32 == tid)?;
-    let culprit = render::culprit_text(&t.frames).unwrap_or_else(|| "an unknown frame".into());
+    let culprit = render::thread_culprit(t).unwrap_or_else(|| "an unknown frame".into());
     let top: Vec<String> = t
         .frames
         .iter()
@@ -995,7 +995,7 @@ fn dump_now(
         .threads
         .iter()
         .find(|t| t.tid as u32 == first && w.recovered_after_ns.is_none())
-        .and_then(|t| render::culprit_text(&t.frames));
+        .and_then(render::thread_culprit);
     match ctx.out.write(&name, text.as_bytes()) {
         Outcome::Written(path, bytes) => {
             ctx.files += 1;

@@ -140,6 +140,17 @@ pub fn culprit_text(frames: &[Frame]) -> Option<String> {
     crate::pyview::python_culprit(frames).or_else(|| culprit(frames).map(|c| c.describe()))
 }
 
+/// [`culprit_text`] of a thread, with the asyncio task its loop is running
+/// when the interpreter says (3.14+): `parse_order (orders.py:10), in task
+/// 'handle-order-7' (coro handle)`.
+pub fn thread_culprit(t: &ThreadDump) -> Option<String> {
+    let c = culprit_text(&t.frames)?;
+    Some(match crate::pyview::running_task(t) {
+        Some(task) => format!("{c}, in {task}"),
+        None => c,
+    })
+}
+
 /// `parse_order (src/orders.rs:37)` for a frame.
 pub fn short_frame(f: &Frame) -> String {
     let func = f.function.as_deref().unwrap_or("??");
@@ -274,7 +285,7 @@ pub fn dump_file(h: &Header<'_>, d: &Dump, prev_cpu: &HashMap<i32, Duration>) ->
                 .threads
                 .iter()
                 .find(|t| t.tid as u32 == *tid)
-                .and_then(|t| culprit_text(&t.frames))
+                .and_then(thread_culprit)
             else {
                 continue;
             };
@@ -291,6 +302,15 @@ pub fn dump_file(h: &Header<'_>, d: &Dump, prev_cpu: &HashMap<i32, Duration>) ->
     }
     if let Some(p) = marked.first().and_then(|t| h.polls.get(&(*t as i32))) {
         let _ = writeln!(out, "polling:    {}", p.trim_start_matches("polling "));
+    }
+    // The interpreter's own word on the loop's task (3.14+), companion or not.
+    if let Some(task) = d
+        .threads
+        .iter()
+        .find(|t| Some(&(t.tid as u32)) == marked.first())
+        .and_then(crate::pyview::running_task)
+    {
+        let _ = writeln!(out, "running:    {task} (the interpreter's asyncio state)");
     }
     let _ = writeln!(out, "taken:      {}", h.local_time);
     let _ = writeln!(
