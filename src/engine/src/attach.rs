@@ -38,6 +38,7 @@
 use std::collections::HashSet;
 use std::marker::PhantomData;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::libc;
@@ -46,6 +47,7 @@ use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
 use crate::memory;
+use crate::module::{self, ModuleCache, TargetFiles};
 use crate::proc::{self, MapEntry};
 use crate::snapshot::{CapturePhases, ProcessSnapshot, Registers, StopKind, ThreadSnapshot};
 
@@ -84,6 +86,10 @@ pub struct SnapshotOptions {
     /// Called while the threads are held, after their registers and stacks
     /// are copied, before the detach (the Python frame walk: `crate::python`).
     pub while_stopped: Option<StoppedHook>,
+    /// Facts of module files, kept across snapshots (default: a new cache
+    /// per snapshot). The module list is captured before the stop, so it
+    /// adds nothing to the freeze.
+    pub modules: Option<Arc<Mutex<ModuleCache>>>,
 }
 
 /// Reads that must see the target stopped (a consistent frame chain), run by
@@ -116,6 +122,7 @@ impl Default for SnapshotOptions {
             realtime_detach: true,
             only_threads: None,
             while_stopped: None,
+            modules: None,
         }
     }
 }
@@ -666,6 +673,16 @@ fn capture(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnapshot> {
     }
     let mut maps = proc::read_maps(pid)?;
     maps.sort_by_key(|m| m.start);
+    // Modules and the target's root, while it surely runs: what the offline
+    // stage needs of its files, so that it never reads the target again.
+    let modules = match &opts.modules {
+        Some(cache) => {
+            let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+            module::capture(pid, &maps, &mut cache)
+        }
+        None => module::capture(pid, &maps, &mut ModuleCache::new()),
+    };
+    let files = TargetFiles::open(pid);
 
     // Dropped after `att` (declared before it): the mask is restored once
     // every thread is detached.
@@ -1002,6 +1019,8 @@ fn capture(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnapshot> {
         phases,
         threads,
         maps,
+        modules,
+        files,
         vanished,
         exited,
     })

@@ -8,10 +8,13 @@
 //! uses it (ptrace requests must come from one thread anyway).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::attach::{self, SnapshotOptions};
 use crate::error::{Error, Result};
+use crate::module::{DebugSource, ModuleCache, TargetFiles};
 use crate::python::{PythonProcess, PythonReader, PythonThread, StackMode};
 use crate::snapshot::{ProcessSnapshot, StopKind};
 use crate::symbols::Symbolizer;
@@ -26,6 +29,10 @@ pub struct DumpOptions {
     pub max_frames: usize,
     /// Which frames of a Python process to show (default: merged).
     pub stacks: StackMode,
+    /// Extra directories of debug files laid out as `/usr/lib/debug`
+    /// (`DIR/.build-id/xx/yyyy.debug`), searched after the target's and the
+    /// host's (default: none).
+    pub debug_dirs: Vec<PathBuf>,
 }
 
 impl Default for DumpOptions {
@@ -34,6 +41,7 @@ impl Default for DumpOptions {
             snapshot: SnapshotOptions::default(),
             max_frames: DEFAULT_MAX_FRAMES,
             stacks: StackMode::default(),
+            debug_dirs: Vec::new(),
         }
     }
 }
@@ -147,6 +155,8 @@ pub struct Dumper {
     symbolizer: Symbolizer,
     unwinder: StackUnwinder,
     python: PythonReader,
+    /// Facts of module files, shared with the capture thread.
+    modules: Arc<Mutex<ModuleCache>>,
 }
 
 impl Dumper {
@@ -164,6 +174,7 @@ impl Dumper {
             symbolizer: Symbolizer::new(),
             unwinder,
             python: PythonReader::new(),
+            modules: Arc::default(),
         }
     }
 
@@ -206,6 +217,7 @@ impl Dumper {
                 .map(<[i32]>::to_vec)
                 .or_else(|| self.options.snapshot.only_threads.clone()),
             while_stopped: hook,
+            modules: Some(self.modules.clone()),
             ..self.options.snapshot.clone()
         };
         let snap = attach::snapshot(pid, &opts)?;
@@ -222,8 +234,14 @@ impl Dumper {
     /// then costs only the capture and a warm symbolization. Returns how many
     /// modules are cached.
     pub fn prepare(&mut self, pid: i32) -> Result<usize> {
-        let maps = crate::proc::read_maps(pid)?;
-        let space = self.symbolizer.address_space(pid, &maps);
+        let mut maps = crate::proc::read_maps(pid)?;
+        maps.sort_by_key(|m| m.start);
+        let modules = {
+            let mut cache = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+            crate::module::capture(pid, &maps, &mut cache)
+        };
+        let files = self.files(TargetFiles::open(pid));
+        let space = self.symbolizer.space(&modules, &files);
         let starts: Vec<u64> = space
             .modules
             .iter()
@@ -237,14 +255,37 @@ impl Dumper {
         Ok(self.symbolizer.cached_modules())
     }
 
-    /// Unwinds and symbolizes a snapshot taken earlier (offline).
+    /// The target's files plus this dumper's debug directories.
+    fn files(&self, mut files: TargetFiles) -> TargetFiles {
+        files
+            .debug_dirs
+            .extend(self.options.debug_dirs.iter().cloned());
+        files
+    }
+
+    /// Unwinds and symbolizes a snapshot taken earlier, with the files it
+    /// captured (its root) and [`DumpOptions::debug_dirs`].
     pub fn process(
         &mut self,
         snap: &ProcessSnapshot,
         loops: Option<&HashMap<i32, String>>,
     ) -> Dump {
+        let files = self.files(snap.files.clone());
+        self.process_with(snap, loops, &files)
+    }
+
+    /// Unwinds and symbolizes a snapshot taken earlier, finding module and
+    /// debug files through `source`: a pure function of the snapshot and
+    /// those files (the target may be gone; nothing of its memory or
+    /// `/proc` is read).
+    pub fn process_with(
+        &mut self,
+        snap: &ProcessSnapshot,
+        loops: Option<&HashMap<i32, String>>,
+        source: &dyn DebugSource,
+    ) -> Dump {
         let t0 = Instant::now();
-        let space = self.symbolizer.address_space(snap.pid, &snap.maps);
+        let space = self.symbolizer.space(&snap.modules, source);
         let module_problems = space
             .modules
             .iter()

@@ -20,13 +20,14 @@ use std::path::{Path, PathBuf};
 
 use aiodebug::abi;
 use object::elf::{
-    FileHeader32, FileHeader64, ELFMAG, PT_LOAD, SHF_ALLOC, SHN_UNDEF, SHT_DYNSYM, SHT_STRTAB,
-    SHT_SYMTAB, STT_FILE, STT_SECTION, STT_TLS,
+    FileHeader32, FileHeader64, ELFMAG, ELF_NOTE_GNU, NT_GNU_BUILD_ID, PT_LOAD, PT_NOTE, SHF_ALLOC,
+    SHN_UNDEF, SHT_DYNSYM, SHT_STRTAB, SHT_SYMTAB, STT_FILE, STT_SECTION, STT_TLS,
 };
 use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, Sym};
 use object::read::{ReadCache, ReadRef};
 use object::Endianness;
 
+use crate::module::ElfFacts;
 use crate::proc::{MapEntry, MapPath};
 
 /// Largest registry section or symbol accepted (16 MiB).
@@ -39,9 +40,8 @@ pub const MAX_SECTIONS: u32 = 1 << 16;
 pub const MAX_SEGMENTS: u32 = 1 << 12;
 /// Most registry locations reported for one file.
 pub const MAX_REGISTRIES: usize = 1024;
-/// Largest distance, in bytes, between a mapping's file offset and the start
-/// of a segment beginning later in the same page (the largest Linux page, 64 KiB).
-const MAX_PAGE: u64 = 1 << 16;
+/// Largest note segment searched for a build-id.
+const MAX_NOTES: u64 = 1 << 16;
 
 /// How a registry was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,18 +63,7 @@ pub struct RegistryLocation {
     pub via: Via,
 }
 
-/// A `PT_LOAD` program header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LoadSegment {
-    /// `p_offset`: file offset of the segment.
-    pub offset: u64,
-    /// `p_vaddr`: static virtual address of the segment.
-    pub vaddr: u64,
-    /// `p_filesz`: bytes of the file in the segment.
-    pub filesz: u64,
-    /// `p_memsz`: bytes of memory of the segment.
-    pub memsz: u64,
-}
+pub use crate::module::{LoadSegment, ModuleCache};
 
 /// What the engine needs of one ELF file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -114,6 +103,26 @@ pub fn load_segments(data: &[u8]) -> Result<Vec<LoadSegment>, String> {
     with_elf(data, |elf| elf.load_segments())
 }
 
+/// The load segments and build-id of an ELF file held in memory.
+pub fn facts(data: &[u8]) -> Result<ElfFacts, String> {
+    facts_ref(data)
+}
+
+fn facts_ref<'data, R: ReadRef<'data>>(data: R) -> Result<ElfFacts, String> {
+    with_elf(data, |elf| {
+        Ok(ElfFacts {
+            segments: elf.load_segments()?,
+            build_id: elf.build_id()?,
+        })
+    })
+}
+
+/// [`facts`] of an opened file, reading only its headers and notes.
+pub(crate) fn file_facts(file: &File) -> Result<ElfFacts, String> {
+    let cache = ReadCache::new(file);
+    facts_ref(&cache)
+}
+
 /// [`find_registry`], plus the load segments if any registry was found.
 pub fn analyze(data: &[u8]) -> Result<ModuleInfo, String> {
     analyze_ref(data)
@@ -138,6 +147,7 @@ fn analyze_ref<'data, R: ReadRef<'data>>(data: R) -> Result<ModuleInfo, String> 
 trait ElfView {
     fn registries(&self) -> Result<Vec<RegistryLocation>, String>;
     fn load_segments(&self) -> Result<Vec<LoadSegment>, String>;
+    fn build_id(&self) -> Result<Option<Vec<u8>>, String>;
 }
 
 struct Parsed<'data, Elf: FileHeader, R: ReadRef<'data>> {
@@ -386,8 +396,38 @@ where
                 vaddr: ph.p_vaddr(self.endian).into(),
                 filesz: ph.p_filesz(self.endian).into(),
                 memsz: ph.p_memsz(self.endian).into(),
+                flags: ph.p_flags(self.endian).0,
             })
             .collect())
+    }
+
+    fn build_id(&self) -> Result<Option<Vec<u8>>, String> {
+        let phdrs = self
+            .header
+            .program_headers(self.endian, self.data)
+            .map_err(|e| format!("bad program headers: {e}"))?;
+        for ph in phdrs.iter().take(MAX_SEGMENTS as usize) {
+            if ph.p_type(self.endian) != PT_NOTE {
+                continue;
+            }
+            let size: u64 = ph.p_filesz(self.endian).into();
+            if size > MAX_NOTES {
+                continue;
+            }
+            // A bad note segment is no build-id, not a bad file.
+            let Ok(Some(mut notes)) = ph.notes(self.endian, self.data) else {
+                continue;
+            };
+            while let Ok(Some(note)) = notes.next() {
+                if note.name() == ELF_NOTE_GNU && note.n_type(self.endian) == NT_GNU_BUILD_ID {
+                    let desc = note.desc();
+                    if !desc.is_empty() && desc.len() <= 64 {
+                        return Ok(Some(desc.to_vec()));
+                    }
+                }
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -408,31 +448,10 @@ fn has_prefix(strings: &[u8], offset: u32, prefix: &[u8]) -> bool {
     name_at(strings, offset).is_some_and(|s| s.starts_with(prefix))
 }
 
-/// The load bias of a module (runtime address = static address + bias), from
-/// one mapping of its file: `mapping` maps file offset `o` at address `s`.
-///
-/// Uses the `PT_LOAD` whose file range covers `o` or, failing that, the first
-/// one starting later in the same page (a segment whose `p_offset` is not
-/// page aligned is mapped from the page below it); then
-/// bias = `s − o − (p_vaddr − p_offset)` (wrapping). Works for executables
-/// (bias 0), position-independent executables and shared libraries.
+/// The load bias of a module from one mapping of its file: the rule of
+/// [`crate::module::load_bias`], with the mapping's start, offset and `x` bit.
 pub fn load_bias(segments: &[LoadSegment], mapping: &MapEntry) -> Option<u64> {
-    let o = mapping.offset;
-    let covering = segments
-        .iter()
-        .find(|seg| seg.offset <= o && o < seg.offset.saturating_add(seg.filesz));
-    let seg = covering.or_else(|| {
-        segments
-            .iter()
-            .filter(|seg| seg.offset > o && seg.offset - o < MAX_PAGE)
-            .min_by_key(|seg| seg.offset)
-    })?;
-    Some(
-        mapping
-            .start
-            .wrapping_sub(o)
-            .wrapping_sub(seg.vaddr.wrapping_sub(seg.offset)),
-    )
+    crate::module::load_bias(segments, mapping.start, mapping.offset, mapping.exec)
 }
 
 // ---------------------------------------------------------------------------
@@ -487,37 +506,6 @@ pub fn open_mapped_file(pid: i32, entry: &MapEntry) -> std::io::Result<File> {
 
 /// A file's identity: ((major, minor) of its device, inode).
 type FileKey = ((u32, u32), u64);
-
-/// Parsed modules keyed by (device, inode), so that scanning every process of
-/// a host opens and parses each distinct file once. Failures to open a file
-/// are not cached (they depend on the process); parse results are.
-#[derive(Debug, Default)]
-pub struct ModuleCache {
-    modules: HashMap<FileKey, Result<ModuleInfo, String>>,
-}
-
-impl ModuleCache {
-    /// An empty cache.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Number of files cached.
-    pub fn len(&self) -> usize {
-        self.modules.len()
-    }
-
-    /// Whether the cache is empty.
-    pub fn is_empty(&self) -> bool {
-        self.modules.is_empty()
-    }
-
-    /// Forgets every file (for long-running callers: files may be replaced
-    /// and inode numbers reused).
-    pub fn clear(&mut self) {
-        self.modules.clear();
-    }
-}
 
 /// Reads what is needed of an opened module: `Ok(default)` for non-ELF files.
 fn analyze_file(file: &File) -> Result<ModuleInfo, String> {
@@ -579,10 +567,15 @@ pub fn locate_registries(
         let MapPath::File { path, .. } = &entry.path else {
             continue;
         };
-        if let Entry::Vacant(v) = cache.modules.entry(key) {
+        let slot = cache.files.entry(key).or_default();
+        if slot.registries.is_none() {
             match open_mapped_file(pid, entry) {
                 Ok(file) => {
-                    v.insert(analyze_file(&file));
+                    let info = analyze_file(&file);
+                    if matches!(&info, Ok(i) if !i.registries.is_empty()) && slot.facts.is_none() {
+                        slot.facts = Some(file_facts(&file).map(std::sync::Arc::new));
+                    }
+                    slot.registries = Some(info.map(|i| i.registries));
                 }
                 Err(e) => {
                     problems.push(format!("cannot open {}: {e}", path.display()));
@@ -590,18 +583,26 @@ pub fn locate_registries(
                 }
             }
         }
-        let info = match cache.modules.get(&key) {
-            Some(Ok(info)) => info,
+        let registries = match &slot.registries {
+            Some(Ok(r)) => r,
             Some(Err(reason)) => {
                 problems.push(format!("cannot use {}: {reason}", path.display()));
                 continue;
             }
             None => continue,
         };
-        if info.registries.is_empty() {
+        if registries.is_empty() {
             continue;
         }
-        let Some(bias) = load_bias(&info.segments, entry) else {
+        let segments = match &slot.facts {
+            Some(Ok(f)) => f.segments.as_slice(),
+            Some(Err(reason)) => {
+                problems.push(format!("cannot use {}: {reason}", path.display()));
+                continue;
+            }
+            None => &[],
+        };
+        let Some(bias) = load_bias(segments, entry) else {
             problems.push(format!(
                 "cannot compute the load bias of {}: no loadable segment covers file offset 0x{:x}",
                 path.display(),
@@ -609,7 +610,7 @@ pub fn locate_registries(
             ));
             continue;
         };
-        for reg in &info.registries {
+        for reg in registries {
             let addr = reg.svma.wrapping_add(bias);
             let end = addr.checked_add(reg.size);
             let mapped = end.is_some_and(|end| {
@@ -792,22 +793,13 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    fn seg(offset: u64, vaddr: u64, filesz: u64) -> LoadSegment {
-        LoadSegment {
-            offset,
-            vaddr,
-            filesz,
-            memsz: filesz,
-        }
-    }
-
-    fn mapping(start: u64, offset: u64) -> MapEntry {
+    fn mapping(start: u64, offset: u64, exec: bool) -> MapEntry {
         MapEntry {
             start,
             end: start.saturating_add(0x1000),
             read: true,
             write: false,
-            exec: false,
+            exec,
             shared: false,
             offset,
             dev: (8, 1),
@@ -819,58 +811,25 @@ mod tests {
         }
     }
 
+    /// The rule itself is tested in `crate::module`; this wrapper passes
+    /// the mapping's `x` bit (lld: the shared page mapped twice).
     #[test]
-    fn load_bias_tables() {
-        // Non-PIE executable (ET_EXEC): bias 0.
-        let exec = [
-            seg(0, 0x400000, 0x5e0),
-            seg(0x1000, 0x401000, 0x1a5),
-            seg(0x2000, 0x402000, 0x104),
-            seg(0x2df8, 0x403df8, 0x230),
-        ];
-        assert_eq!(load_bias(&exec, &mapping(0x400000, 0)), Some(0));
-        assert_eq!(load_bias(&exec, &mapping(0x401000, 0x1000)), Some(0));
-        // Ambiguous: the data segment at offset 0x2df8 is mapped at 0x403000
-        // from page offset 0x2000, which the read-only segment at 0x402000
-        // covers: the covering segment wins, so callers use the file's first
-        // mapping (lowest offset, then lowest address).
-        assert_eq!(load_bias(&exec, &mapping(0x402000, 0x2000)), Some(0));
-        assert_eq!(load_bias(&exec, &mapping(0x403000, 0x2000)), Some(0x1000));
-        // PIE: first segment at 0; any mapping gives the same bias.
-        let pie = [
-            seg(0, 0, 0x628),
-            seg(0x1000, 0x1000, 0x1c5),
-            seg(0x2000, 0x2000, 0x10c),
-            seg(0x2db0, 0x3db0, 0x268),
-        ];
-        let base = 0x5555_5555_4000u64;
-        assert_eq!(load_bias(&pie, &mapping(base, 0)), Some(base));
-        assert_eq!(load_bias(&pie, &mapping(base + 0x1000, 0x1000)), Some(base));
-        // Data mapped from page 0x2000 at vaddr page 0x3000 (not covered by
-        // the segment at 0x2000, which ends at 0x210c): next segment in page.
-        let pie2 = [seg(0, 0, 0x628), seg(0x2db0, 0x3db0, 0x268)];
+    fn load_bias_uses_the_mappings_exec_bit() {
+        let seg = |offset, vaddr, filesz, flags| LoadSegment {
+            offset,
+            vaddr,
+            filesz,
+            memsz: filesz,
+            flags,
+        };
+        let lld = [seg(0, 0, 0x5e0, 4), seg(0x5e0, 0x15e0, 0x200, 5)];
+        let base = 0x7f00_0000_0000u64;
+        assert_eq!(load_bias(&lld, &mapping(base, 0, false)), Some(base));
         assert_eq!(
-            load_bias(&pie2, &mapping(base + 0x3000, 0x2000)),
+            load_bias(&lld, &mapping(base + 0x1000, 0, true)),
             Some(base)
         );
-        // Shared library with a non-zero first vaddr (prelinked style).
-        let lib = [seg(0, 0x10000, 0x3000), seg(0x3000, 0x14000, 0x800)];
-        let at = 0x7f00_0000_0000u64;
-        assert_eq!(load_bias(&lib, &mapping(at, 0)), Some(at - 0x10000));
-        assert_eq!(
-            load_bias(&lib, &mapping(at + 0x4000, 0x3000)),
-            Some(at - 0x10000)
-        );
-        // Nothing covers the offset.
-        assert_eq!(load_bias(&lib, &mapping(at, 0x100000)), None);
-        assert_eq!(load_bias(&[], &mapping(at, 0)), None);
-        // Hostile values wrap instead of panicking.
-        let hostile = [seg(u64::MAX, 1, u64::MAX), seg(0, u64::MAX, u64::MAX)];
-        assert!(load_bias(&hostile, &mapping(0, 5)).is_some());
-        assert_eq!(
-            load_bias(&hostile, &mapping(u64::MAX - 0xfff, u64::MAX)),
-            None
-        );
+        assert_eq!(load_bias(&lld, &mapping(base, 0x100000, false)), None);
     }
 
     fn check_running(exe: &Path, expect_bias_zero: bool) {

@@ -5,6 +5,7 @@
 //! - [`proc`]: pure parsers of `/proc/PID/{maps,status,stat,timens_offsets}`;
 //! - [`elf`]: find heartbeat registries in the ELF files a process maps, and
 //!   their load bias;
+//! - [`module`]: one model of a mapped module (identity, load bias, facts cache);
 //! - [`memory`]: read the target's memory with `process_vm_readv`;
 //! - [`heartbeat`]: decode registry bytes (pure, untrusted input);
 //! - [`target`]: the glue — open a PID, locate its registries, read loops;
@@ -28,6 +29,7 @@ pub mod error;
 pub mod heartbeat;
 pub mod mapped;
 pub mod memory;
+pub mod module;
 pub mod proc;
 pub mod python;
 pub mod snapshot;

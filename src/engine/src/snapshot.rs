@@ -1,9 +1,11 @@
 //! What a stop of the target captured: registers, copied stack bytes and
-//! `/proc` facts of every thread. Pure data, produced by [`crate::attach`]
-//! and consumed offline by [`crate::unwind`] once the target runs again.
+//! `/proc` facts of every thread, and its modules. Pure data, produced by
+//! [`crate::attach`] and consumed offline by [`crate::unwind`] and
+//! [`crate::symbols`] once the target runs again (or is gone).
 
 use std::time::{Duration, SystemTime};
 
+use crate::module::{Modules, TargetFiles};
 use crate::proc::MapEntry;
 
 /// The general-purpose registers of one x86_64 thread (`user_regs_struct`).
@@ -158,6 +160,12 @@ pub struct ProcessSnapshot {
     /// The target's mappings, read just before the stop (re-read during the
     /// stop if a stack pointer was outside them).
     pub maps: Vec<MapEntry>,
+    /// The modules (path, build-id, bias, ranges, opened file, the vDSO's
+    /// image), captured just before the stop: with them the offline stage
+    /// reads nothing of the target ([`crate::dump::Dumper::process_with`]).
+    pub modules: Modules,
+    /// The target's files: its root directory, opened while it was alive.
+    pub files: TargetFiles,
     /// Threads that exited while the snapshot was being taken.
     pub vanished: Vec<i32>,
     /// The whole process exited during the snapshot: what was captured is partial.

@@ -18,15 +18,15 @@ use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Range;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
+use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
 use crate::mapped::{DwarfContext, MappedFile, SourceFrame};
-use crate::proc::{MapEntry, MapPath};
+use crate::module::{under_root, DebugSource, Module, ModuleCache, ModuleId, Modules, TargetFiles};
+use crate::proc::MapEntry;
 
 /// Most symbols kept per module.
 const MAX_SYMBOLS: usize = 4 << 20;
@@ -34,8 +34,6 @@ const MAX_SYMBOLS: usize = 4 << 20;
 const MAX_INLINED: usize = 256;
 /// Most cached symbolized addresses before the cache is cleared.
 const MAX_CACHED_ADDRESSES: usize = 1 << 20;
-/// Largest vDSO image read from the target.
-const MAX_VDSO: u64 = 1 << 20;
 /// Directory of separate debug files on the host (and in the target's root).
 const DEBUG_DIR: &str = "/usr/lib/debug";
 
@@ -77,13 +75,6 @@ pub struct Section {
 // ---------------------------------------------------------------------------
 // ELF images
 
-#[derive(Debug, Clone, Copy)]
-struct LoadSegment {
-    vaddr: u64,
-    offset: u64,
-    filesz: u64,
-}
-
 #[derive(Debug, Clone)]
 struct Symbol {
     address: u64,
@@ -107,7 +98,6 @@ pub struct ElfImage {
     /// The module's name: its path as the target sees it, or `[vdso]`.
     pub name: String,
     file: Arc<MappedFile>,
-    segments: Vec<LoadSegment>,
     /// `.text` (addresses as stated in the file).
     pub text_svma: Option<Range<u64>>,
     /// `.got`.
@@ -121,8 +111,8 @@ pub struct ElfImage {
     build_id: Option<Vec<u8>>,
     debuglink: Option<(Vec<u8>, u32)>,
     altlink: Option<(Vec<u8>, Vec<u8>)>,
-    /// Where to look for debug links: the target's root and the file's path in it.
-    root: PathBuf,
+    /// Where to look for debug files, and the file's path in the target.
+    paths: DebugPaths,
     target_path: Option<PathBuf>,
     symbols: OnceCell<SymbolData>,
 }
@@ -149,39 +139,69 @@ fn svma_of(obj: &object::File<'_>, name: &str) -> Option<Range<u64>> {
     Some(s.address()..s.address().checked_add(s.size())?)
 }
 
+/// Where an [`ElfImage`] looks for its separate debug files (from a
+/// [`DebugSource`], kept with the image: it loads them on first need).
+#[derive(Debug, Clone, Default)]
+pub struct DebugPaths {
+    /// Roots holding `usr/lib/debug` and the module's own directory, in order.
+    pub roots: Vec<PathBuf>,
+    /// Directories laid out as `/usr/lib/debug`.
+    pub debug_dirs: Vec<PathBuf>,
+    /// Keeps the roots' paths valid (an open directory).
+    pub keep: Option<Arc<File>>,
+}
+
+impl DebugPaths {
+    /// The host's own files only.
+    pub fn host() -> DebugPaths {
+        DebugPaths {
+            roots: vec![PathBuf::from("/")],
+            ..DebugPaths::default()
+        }
+    }
+
+    /// What `source` says.
+    pub fn of(source: &dyn DebugSource) -> DebugPaths {
+        DebugPaths {
+            roots: source.roots(),
+            debug_dirs: source.debug_dirs(),
+            keep: source.keep_alive(),
+        }
+    }
+
+    /// `ROOT/usr/lib/debug` of every root, then the debug directories.
+    fn debug_roots(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = self
+            .roots
+            .iter()
+            .map(|r| r.join(DEBUG_DIR.trim_start_matches('/')))
+            .collect();
+        out.extend(self.debug_dirs.iter().cloned());
+        out
+    }
+}
+
 impl ElfImage {
     /// Parses `file`. `Err` names why the file cannot be used.
     pub fn parse(
         name: String,
         file: Arc<MappedFile>,
-        root: PathBuf,
+        paths: DebugPaths,
         target_path: Option<PathBuf>,
     ) -> Result<ElfImage, String> {
-        guard(|| Self::parse_inner(name, file, root, target_path))
+        guard(|| Self::parse_inner(name, file, paths, target_path))
             .unwrap_or_else(|| Err("parser panicked on this file".to_string()))
     }
 
     fn parse_inner(
         name: String,
         file: Arc<MappedFile>,
-        root: PathBuf,
+        paths: DebugPaths,
         target_path: Option<PathBuf>,
     ) -> Result<ElfImage, String> {
         let obj = object::File::parse(file.bytes()).map_err(|e| e.to_string())?;
         if obj.format() != object::BinaryFormat::Elf {
             return Err("not an ELF file".to_string());
-        }
-        let mut segments = Vec::new();
-        for seg in obj.segments() {
-            let (offset, filesz) = seg.file_range();
-            segments.push(LoadSegment {
-                vaddr: seg.address(),
-                offset,
-                filesz,
-            });
-            if segments.len() >= 256 {
-                break;
-            }
         }
         let text_svma = svma_of(&obj, ".text");
         let got_svma = svma_of(&obj, ".got");
@@ -203,7 +223,6 @@ impl ElfImage {
         Ok(ElfImage {
             name,
             file,
-            segments,
             text_svma,
             got_svma,
             eh_frame,
@@ -212,28 +231,10 @@ impl ElfImage {
             build_id,
             debuglink,
             altlink,
-            root,
+            paths,
             target_path,
             symbols: OnceCell::new(),
         })
-    }
-
-    /// The load bias of a mapping of this file at `start` for file offset
-    /// `offset`: actual address = bias + address stated in the file.
-    pub fn bias_for(&self, start: u64, offset: u64) -> Option<u64> {
-        // Segments can share a page (lld: `R` ends where `R E` begins): the
-        // mapping belongs to the last segment starting at or before its offset.
-        let seg = self
-            .segments
-            .iter()
-            .filter(|s| {
-                let page_start = s.offset & !0xfff;
-                page_start <= offset && offset < s.offset.saturating_add(s.filesz.max(1))
-            })
-            .max_by_key(|s| s.offset)?;
-        // svma(start) = vaddr + (offset - seg.offset)
-        let svma = seg.vaddr.wrapping_add(offset).wrapping_sub(seg.offset);
-        Some(start.wrapping_sub(svma))
     }
 
     /// The bytes at file offset `off`, if in the file.
@@ -310,12 +311,14 @@ impl ElfImage {
         };
         let name = String::from_utf8_lossy(&name).into_owned();
         let mut candidates: Vec<PathBuf> = Vec::new();
-        candidates.extend(build_id_path(Path::new("/"), &id));
         if name.starts_with('/') {
-            candidates.push(PathBuf::from(&name));
-            candidates.push(under_root(&self.root, Path::new(&name)));
+            for root in &self.paths.roots {
+                candidates.push(under_root(root, Path::new(&name)));
+            }
         }
-        candidates.extend(build_id_path(&self.root, &id));
+        for dir in self.paths.debug_roots() {
+            candidates.extend(build_id_path(&dir, &id));
+        }
         for c in candidates {
             if let Some(m) = open_matching(&c, Some(&id)) {
                 return Some(m);
@@ -327,8 +330,8 @@ impl ElfImage {
     /// The separate debug file, if one is installed.
     fn find_debug_file(&self) -> Option<PathBuf> {
         if let Some(id) = &self.build_id {
-            for root in [Path::new("/"), self.root.as_path()] {
-                if let Some(p) = build_id_path(root, id) {
+            for dir in self.paths.debug_roots() {
+                if let Some(p) = build_id_path(&dir, id) {
                     if let Ok(f) = File::open(&p) {
                         if build_id_of_file(&f).as_deref() == Some(id.as_slice()) {
                             return Some(p);
@@ -345,23 +348,24 @@ impl ElfImage {
         let dir = self.target_path.as_ref()?.parent()?.to_path_buf();
         let rel_dir = dir.strip_prefix("/").unwrap_or(&dir).to_path_buf();
         let mut candidates = Vec::new();
-        for root in [self.root.as_path(), Path::new("/")] {
+        // The target's own root first (the module's directory is its).
+        for root in self.paths.roots.iter().rev() {
             candidates.push(root.join(&rel_dir).join(link));
             candidates.push(root.join(&rel_dir).join(".debug").join(link));
-            candidates.push(
-                root.join(DEBUG_DIR.trim_start_matches('/'))
-                    .join(&rel_dir)
-                    .join(link),
-            );
         }
+        for dir in self.paths.debug_roots() {
+            candidates.push(dir.join(&rel_dir).join(link));
+        }
+        let own: Vec<PathBuf> = match &self.target_path {
+            Some(tp) => self.paths.roots.iter().map(|r| under_root(r, tp)).collect(),
+            None => Vec::new(),
+        };
         for c in candidates {
-            let Ok(f) = File::open(&c) else { continue };
             // Never the module itself.
-            if let Some(tp) = &self.target_path {
-                if c == under_root(&self.root, tp) {
-                    continue;
-                }
+            if own.contains(&c) {
+                continue;
             }
+            let Ok(f) = File::open(&c) else { continue };
             let Ok(m) = MappedFile::map(&f) else { continue };
             if crc32(m.bytes()) == *crc {
                 return Some(c);
@@ -426,21 +430,18 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn build_id_path(root: &Path, id: &[u8]) -> Option<PathBuf> {
+/// `DIR/.build-id/xx/yyyy.debug` of a debug directory (`/usr/lib/debug`).
+fn build_id_path(debug_dir: &Path, id: &[u8]) -> Option<PathBuf> {
     if id.len() < 2 || id.len() > 64 {
         return None;
     }
     let h = hex(id);
     Some(
-        root.join(DEBUG_DIR.trim_start_matches('/'))
+        debug_dir
             .join(".build-id")
-            .join(&h[..2])
-            .join(format!("{}.debug", &h[2..])),
+            .join(h.get(..2)?)
+            .join(format!("{}.debug", h.get(2..)?)),
     )
-}
-
-fn under_root(root: &Path, p: &Path) -> PathBuf {
-    root.join(p.strip_prefix("/").unwrap_or(p))
 }
 
 fn build_id_of_file(f: &File) -> Option<Vec<u8>> {
@@ -693,35 +694,15 @@ pub struct Symbolized {
     pub module_offset: Option<u64>,
 }
 
-/// Key of a module file in the caches.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum ModuleKey {
-    File {
-        dev: (u32, u32),
-        inode: u64,
-        path: PathBuf,
-        size: u64,
-        mtime: i64,
-    },
-    Image(u64, usize),
-}
-
-/// Opens a module file of `pid` and parses it; caches every module by file
-/// identity for reuse across snapshots (and processes).
+/// Opens and parses module files; caches every one by its identity
+/// ([`ModuleId`]: build-id, else file identity; and its length, so that a
+/// stripped and an unstripped file of one build are not taken for each
+/// other) for reuse across snapshots (and processes).
 #[derive(Debug, Default)]
 pub struct Symbolizer {
-    images: HashMap<ModuleKey, Result<Rc<ElfImage>, String>>,
+    images: HashMap<(ModuleId, u64), Result<Rc<ElfImage>, String>>,
     /// (image identity, probe) → result.
     results: HashMap<(usize, u64), Arc<Vec<SourceFrame>>>,
-}
-
-fn fnv(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in data {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 impl Symbolizer {
@@ -735,148 +716,95 @@ impl Symbolizer {
         self.images.len()
     }
 
-    /// Groups `maps` of `pid` into modules, opening (or reusing) each file.
+    /// Captures the modules of the live process `pid` from its `maps` and
+    /// opens them ([`crate::module::capture`], then [`Symbolizer::space`]).
     pub fn address_space(&mut self, pid: i32, maps: &[MapEntry]) -> AddressSpace {
+        let mut sorted = maps.to_vec();
+        sorted.sort_by_key(|m| m.start);
+        let modules = crate::module::capture(pid, &sorted, &mut ModuleCache::new());
+        self.space(&modules, &TargetFiles::open(pid))
+    }
+
+    /// The address space of captured `modules`: each module's file parsed
+    /// (or reused), from the file captured with it or opened by `source`;
+    /// reads nothing of the process itself.
+    pub fn space(&mut self, modules: &Modules, source: &dyn DebugSource) -> AddressSpace {
         let mut space = AddressSpace::default();
-        let root = PathBuf::from(format!("/proc/{pid}/root"));
-        let mut i = 0;
-        while i < maps.len() {
-            let m = &maps[i];
-            let mut j = i + 1;
-            let same = |a: &MapEntry, b: &MapEntry| {
-                a.path == b.path && a.inode == b.inode && a.dev == b.dev
+        let mut sorted: Vec<&Module> = modules.modules.iter().collect();
+        sorted.sort_by_key(|m| m.start);
+        for m in sorted {
+            let (image, problem) = match &m.problem {
+                // Unusable (unreadable, not ELF): offsets from its mapping only.
+                Some(p) => (None, Some(p.clone())),
+                None => match self.image_of(m, source) {
+                    Ok(i) => (Some(i), None),
+                    Err(e) => (None, Some(e)),
+                },
             };
-            while j < maps.len() && same(&maps[j], m) {
-                j += 1;
-            }
-            let group = &maps[i..j];
-            i = j;
-            let has_exec = group.iter().any(|g| g.exec);
-            let module = match &m.path {
-                MapPath::File { path, .. } if has_exec => {
-                    Some(self.file_module(pid, group, path, &root))
-                }
-                MapPath::Special(s) if s == "[vdso]" => Some(self.vdso_module(pid, m)),
-                _ => None,
-            };
-            let idx = module.map(|md| {
-                space.modules.push(md);
-                space.modules.len() - 1
+            let idx = space.modules.len();
+            space.modules.push(MappedModule {
+                name: m.name.clone(),
+                image,
+                problem,
+                start: m.start,
+                end: m.end,
+                bias: m.bias,
             });
-            for g in group.iter().filter(|g| g.exec) {
+            for c in &m.code {
                 space.code.push(CodeRange {
-                    start: g.start,
-                    end: g.end,
-                    offset: if idx.is_some() && matches!(m.path, MapPath::Special(_)) {
-                        0
-                    } else {
-                        g.offset
-                    },
-                    module: idx,
+                    start: c.start,
+                    end: c.end,
+                    offset: c.offset,
+                    module: Some(idx),
                 });
             }
         }
-        space.modules.sort_by_key(|m| m.start);
-        // Indices were assigned in map order, which is address order.
         space.code.sort_by_key(|c| c.start);
         space
     }
 
-    fn file_module(
-        &mut self,
-        pid: i32,
-        group: &[MapEntry],
-        path: &Path,
-        root: &Path,
-    ) -> MappedModule {
-        let first = &group[0];
-        let start = first.start;
-        let end = group.last().map(|g| g.end).unwrap_or(first.end);
-        let name = path.to_string_lossy().into_owned();
-        let exec = group.iter().find(|g| g.exec).unwrap_or(first);
-        // Until (unless) the ELF file says better: where file offset 0 would
-        // be mapped, so that a module that cannot be read or parsed still gets
-        // offsets from its mapping (`libx.so+0x112f`), not absolute addresses.
-        let file_base = first.start.wrapping_sub(first.offset);
-        let mut module = MappedModule {
-            name: name.clone(),
-            image: None,
-            problem: None,
-            start,
-            end,
-            bias: file_base,
-        };
-        let file = match crate::elf::open_mapped_file(pid, exec) {
-            Ok(f) => f,
-            Err(e) => {
-                module.problem = Some(format!("cannot open: {e}"));
-                return module;
-            }
-        };
-        let md = file.metadata().ok();
-        let key = ModuleKey::File {
-            dev: first.dev,
-            inode: first.inode,
-            path: path.to_path_buf(),
-            size: md.as_ref().map(|m| m.len()).unwrap_or(0),
-            mtime: md.as_ref().map(|m| m.mtime()).unwrap_or(0),
-        };
-        let entry = self.images.entry(key).or_insert_with(|| {
-            let mapped = MappedFile::map(&file).map_err(|e| format!("cannot map: {e}"))?;
-            ElfImage::parse(
-                name,
-                Arc::new(mapped),
-                root.to_path_buf(),
-                Some(path.to_path_buf()),
-            )
-            .map(Rc::new)
-        });
-        match entry {
-            Ok(image) => {
-                module.bias = image.bias_for(exec.start, exec.offset).unwrap_or(file_base);
-                module.image = Some(image.clone());
-            }
-            Err(e) => module.problem = Some(e.clone()),
+    fn image_of(&mut self, m: &Module, source: &dyn DebugSource) -> Result<Rc<ElfImage>, String> {
+        let id = m.id.clone().ok_or("no identity")?;
+        if let Some(bytes) = &m.image {
+            let key = (id, bytes.len() as u64);
+            return self
+                .images
+                .entry(key)
+                .or_insert_with(|| {
+                    ElfImage::parse(
+                        m.name.clone(),
+                        Arc::new(MappedFile::owned(bytes.as_ref().clone())),
+                        DebugPaths::host(),
+                        None,
+                    )
+                    .map(Rc::new)
+                })
+                .clone();
         }
-        module
-    }
-
-    fn vdso_module(&mut self, pid: i32, m: &MapEntry) -> MappedModule {
-        let mut module = MappedModule {
-            name: "[vdso]".to_string(),
-            image: None,
-            problem: None,
-            start: m.start,
-            end: m.end,
-            bias: m.start,
-        };
-        let len = (m.end - m.start).min(MAX_VDSO) as usize;
-        let bytes = crate::memory::read(pid, m.start, len).or_else(|_| own_vdso(len));
-        let bytes = match bytes {
-            Ok(b) => b,
-            Err(e) => {
-                module.problem = Some(format!("cannot read the vDSO: {e}"));
-                return module;
+        let opened;
+        let file: &File = match &m.file {
+            Some(f) => f,
+            None => {
+                opened = source
+                    .open_module(m)
+                    .map_err(|e| format!("cannot open: {e}"))?;
+                &opened
             }
         };
-        let key = ModuleKey::Image(fnv(&bytes), bytes.len());
-        let entry = self.images.entry(key).or_insert_with(|| {
-            ElfImage::parse(
-                "[vdso]".to_string(),
-                Arc::new(MappedFile::owned(bytes)),
-                PathBuf::from("/"),
-                None,
-            )
-            .map(Rc::new)
-        });
-        match entry {
-            Ok(image) => {
-                module.bias = image.bias_for(m.start, 0).unwrap_or(m.start);
-                module.image = Some(image.clone());
-            }
-            Err(e) => module.problem = Some(e.clone()),
-        }
-        module
+        let len = file.metadata().map(|md| md.len()).unwrap_or(0);
+        self.images
+            .entry((id, len))
+            .or_insert_with(|| {
+                let mapped = MappedFile::map(file).map_err(|e| format!("cannot map: {e}"))?;
+                ElfImage::parse(
+                    m.name.clone(),
+                    Arc::new(mapped),
+                    DebugPaths::of(source),
+                    m.path.clone(),
+                )
+                .map(Rc::new)
+            })
+            .clone()
     }
 
     /// Symbolizes `addr` of `space`. `is_return` marks a return address: the
@@ -916,23 +844,6 @@ impl Symbolizer {
         out.frames = frames.as_ref().clone();
         out
     }
-}
-
-/// Our own vDSO (same kernel, same code): used when the target's cannot be read.
-fn own_vdso(len: usize) -> crate::Result<Vec<u8>> {
-    let me = std::process::id() as i32;
-    let maps = crate::proc::read_maps(me)?;
-    let v = maps
-        .iter()
-        .find(|m| matches!(&m.path, MapPath::Special(s) if s == "[vdso]"))
-        .ok_or_else(|| {
-            crate::Error::io(
-                "finding our own vDSO",
-                std::io::Error::from(std::io::ErrorKind::NotFound),
-            )
-        })?;
-    let len = len.min((v.end - v.start) as usize);
-    crate::memory::read(me, v.start, len)
 }
 
 #[cfg(test)]
@@ -1066,9 +977,9 @@ mod tests {
     #[test]
     fn garbage_is_not_an_image() {
         let f = Arc::new(MappedFile::owned(b"\x7fELF\x02\x01\x01garbage".to_vec()));
-        assert!(ElfImage::parse("x".into(), f, PathBuf::from("/"), None).is_err());
+        assert!(ElfImage::parse("x".into(), f, DebugPaths::host(), None).is_err());
         let f = Arc::new(MappedFile::owned(vec![0xff; 4096]));
-        assert!(ElfImage::parse("x".into(), f, PathBuf::from("/"), None).is_err());
+        assert!(ElfImage::parse("x".into(), f, DebugPaths::host(), None).is_err());
     }
 
     /// Truncated and corrupted copies of a real ELF file with DWARF (this
@@ -1111,9 +1022,8 @@ mod tests {
             let file = Arc::new(MappedFile::owned(v));
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 if let Ok(image) =
-                    ElfImage::parse("x".into(), file.clone(), PathBuf::from("/"), None)
+                    ElfImage::parse("x".into(), file.clone(), DebugPaths::host(), None)
                 {
-                    let _ = image.bias_for(0x5555_0000_0000, 0x1000);
                     for probe in [0u64, 0x1000, 0x2_0000, 0x10_0000, u64::MAX] {
                         let _ = image.lookup(probe);
                     }
@@ -1131,9 +1041,9 @@ mod tests {
     #[test]
     fn build_id_paths() {
         assert_eq!(
-            build_id_path(Path::new("/"), &[0xab, 0xcd, 0xef]),
+            build_id_path(Path::new("/usr/lib/debug"), &[0xab, 0xcd, 0xef]),
             Some(PathBuf::from("/usr/lib/debug/.build-id/ab/cdef.debug"))
         );
-        assert_eq!(build_id_path(Path::new("/"), &[0xab]), None);
+        assert_eq!(build_id_path(Path::new("/usr/lib/debug"), &[0xab]), None);
     }
 }
