@@ -1,0 +1,185 @@
+//! The snapshot is self-contained: recorded from a live C fixture (built with
+//! GNU ld and with lld), then the fixture is killed and its binary deleted,
+//! and the snapshot is unwound and symbolized to the same frames as a live
+//! dump of the same process.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use aiodebug_engine::attach::{snapshot, SnapshotOptions};
+use aiodebug_engine::dump::{Dump, Dumper};
+
+/// A directory removed on drop (also when the test fails).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "aiodebug-snapshot-{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn fixture_source() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/c/stacks.c")
+}
+
+/// `gcc -fuse-ld=lld` through the toolchain's own lld, if there is one.
+fn lld_dir() -> Option<PathBuf> {
+    let out = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()?;
+    let root = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    let dir = root.join("lib/rustlib/x86_64-unknown-linux-gnu/bin/gcc-ld");
+    dir.join("ld.lld").exists().then_some(dir)
+}
+
+fn build(dir: &Path, lld: Option<&Path>) -> PathBuf {
+    let out = dir.join("stacks");
+    let mut cmd = Command::new("gcc");
+    cmd.args(["-O2", "-g", "-fomit-frame-pointer", "-pthread"]);
+    if let Some(l) = lld {
+        cmd.arg("-fuse-ld=lld").arg("-B").arg(l);
+    }
+    let status = cmd
+        .arg(fixture_source())
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .expect("run gcc");
+    assert!(status.success(), "gcc failed");
+    out
+}
+
+fn spawn(exe: &Path) -> (Reaped, i32) {
+    let mut child = Command::new(exe)
+        .arg("40")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn fixture");
+    let stdout = child.stdout.take().expect("stdout");
+    let child = Reaped(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("READY");
+    assert!(line.starts_with("READY pid="), "{line:?}");
+    let pid = child.0.id() as i32;
+    // Past READY, every thread is in its blocking read (the fixture says so
+    // only once they all are); let the last one enter the kernel.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    (child, pid)
+}
+
+fn names(d: &Dump) -> Vec<(i32, Vec<String>)> {
+    let mut v: Vec<(i32, Vec<String>)> = d
+        .threads
+        .iter()
+        .map(|t| {
+            let f = t
+                .frames
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{} {} {}:{} {}+{:x?}",
+                        f.address,
+                        f.function.as_deref().unwrap_or("?"),
+                        f.file.as_deref().unwrap_or("?"),
+                        f.line.unwrap_or(0),
+                        f.module.as_deref().unwrap_or("?"),
+                        f.module_offset
+                    )
+                })
+                .collect();
+            (t.tid, f)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn recorded_snapshot_symbolizes_after_the_target_is_gone(lld: Option<&Path>) {
+    let dir = TempDir::new(if lld.is_some() { "lld" } else { "bfd" });
+    let exe = build(&dir.0, lld);
+    let (mut child, pid) = spawn(&exe);
+
+    let live = Dumper::new().dump(pid, None).expect("live dump");
+    let snap = snapshot(pid, &SnapshotOptions::default()).expect("snapshot");
+    assert!(
+        snap.modules
+            .modules
+            .iter()
+            .any(|m| m.name == "[vdso]" && m.image.is_some()),
+        "the vDSO image is in the snapshot"
+    );
+    let own = snap
+        .modules
+        .modules
+        .iter()
+        .find(|m| m.path.as_deref() == Some(exe.as_path()))
+        .expect("the fixture's module");
+    assert!(own.build_id.is_some(), "gcc links with a build-id");
+
+    // Gone: killed, reaped, its binary deleted.
+    let _ = child.0.kill();
+    let _ = child.0.wait();
+    std::fs::remove_file(&exe).expect("delete the binary");
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+
+    // A new dumper: nothing cached from the live dump.
+    let offline = Dumper::new().process(&snap, None);
+    assert!(
+        offline.module_problems.is_empty(),
+        "{:?}",
+        offline.module_problems
+    );
+    assert_eq!(names(&offline), names(&live));
+    for (a, b) in live.threads.iter().zip(&offline.threads) {
+        assert_eq!(a.end, b.end, "thread {}", a.tid);
+    }
+    // Not vacuous: the fixture's functions are named, with file:line.
+    let all: Vec<&str> = offline
+        .threads
+        .iter()
+        .flat_map(|t| t.frames.iter())
+        .filter(|f| f.file.as_deref().is_some_and(|p| p.ends_with("stacks.c")))
+        .filter_map(|f| f.function.as_deref())
+        .collect();
+    for want in ["park_forever", "main"] {
+        assert!(all.contains(&want), "{want} in {all:?}");
+    }
+}
+
+#[test]
+fn snapshot_of_a_gnu_ld_fixture_symbolizes_offline() {
+    recorded_snapshot_symbolizes_after_the_target_is_gone(None);
+}
+
+#[test]
+fn snapshot_of_an_lld_fixture_symbolizes_offline() {
+    match lld_dir() {
+        Some(dir) => recorded_snapshot_symbolizes_after_the_target_is_gone(Some(&dir)),
+        None => eprintln!("no ld.lld in the toolchain: skipped"),
+    }
+}
