@@ -1,4 +1,9 @@
-//! Reading the target's memory with `process_vm_readv(2)`.
+//! Reading the target's memory: the engine's one trait for it,
+//! [`ReadMemory`] (as remoteprocess and framehop have one), with a process
+//! over `process_vm_readv(2)` ([`ProcessMemory`]) and byte regions
+//! ([`SliceMemory`]: tests, recorded states); the heartbeat reader
+//! ([`crate::target`]), the Python readers and the unwinder's stack reads
+//! ([`crate::snapshot::ThreadSnapshot`]) all read through it.
 //!
 //! `process_vm_readv` needs the same permission as `PTRACE_ATTACH` (same user
 //! and dumpable, or `CAP_SYS_PTRACE`) but does not stop the target, and works
@@ -216,9 +221,173 @@ fn map_errno(pid: i32, addr: u64, errno: Errno) -> Error {
     }
 }
 
+// ---------------------------------------------------------------------------
+// the engine's one memory trait
+
+/// Result of a [`ReadMemory::read`]: the error is a sentence for a note.
+pub type ReadResult<T> = std::result::Result<T, String>;
+
+/// Page size of [`ReadMemory::read_pages`] (the smallest x86_64 page).
+pub const PAGE: u64 = 4096;
+
+/// Reads the target's memory.
+pub trait ReadMemory {
+    /// Reads up to `buf.len()` bytes at `addr` into `buf`; returns how many
+    /// were read (fewer when the readable memory ends). An unreadable first
+    /// byte is an error.
+    fn read(&self, addr: u64, buf: &mut [u8]) -> ReadResult<usize>;
+
+    /// Reads whole pages of [`PAGE`] bytes at the page addresses `pages`
+    /// into consecutive slices of `out` (`pages.len() * PAGE` bytes), in
+    /// order, stopping at the first unreadable one; returns how many were
+    /// read. One vectored system call where the reader can.
+    fn read_pages(&self, pages: &[u64], out: &mut [u8]) -> usize {
+        let mut done = 0;
+        for (page, dst) in pages.iter().zip(out.chunks_exact_mut(PAGE as usize)) {
+            match self.read(*page, dst) {
+                Ok(n) if n == dst.len() => done += 1,
+                _ => break,
+            }
+        }
+        done
+    }
+
+    /// Fills `buf` from `addr`: a short read is an error. The default says
+    /// [`Error::Io`]; a process reader keeps the kernel's reason (a gone or
+    /// forbidden process has its own exit code).
+    fn read_exact_into(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        let want = buf.len();
+        match self.read(addr, buf) {
+            Ok(n) if n == want => Ok(()),
+            Ok(n) => Err(short(addr, n, want)),
+            Err(e) => Err(Error::io(e, std::io::Error::from(Errno::EFAULT))),
+        }
+    }
+
+    /// Reads the byte ranges `(offset, len)` of the memory at `base` into the
+    /// same offsets of `buf` (sorted, disjoint, inside `buf`; the rest of
+    /// `buf` is left as it is). One vectored system call where the reader can.
+    fn read_ranges(&self, base: u64, ranges: &[(usize, usize)], buf: &mut [u8]) -> Result<()> {
+        for &(off, len) in ranges {
+            let end = off.checked_add(len);
+            let dst = end.and_then(|end| buf.get_mut(off..end)).ok_or_else(|| {
+                Error::io(
+                    "reading scattered ranges",
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "range outside the buffer",
+                    ),
+                )
+            })?;
+            self.read_exact_into(base.wrapping_add(off as u64), dst)?;
+        }
+        Ok(())
+    }
+}
+
+fn short(addr: u64, got: usize, want: usize) -> Error {
+    Error::io(
+        format!("short read at 0x{addr:x} ({got} of {want} bytes)"),
+        std::io::Error::from(Errno::EFAULT),
+    )
+}
+
+/// The memory of a live process, through `process_vm_readv`.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessMemory {
+    /// The process.
+    pub pid: i32,
+}
+
+impl ReadMemory for ProcessMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> ReadResult<usize> {
+        read_into(self.pid, addr, buf).map_err(|e| e.to_string())
+    }
+
+    fn read_pages(&self, pages: &[u64], out: &mut [u8]) -> usize {
+        read_pages(self.pid, pages, PAGE as usize, out)
+    }
+
+    fn read_exact_into(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        read_exact_into(self.pid, addr, buf)
+    }
+
+    fn read_ranges(&self, base: u64, ranges: &[(usize, usize)], buf: &mut [u8]) -> Result<()> {
+        read_ranges(self.pid, base, ranges, buf)
+    }
+}
+
+/// Memory made of byte regions at given addresses (tests, recorded states).
+#[derive(Debug, Clone, Default)]
+pub struct SliceMemory {
+    regions: Vec<(u64, Vec<u8>)>,
+}
+
+impl SliceMemory {
+    /// No memory at all.
+    pub fn new() -> SliceMemory {
+        SliceMemory::default()
+    }
+
+    /// Adds `bytes` at `addr` (later regions win where they overlap).
+    pub fn add(&mut self, addr: u64, bytes: Vec<u8>) -> &mut SliceMemory {
+        self.regions.push((addr, bytes));
+        self
+    }
+}
+
+impl ReadMemory for SliceMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> ReadResult<usize> {
+        for (start, bytes) in self.regions.iter().rev() {
+            let Some(off) = addr.checked_sub(*start) else {
+                continue;
+            };
+            let Ok(off) = usize::try_from(off) else {
+                continue;
+            };
+            let Some(src) = bytes.get(off..) else {
+                continue;
+            };
+            if src.is_empty() {
+                continue;
+            }
+            let n = src.len().min(buf.len());
+            if let (Some(dst), Some(src)) = (buf.get_mut(..n), src.get(..n)) {
+                dst.copy_from_slice(src);
+            }
+            return Ok(n);
+        }
+        Err(format!("address 0x{addr:x} is not readable"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slice_memory_reads_exact_and_scattered() {
+        let mut mem = SliceMemory::new();
+        mem.add(0x1000, (0u8..64).collect());
+        let mut buf = [0u8; 4];
+        mem.read_exact_into(0x1010, &mut buf).expect("inside");
+        assert_eq!(buf, [16, 17, 18, 19]);
+        // Past the end: short, an error; before the start: unreadable.
+        assert!(mem.read_exact_into(0x103e, &mut buf).is_err());
+        assert!(mem.read_exact_into(0xfff, &mut buf).is_err());
+        let mut out = [0xffu8; 16];
+        mem.read_ranges(0x1000, &[(1, 2), (8, 3)], &mut out)
+            .expect("ranges");
+        assert_eq!(
+            &out[..12],
+            &[0xff, 1, 2, 0xff, 0xff, 0xff, 0xff, 0xff, 8, 9, 10, 0xff]
+        );
+        assert!(
+            mem.read_ranges(0x1000, &[(15, 2)], &mut out).is_err(),
+            "outside the buffer"
+        );
+        assert!(mem.read_ranges(0x1000, &[(0, 2)], &mut out[..1]).is_err());
+    }
     use crate::proc::MapPath;
     use std::process::{Command, Stdio};
 

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::memory::{ReadMemory, ReadResult};
 use crate::module::{Modules, TargetFiles};
 use crate::proc::MapEntry;
 
@@ -94,6 +95,24 @@ pub struct ThreadSnapshot {
     pub kernel_wait: Option<KernelWait>,
 }
 
+/// The copied stack is the thread's memory as the offline stage sees it:
+/// what was not copied is unreadable.
+impl ReadMemory for ThreadSnapshot {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> ReadResult<usize> {
+        let src = addr
+            .checked_sub(self.stack_start)
+            .and_then(|off| usize::try_from(off).ok())
+            .and_then(|off| self.stack.get(off..))
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| format!("0x{addr:x} is not in the copied stack"))?;
+        let n = src.len().min(buf.len());
+        if let (Some(d), Some(s)) = (buf.get_mut(..n), src.get(..n)) {
+            d.copy_from_slice(s);
+        }
+        Ok(n)
+    }
+}
+
 /// Where a thread waits inside the kernel (`/proc/PID/task/TID/wchan` and
 /// `/proc/PID/task/TID/stack`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -111,12 +130,14 @@ impl KernelWait {
 }
 
 impl ThreadSnapshot {
-    /// Reads the 8 bytes at `addr` from the copied stack, if they were copied.
+    /// Reads the 8 bytes at `addr` from the copied stack, if they were copied
+    /// (through [`ReadMemory`], as the unwinder reads it).
     pub fn read_u64(&self, addr: u64) -> Option<u64> {
-        let off = usize::try_from(addr.checked_sub(self.stack_start)?).ok()?;
-        let end = off.checked_add(8)?;
-        let bytes: [u8; 8] = self.stack.get(off..end)?.try_into().ok()?;
-        Some(u64::from_le_bytes(bytes))
+        let mut bytes = [0u8; 8];
+        match self.read(addr, &mut bytes) {
+            Ok(8) => Some(u64::from_le_bytes(bytes)),
+            _ => None,
+        }
     }
 
     /// One past the last copied stack address.

@@ -2,8 +2,9 @@
 
 use crate::elf::{self, ModuleCache, RegionInTarget};
 use crate::heartbeat::{self, Registry, Rejected};
+use crate::memory::{ProcessMemory, ReadMemory};
 use crate::tidmap::TidMap;
-use crate::{memory, proc, Error, Result};
+use crate::{proc, Error, Result};
 use std::sync::Mutex;
 
 /// Cap on one registry region read out of a target.
@@ -159,7 +160,7 @@ impl Plan {
 
 impl Copies {
     /// Copies the region twice, sparsely when the plan holds.
-    fn read(&mut self, pid: i32, region: &RegionInTarget) -> Result<()> {
+    fn read(&mut self, mem: &dyn ReadMemory, region: &RegionInTarget) -> Result<()> {
         let len = region.size.min(MAX_REGION) as usize;
         if self.first.len() != len {
             self.plan = None;
@@ -171,10 +172,9 @@ impl Copies {
             .as_ref()
             .filter(|p| p.made.elapsed() < FULL_READ_EVERY)
         {
-            let sparse = memory::read_ranges(pid, region.addr, &plan.ranges, &mut self.first)
-                .and_then(|()| {
-                    memory::read_ranges(pid, region.addr, &plan.ranges, &mut self.second)
-                });
+            let sparse = mem
+                .read_ranges(region.addr, &plan.ranges, &mut self.first)
+                .and_then(|()| mem.read_ranges(region.addr, &plan.ranges, &mut self.second));
             match sparse {
                 Ok(()) if plan.still_holds(&self.first) && plan.still_holds(&self.second) => {
                     return Ok(())
@@ -184,8 +184,8 @@ impl Copies {
             }
         }
         FULL_READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        memory::read_exact_into(pid, region.addr, &mut self.first)?;
-        memory::read_exact_into(pid, region.addr, &mut self.second)?;
+        mem.read_exact_into(region.addr, &mut self.first)?;
+        mem.read_exact_into(region.addr, &mut self.second)?;
         Ok(())
     }
 }
@@ -296,8 +296,9 @@ impl Target {
         let mut more_rejected = 0usize;
         let mut buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
         buffers.resize_with(self.regions.len(), Default::default);
+        let mem = ProcessMemory { pid: self.pid };
         for (region, copies) in self.regions.iter().zip(buffers.iter_mut()) {
-            copies.read(self.pid, region)?;
+            copies.read(&mem, region)?;
             let mut scan = heartbeat::decode_section(&copies.first, &copies.second);
             copies.plan = self
                 .sparse

@@ -6,7 +6,7 @@
 //! frame pointers where a module has no CFI. On top of it: signal frames
 //! (x86_64 `__restore_rt`, recognized by its code bytes: registers are
 //! recovered from the `ucontext` on the copied stack) and the vDSO (whose
-//! image is read from the target's memory by [`crate::symbols`]). No depth
+//! image is copied into the snapshot by [`crate::module`]). No depth
 //! limit short of a sanity cap; every stack says why it ended.
 
 use std::collections::HashMap;

@@ -1,6 +1,6 @@
-//! Memory of the target as the Python readers see it: a trait with a
-//! `process_vm_readv` implementation, an in-memory one for tests, and a page
-//! cache that makes the short dependent reads of a frame walk cheap during
+//! Memory of the target as the Python readers see it: the engine's
+//! [`ReadMemory`] trait (with its `process_vm_readv` and in-memory
+//! implementations, from [`crate::memory`]), and a page cache that makes the short dependent reads of a frame walk cheap during
 //! the freeze.
 
 use std::cell::RefCell;
@@ -9,92 +9,9 @@ use std::collections::HashMap;
 /// Result of the Python readers: the error is a sentence for the stack's note.
 pub type PyResult<T> = std::result::Result<T, String>;
 
-/// Reads the target's memory.
-pub trait ReadMemory {
-    /// Reads up to `buf.len()` bytes at `addr` into `buf`; returns how many
-    /// were read (fewer when the readable memory ends). An unreadable first
-    /// byte is an error.
-    fn read(&self, addr: u64, buf: &mut [u8]) -> PyResult<usize>;
-
-    /// Reads whole pages of [`PAGE`] bytes at the page addresses `pages`
-    /// into consecutive slices of `out` (`pages.len() * PAGE` bytes), in
-    /// order, stopping at the first unreadable one; returns how many were
-    /// read. One vectored system call where the reader can.
-    fn read_pages(&self, pages: &[u64], out: &mut [u8]) -> usize {
-        let mut done = 0;
-        for (page, dst) in pages.iter().zip(out.chunks_exact_mut(PAGE as usize)) {
-            match self.read(*page, dst) {
-                Ok(n) if n == dst.len() => done += 1,
-                _ => break,
-            }
-        }
-        done
-    }
-}
-
-/// The memory of a live process, through `process_vm_readv`.
-#[derive(Debug, Clone, Copy)]
-pub struct ProcessMemory {
-    /// The process.
-    pub pid: i32,
-}
-
-impl ReadMemory for ProcessMemory {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> PyResult<usize> {
-        crate::memory::read_into(self.pid, addr, buf).map_err(|e| e.to_string())
-    }
-
-    fn read_pages(&self, pages: &[u64], out: &mut [u8]) -> usize {
-        crate::memory::read_pages(self.pid, pages, PAGE as usize, out)
-    }
-}
-
-/// Memory made of byte regions at given addresses (tests, recorded states).
-#[derive(Debug, Clone, Default)]
-pub struct SliceMemory {
-    regions: Vec<(u64, Vec<u8>)>,
-}
-
-impl SliceMemory {
-    /// No memory at all.
-    pub fn new() -> SliceMemory {
-        SliceMemory::default()
-    }
-
-    /// Adds `bytes` at `addr` (later regions win where they overlap).
-    pub fn add(&mut self, addr: u64, bytes: Vec<u8>) -> &mut SliceMemory {
-        self.regions.push((addr, bytes));
-        self
-    }
-}
-
-impl ReadMemory for SliceMemory {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> PyResult<usize> {
-        for (start, bytes) in self.regions.iter().rev() {
-            let Some(off) = addr.checked_sub(*start) else {
-                continue;
-            };
-            let Ok(off) = usize::try_from(off) else {
-                continue;
-            };
-            let Some(src) = bytes.get(off..) else {
-                continue;
-            };
-            if src.is_empty() {
-                continue;
-            }
-            let n = src.len().min(buf.len());
-            if let (Some(dst), Some(src)) = (buf.get_mut(..n), src.get(..n)) {
-                dst.copy_from_slice(src);
-            }
-            return Ok(n);
-        }
-        Err(format!("address 0x{addr:x} is not readable"))
-    }
-}
-
-/// Page size of the cache (the smallest x86_64 page).
-pub const PAGE: u64 = 4096;
+// The engine's one memory trait, its process and byte-slice readers live in
+// `crate::memory`; re-exported here where the Python readers always found them.
+pub use crate::memory::{ProcessMemory, ReadMemory, SliceMemory, PAGE};
 
 /// A read-through cache of whole pages over another reader, for one walk:
 /// the dozens of small dependent reads of a frame chain (thread states,
