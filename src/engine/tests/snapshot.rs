@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 
 use aiodebug_engine::attach::{snapshot, SnapshotOptions};
 use aiodebug_engine::dump::{Dump, Dumper};
+use aiodebug_engine::module::TargetFiles;
 
 /// A directory removed on drop (also when the test fails).
 struct TempDir(PathBuf);
@@ -182,4 +183,97 @@ fn snapshot_of_an_lld_fixture_symbolizes_offline() {
         Some(dir) => recorded_snapshot_symbolizes_after_the_target_is_gone(Some(&dir)),
         None => eprintln!("no ld.lld in the toolchain: skipped"),
     }
+}
+
+fn run(cmd: &mut Command) {
+    let status = cmd.status().expect("run a binutils tool");
+    assert!(status.success(), "{cmd:?} failed");
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Function, file and line of every frame, by thread name order: what must
+/// agree between two processes of one build (addresses differ: ASLR).
+fn sources(d: &Dump) -> Vec<Vec<(String, String, u32)>> {
+    let mut v: Vec<(String, Vec<(String, String, u32)>)> = d
+        .threads
+        .iter()
+        .map(|t| {
+            let f = t
+                .frames
+                .iter()
+                .map(|f| {
+                    (
+                        f.function.clone().unwrap_or_default(),
+                        f.file.clone().unwrap_or_default(),
+                        f.line.unwrap_or(0),
+                    )
+                })
+                .collect();
+            (format!("{}{}", t.name, t.tid == d.pid), f)
+        })
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, f)| f).collect()
+}
+
+/// A stripped binary, its debug file only in a debug directory given to the
+/// offline stage (by build-id): the snapshot, symbolized after the process
+/// is gone, names the same functions and file:line as a live dump of the
+/// unstripped build.
+#[test]
+fn stripped_snapshot_symbolizes_with_a_debug_dir() {
+    let dir = TempDir::new("strip");
+    let full = build(&dir.0, None);
+    let (_live_child, live_pid) = spawn(&full);
+    let live = Dumper::new().dump(live_pid, None).expect("live dump");
+
+    let stripped = dir.0.join("stacks-stripped");
+    let debug = dir.0.join("stacks.debug");
+    run(Command::new("objcopy")
+        .arg("--only-keep-debug")
+        .arg(&full)
+        .arg(&debug));
+    run(Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg("--strip-unneeded")
+        .arg(&full)
+        .arg(&stripped));
+    let (mut child, pid) = spawn(&stripped);
+    let snap = snapshot(pid, &SnapshotOptions::default()).expect("snapshot");
+    let id = snap
+        .modules
+        .modules
+        .iter()
+        .find(|m| m.path.as_deref() == Some(stripped.as_path()))
+        .and_then(|m| m.build_id.clone())
+        .expect("build-id of the stripped module");
+    let _ = child.0.kill();
+    let _ = child.0.wait();
+
+    // Without the debug directory: the fixture's frames have no file:line.
+    let bare = Dumper::new().process(&snap, None);
+    assert!(!bare
+        .threads
+        .iter()
+        .flat_map(|t| t.frames.iter())
+        .any(|f| f.file.as_deref().is_some_and(|p| p.ends_with("stacks.c"))));
+
+    let debug_dir = dir.0.join("debug");
+    let h = hex(&id);
+    let at = debug_dir.join(".build-id").join(&h[..2]);
+    std::fs::create_dir_all(&at).expect("build-id dir");
+    std::fs::rename(&debug, at.join(format!("{}.debug", &h[2..]))).expect("place debug file");
+    let mut files: TargetFiles = snap.files.clone();
+    files.debug_dirs.push(debug_dir);
+    let offline = Dumper::new().process_with(&snap, None, &files);
+    assert_eq!(sources(&offline), sources(&live));
+    assert!(offline
+        .threads
+        .iter()
+        .flat_map(|t| t.frames.iter())
+        .any(|f| f.function.as_deref() == Some("park_forever")
+            && f.file.as_deref().is_some_and(|p| p.ends_with("stacks.c"))));
 }
