@@ -194,10 +194,13 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Function, file and line of one frame.
+type Source = (String, String, u32);
+
 /// Function, file and line of every frame, by thread name order: what must
 /// agree between two processes of one build (addresses differ: ASLR).
-fn sources(d: &Dump) -> Vec<Vec<(String, String, u32)>> {
-    let mut v: Vec<(String, Vec<(String, String, u32)>)> = d
+fn sources(d: &Dump) -> Vec<Vec<Source>> {
+    let mut v: Vec<(String, Vec<Source>)> = d
         .threads
         .iter()
         .map(|t| {
