@@ -93,8 +93,12 @@ fn spawn(exe: &Path) -> (Reaped, i32) {
     (child, pid)
 }
 
-fn names(d: &Dump) -> Vec<(i32, Vec<String>)> {
-    let mut v: Vec<(i32, Vec<String>)> = d
+/// Every thread's frames as text, threads in a stable order (by name, the
+/// main thread told apart, then by frames): function, file:line, and with
+/// `exact` the address and module offset too (which differ between two
+/// processes of one build: ASLR).
+fn listing(d: &Dump, exact: bool) -> Vec<Vec<String>> {
+    let mut v: Vec<(String, Vec<String>)> = d
         .threads
         .iter()
         .map(|t| {
@@ -102,22 +106,28 @@ fn names(d: &Dump) -> Vec<(i32, Vec<String>)> {
                 .frames
                 .iter()
                 .map(|f| {
-                    format!(
-                        "{} {} {}:{} {}+{:x?}",
-                        f.address,
+                    let source = format!(
+                        "{} {}:{}",
                         f.function.as_deref().unwrap_or("?"),
                         f.file.as_deref().unwrap_or("?"),
-                        f.line.unwrap_or(0),
-                        f.module.as_deref().unwrap_or("?"),
-                        f.module_offset
-                    )
+                        f.line.unwrap_or(0)
+                    );
+                    match exact {
+                        true => format!(
+                            "{:x} {source} {}+{:x?}",
+                            f.address,
+                            f.module.as_deref().unwrap_or("?"),
+                            f.module_offset
+                        ),
+                        false => source,
+                    }
                 })
                 .collect();
-            (t.tid, f)
+            (format!("{} {}", t.name, t.tid == d.pid), f)
         })
         .collect();
     v.sort();
-    v
+    v.into_iter().map(|(_, f)| f).collect()
 }
 
 fn recorded_snapshot_symbolizes_after_the_target_is_gone(lld: Option<&Path>) {
@@ -155,7 +165,7 @@ fn recorded_snapshot_symbolizes_after_the_target_is_gone(lld: Option<&Path>) {
         "{:?}",
         offline.module_problems
     );
-    assert_eq!(names(&offline), names(&live));
+    assert_eq!(listing(&offline, true), listing(&live, true));
     for (a, b) in live.threads.iter().zip(&offline.threads) {
         assert_eq!(a.end, b.end, "thread {}", a.tid);
     }
@@ -192,34 +202,6 @@ fn run(cmd: &mut Command) {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Function, file and line of one frame.
-type Source = (String, String, u32);
-
-/// Function, file and line of every frame, by thread name order: what must
-/// agree between two processes of one build (addresses differ: ASLR).
-fn sources(d: &Dump) -> Vec<Vec<Source>> {
-    let mut v: Vec<(String, Vec<Source>)> = d
-        .threads
-        .iter()
-        .map(|t| {
-            let f = t
-                .frames
-                .iter()
-                .map(|f| {
-                    (
-                        f.function.clone().unwrap_or_default(),
-                        f.file.clone().unwrap_or_default(),
-                        f.line.unwrap_or(0),
-                    )
-                })
-                .collect();
-            (format!("{}{}", t.name, t.tid == d.pid), f)
-        })
-        .collect();
-    v.sort();
-    v.into_iter().map(|(_, f)| f).collect()
 }
 
 /// A stripped binary, its debug file only in a debug directory given to the
@@ -272,7 +254,7 @@ fn stripped_snapshot_symbolizes_with_a_debug_dir() {
     let mut files: TargetFiles = snap.files.clone();
     files.debug_dirs.push(debug_dir);
     let offline = Dumper::new().process_with(&snap, None, &files);
-    assert_eq!(sources(&offline), sources(&live));
+    assert_eq!(listing(&offline, false), listing(&live, false));
     assert!(offline
         .threads
         .iter()
