@@ -192,3 +192,34 @@ pub struct ProcessSnapshot {
     /// The whole process exited during the snapshot: what was captured is partial.
     pub exited: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_snapshot_reads_its_copied_stack_only() {
+        let t = ThreadSnapshot {
+            tid: 1,
+            name: "t".into(),
+            state: 'S',
+            cpu_time: std::time::Duration::ZERO,
+            stop: StopKind::Interrupted,
+            regs: None,
+            stack_start: 0x7000,
+            stack: (0u8..16).collect(),
+            stack_truncated: false,
+            stack_error: None,
+            kernel_wait: None,
+        };
+        assert_eq!(
+            t.read_u64(0x7008),
+            Some(u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]))
+        );
+        assert_eq!(t.read_u64(0x7009), None, "past the copy");
+        assert_eq!(t.read_u64(0x6fff), None, "before it");
+        let mut buf = [0u8; 32];
+        assert_eq!(t.read(0x700c, &mut buf), Ok(4));
+        assert!(t.read(0x7010, &mut buf).is_err());
+    }
+}

@@ -1038,6 +1038,51 @@ mod tests {
         }
     }
 
+    /// A module list without open files (as a snapshot read back from
+    /// elsewhere would be): the files are opened by path through the
+    /// [`DebugSource`], and the result is the same as with the captured files.
+    #[test]
+    fn modules_without_files_are_opened_through_the_debug_source() {
+        let me = std::process::id() as i32;
+        let mut maps = crate::proc::read_maps(me).expect("own maps");
+        maps.sort_by_key(|m| m.start);
+        let captured = crate::module::capture(me, &maps, &mut ModuleCache::new());
+        let mut bare = captured.clone();
+        for m in &mut bare.modules {
+            m.file = None;
+        }
+        let here =
+            modules_without_files_are_opened_through_the_debug_source as fn() as usize as u64;
+        let with = Symbolizer::new().space(&captured, &TargetFiles::host());
+        let without = Symbolizer::new().space(&bare, &TargetFiles::host());
+        let a = Symbolizer::new().symbolize(&with, here, false);
+        let b = Symbolizer::new().symbolize(&without, here, false);
+        assert_eq!(a, b);
+        assert!(
+            a.frames.iter().any(|f| f
+                .function
+                .as_deref()
+                .is_some_and(|n| n.contains("modules_without_files_are_opened"))),
+            "{a:?}"
+        );
+        // A module whose file is gone says so, and keeps its offsets.
+        let mut gone = bare.clone();
+        for m in &mut gone.modules {
+            if m.path.is_some() {
+                m.path = Some(PathBuf::from("/nonexistent/aiodebug-test-module"));
+            }
+        }
+        let space = Symbolizer::new().space(&gone, &TargetFiles::host());
+        let m = space.module_at(here).expect("module");
+        assert!(m.image.is_none());
+        assert!(m
+            .problem
+            .as_deref()
+            .is_some_and(|p| p.starts_with("cannot open")));
+        let c = Symbolizer::new().symbolize(&space, here, false);
+        assert_eq!(c.module_offset, a.module_offset);
+    }
+
     #[test]
     fn build_id_paths() {
         assert_eq!(
