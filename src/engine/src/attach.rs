@@ -635,6 +635,17 @@ fn capture_on_own_thread(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnap
     result
 }
 
+/// The modules of `pid`'s `maps`, with the cache of `opts` if it has one.
+fn capture_modules(pid: i32, maps: &[MapEntry], opts: &SnapshotOptions) -> module::Modules {
+    match &opts.modules {
+        Some(cache) => {
+            let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+            module::capture(pid, maps, &mut cache)
+        }
+        None => module::capture(pid, maps, &mut ModuleCache::new()),
+    }
+}
+
 /// The capture itself, on the calling thread (see [`snapshot`]).
 fn capture(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnapshot> {
     let started = Instant::now();
@@ -675,13 +686,7 @@ fn capture(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnapshot> {
     maps.sort_by_key(|m| m.start);
     // Modules and the target's root, while it surely runs: what the offline
     // stage needs of its files, so that it never reads the target again.
-    let modules = match &opts.modules {
-        Some(cache) => {
-            let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-            module::capture(pid, &maps, &mut cache)
-        }
-        None => module::capture(pid, &maps, &mut ModuleCache::new()),
-    };
+    let mut modules = capture_modules(pid, &maps, opts);
     let files = TargetFiles::open(pid);
 
     // Dropped after `att` (declared before it): the mask is restored once
@@ -993,6 +998,21 @@ fn capture(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnapshot> {
         if let Some(th) = threads.get_mut(i) {
             th.kernel_wait = Some(proc::read_kernel_wait(pid, th.tid));
         }
+    }
+    // Maps re-read during the stop may hold a module mapped since the first
+    // read (a library a new thread brought): add it now, while the process
+    // most likely still exists (the capture's work, not the offline stage's).
+    if maps_reread {
+        for m in capture_modules(pid, &maps, opts).modules {
+            if !modules
+                .modules
+                .iter()
+                .any(|o| o.start == m.start && o.name == m.name)
+            {
+                modules.modules.push(m);
+            }
+        }
+        modules.modules.sort_by_key(|m| m.start);
     }
     // The target runs again: give each thread its own copy of its stack.
     for (i, off, n) in spans {
