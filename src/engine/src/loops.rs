@@ -180,9 +180,11 @@ mod tests {
 
     #[test]
     fn proc_syscall_lines() {
-        let idle = parse_proc_syscall(b"232 0x3 0x7ffd 0x80 0x64 0x0 0x0 0x7ffd1 0x7f12\n").unwrap();
+        let idle =
+            parse_proc_syscall(b"232 0x3 0x7ffd 0x80 0x64 0x0 0x0 0x7ffd1 0x7f12\n").unwrap();
         assert!(waiting_in(Arch::X86_64, &idle));
-        let sleeping = parse_proc_syscall(b"35 0x7ffd 0x0 0x0 0x0 0x0 0x0 0x7ffd1 0x7f12\n").unwrap();
+        let sleeping =
+            parse_proc_syscall(b"35 0x7ffd 0x0 0x0 0x0 0x0 0x0 0x7ffd1 0x7f12\n").unwrap();
         assert!(!waiting_in(Arch::X86_64, &sleeping));
         let running = parse_proc_syscall(b"running\n").unwrap();
         assert!(!waiting_in(Arch::X86_64, &running));
@@ -228,7 +230,7 @@ mod tests {
         for i in 1..=100 {
             // Thousands of epoll_wait(…, 0) between two looks, never waiting.
             entries += 5000;
-            assert!(t.needs_wait_check(entries) == false);
+            assert!(!t.needs_wait_check(entries));
             let v = t.observe(look(i * 50, entries, None));
             assert_eq!(v.stall_ns, 0);
             assert!(v.ticked);
