@@ -23,6 +23,10 @@ use std::path::{Path, PathBuf};
 
 /// The wait calls an event loop returns to once per iteration, by tracefs
 /// name (x86_64 and aarch64 names; a call the kernel lacks is skipped).
+///
+/// Not `io_uring_enter`: a loop calls it to submit as well as to wait, so
+/// being inside it does not mean idle, and an entry does not mean a new
+/// iteration.
 pub const WAIT_CALLS: &[&str] = &[
     "epoll_wait",
     "epoll_pwait",
@@ -31,7 +35,6 @@ pub const WAIT_CALLS: &[&str] = &[
     "ppoll",
     "select",
     "pselect6",
-    "io_uring_enter",
 ];
 
 /// Where tracefs is usually mounted.
@@ -44,7 +47,8 @@ pub struct WaitTracepoints {
     pub calls: Vec<(&'static str, u64)>,
     /// The tracefs directory the ids were read from.
     pub tracefs: PathBuf,
-    /// Whether this call mounted tracefs there (it was not mounted).
+    /// Whether the ids came from a private tracefs mounted for the purpose
+    /// (and unmounted at once: `tracefs` no longer exists).
     pub mounted: bool,
 }
 
@@ -74,8 +78,11 @@ fn ids_in(dir: &Path) -> Vec<(&'static str, u64)> {
 }
 
 impl WaitTracepoints {
-    /// Finds the tracepoint ids of the wait calls in tracefs, mounting tracefs
-    /// on `/sys/kernel/tracing` when no mounted copy has them (root only).
+    /// Finds the tracepoint ids of the wait calls in tracefs. When no mounted
+    /// tracefs has them (this machine mounts none), mounts a private tracefs
+    /// on a fresh directory under the temp dir, reads the ids and unmounts it
+    /// again (root only): the ids are all `perf_event_open` needs, so the
+    /// host's mount table is left as found.
     pub fn find() -> Result<WaitTracepoints> {
         for d in TRACEFS_DIRS {
             let dir = Path::new(d);
@@ -88,22 +95,48 @@ impl WaitTracepoints {
                 });
             }
         }
-        let dir = Path::new(TRACEFS_DIRS[0]);
+        let dir = std::env::temp_dir().join(format!("aiodebug-tracefs-{}", std::process::id()));
+        if let Err(e) = std::fs::create_dir(&dir) {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(Error::io(format!("creating {}", dir.display()), e));
+            }
+        }
         let mounted = nix::mount::mount(
             Some("nodev"),
-            dir,
+            &dir,
             Some("tracefs"),
-            nix::mount::MsFlags::empty(),
+            nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV
+                | nix::mount::MsFlags::MS_NOEXEC,
             None::<&str>,
         );
-        let calls = ids_in(dir);
+        let calls = if mounted.is_ok() {
+            ids_in(&dir)
+        } else {
+            Vec::new()
+        };
+        if mounted.is_ok() {
+            // Lazy: nothing of ours holds a file open there, but a lazy
+            // unmount never fails on a busy mount.
+            let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = std::fs::remove_dir(&dir);
         if calls.is_empty() {
             let why = match mounted {
-                Err(e) => format!("mounting tracefs on {} failed: {e}", dir.display()),
-                Ok(()) => format!(
-                    "tracefs on {} has no events/syscalls/sys_enter_* (kernel without CONFIG_FTRACE_SYSCALLS?)",
-                    dir.display()
-                ),
+                Err(nix::errno::Errno::EPERM) | Err(nix::errno::Errno::EACCES) => {
+                    return Err(Error::PermissionDenied {
+                        pid: 0,
+                        hint: format!(
+                            "no tracefs is mounted ({}) and mounting one needs root: mount it \
+                             (`mount -t tracefs nodev /sys/kernel/tracing`) or run as root",
+                            TRACEFS_DIRS.join(", ")
+                        ),
+                    })
+                }
+                Err(e) => format!("no tracefs mounted and mounting one failed: {e}"),
+                Ok(()) => "tracefs has no events/syscalls/sys_enter_* (kernel without \
+                           CONFIG_FTRACE_SYSCALLS?)"
+                    .to_string(),
             };
             return Err(Error::io(
                 format!("finding the syscall tracepoints: {why}"),
@@ -112,8 +145,8 @@ impl WaitTracepoints {
         }
         Ok(WaitTracepoints {
             calls,
-            tracefs: dir.to_path_buf(),
-            mounted: mounted.is_ok(),
+            tracefs: dir,
+            mounted: true,
         })
     }
 }
@@ -250,7 +283,9 @@ impl WaitCounters {
         let mut buf = [0u8; 8 * (1 + WAIT_CALLS.len())];
         let want = 8 * (1 + self.fds.len());
         let n = (&*leader).read(&mut buf[..want])?;
-        Ok(parse_group(&buf[..n]).unwrap_or_default())
+        parse_group(&buf[..n])
+            .filter(|v| v.len() == self.fds.len())
+            .ok_or_else(|| std::io::Error::other(format!("short perf group read ({n} bytes)")))
     }
 }
 
