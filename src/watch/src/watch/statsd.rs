@@ -9,9 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// One `loop_busy` timing sent per this many iterations (`|@0.1`).
-pub const BUSY_SAMPLE_EVERY: u64 = 10;
-
 /// Metrics queued before new ones are dropped (never blocks).
 const QUEUE: usize = 64 * 1024;
 
@@ -123,20 +120,20 @@ impl Stats {
 
     /// `P.loop_busy`: one loop iteration's busy time (wait call's return to
     /// its next entry), in ms, for a loop watched by its wait calls
-    /// (`watch/syscall_loop.rs`). `seq` numbers the iterations: one in
-    /// [`BUSY_SAMPLE_EVERY`] is sent, with `|@rate` so that the daemon scales
-    /// the counts back (a loop iterating 100 000 times a second costs 100
-    /// packets a second, not 100 000).
-    pub fn busy(&self, loop_name: &str, busy_ns: u64, seq: &u64) {
-        if seq % BUSY_SAMPLE_EVERY != 0 {
-            return;
-        }
-        let _ = self
+    /// (`watch/syscall_loop.rs`), sent as one of every `sample_every`
+    /// iterations the caller has: the timing carries `|@1/sample_every` so
+    /// that the daemon scales the counts back.
+    pub fn busy(&self, loop_name: &str, busy_ns: u64, sample_every: u32) {
+        let metric = self
             .client
             .time_with_tags("loop_busy", ms_rounded(busy_ns))
-            .with_tag("loop", loop_name)
-            .with_sampling_rate(1.0 / BUSY_SAMPLE_EVERY as f64)
-            .try_send();
+            .with_tag("loop", loop_name);
+        let metric = if sample_every > 1 {
+            metric.with_sampling_rate(1.0 / f64::from(sample_every))
+        } else {
+            metric
+        };
+        let _ = metric.try_send();
     }
 
     /// `P.loop_stall`: how long the loop is overdue, in ms.

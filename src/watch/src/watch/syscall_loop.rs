@@ -19,7 +19,6 @@
 
 use super::episode::{Observation, Tracker};
 use super::files::OutputDir;
-use super::statsd::Stats;
 use super::{
     act, connect_stats, dump_options, episode_config, gone_or_error, Ctx, Log, Summary, Watched,
     MAX_SLEEP_NS,
@@ -64,8 +63,15 @@ struct Thread {
     forced: bool,
     /// Set once it is a loop thread: the episode state, as a heartbeat loop's.
     watched: Option<Watched>,
-    /// Recent iterations' busy times (ns): the upper bounds the counts give.
+    /// Busy times (ns) of its recent long iterations (see [`Thread::out`]).
     busy: Vec<u64>,
+    /// A look saw it out of its wait call without having entered it since
+    /// the previous look: the current iteration is longer than one look.
+    /// Only such iterations get a busy time: counts say "it entered N times
+    /// between two looks", not when, so shorter ones are not timed (see the
+    /// README on sampling). Their busy time is at most the time since the
+    /// last look that saw it enter or wait, at least the stall seen.
+    out: bool,
 }
 
 /// The thread's name (`comm`), or `thread TID`.
@@ -137,12 +143,6 @@ fn new_watched(name: String, tid: u32, cfg: super::episode::Config, now: u64) ->
         tick_rate_ns: 0,
         cause: Default::default(),
     }
-}
-
-/// Sends one iteration's busy time as `loop_busy`, sampled.
-fn send_busy(stats: &Stats, name: &str, busy_ns: u64, seq: &mut u64) {
-    *seq = seq.wrapping_add(1);
-    stats.busy(name, busy_ns, seq);
 }
 
 /// Runs `watch PID` on a process with no heartbeat (or with `--loop-thread`).
@@ -230,7 +230,6 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
     let mut warned_many = false;
     let mut was_stopped = false;
     let mut last_summary = started;
-    let mut busy_seq = 0u64;
     let mut opened_any = false;
     loop {
         if stop.load(Ordering::Relaxed) {
@@ -330,14 +329,20 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
             let Some(w) = t.watched.as_mut() else {
                 continue;
             };
-            if v.ticked && v.iteration_ns > 0 {
+            if v.stall_ns > 0 {
+                t.out = true;
+            }
+            if v.ticked && t.out {
+                t.out = false;
                 // Bounded: past the window, the summary's iterations are
                 // the first ones since the last summary.
                 if t.busy.len() < BUSY_WINDOW {
                     t.busy.push(v.iteration_ns);
                 }
                 if let Some(s) = &ctx.stats {
-                    send_busy(s, &w.name, v.iteration_ns, &mut busy_seq);
+                    // Each lasted more than one look: at most one a look
+                    // per loop thread, so every one is sent (`|@1`).
+                    s.busy(&w.name, v.iteration_ns, 1);
                 }
             }
             let obs = Observation {
@@ -481,6 +486,7 @@ fn rescan(
                 forced: is_forced,
                 watched: None,
                 busy: Vec::new(),
+                out: false,
             },
         );
     }
@@ -507,10 +513,10 @@ fn summarize(ctx: &Ctx<'_>, threads: &mut BTreeMap<i32, Thread>) {
         let h = |x: Option<u64>| x.map(human).unwrap_or_else(|| "-".into());
         ctx.log.event(
             "busy_summary",
-            json!({"loop": w.name, "tid": tid, "iterations_seen": v.len(),
+            json!({"loop": w.name, "tid": tid, "long_iterations": v.len(),
                    "p50_ms": ms(p50), "p99_ms": ms(p99), "max_ms": ms(max)}),
             format!(
-                "loop '{}' thread {tid}: {} iterations seen, busy at most p50 {} p99 {} max {}",
+                "loop '{}' thread {tid}: {} iterations longer than a look, busy at most p50 {} p99 {} max {}",
                 w.name,
                 v.len(),
                 h(p50),
