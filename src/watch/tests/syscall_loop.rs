@@ -344,3 +344,63 @@ fn node_busy_timer_callback_is_caught() {
     assert_eq!(r["tid"], pid, "{r}");
     assert!(r["hang_ms"].as_f64().unwrap_or(0.0) > 1000.0, "{r}");
 }
+
+#[test]
+fn a_slow_iteration_is_warned_with_its_frame_and_sent_as_loop_busy() {
+    let dir = TempDir::new("sl-slow");
+    let statsd = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    statsd
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let addr = statsd.local_addr().expect("addr").to_string();
+    let script = workspace_root().join("fixtures/python/syscall_loop.py");
+    let mut fx = Fixture::spawn_path(&debian_python(), &[script.to_string_lossy().into_owned()]);
+    let mut w = Watch::start(
+        fx.pid,
+        &dir,
+        &["--interval", "2", "--slow", "0.1", "--statsd", &addr],
+    );
+    w.wait_for("loop_found", Duration::from_secs(20));
+    fx.ok("sleep 0.5");
+    // Under load other iterations may be slow too: find ours by its frame.
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = w.wait_for("slow_tick", end.saturating_duration_since(Instant::now()));
+        if s["frames"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("blocking_sleep")
+        {
+            assert!(s["blocked_ms"].as_f64().unwrap_or(0.0) >= 400.0, "{s}");
+            break;
+        }
+    }
+    // The StatsD socket is buffered (flushed when full and at exit): end
+    // the watch cleanly, then read what it sent.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(w.child.0.id() as i32),
+        nix::sys::signal::SIGTERM,
+    );
+    w.wait_for("finished", Duration::from_secs(10));
+    let mut buf = [0u8; 2048];
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut got = Vec::new();
+    while Instant::now() < end {
+        if let Ok(n) = statsd.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            got.extend(text.lines().map(str::to_string));
+            let busy = got.iter().filter_map(|l| {
+                l.strip_prefix("aiodebug.loop_busy:")?
+                    .split('|')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            });
+            if busy.clone().any(|ms| ms >= 400) {
+                assert_eq!(w.count("hang_started"), 0, "{:#?}", w.seen);
+                return;
+            }
+        }
+    }
+    panic!("no loop_busy ≥ 400 ms among {got:#?}");
+}
