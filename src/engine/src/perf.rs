@@ -127,9 +127,11 @@ impl WaitTracepoints {
                     return Err(Error::PermissionDenied {
                         pid: 0,
                         hint: format!(
-                            "no tracefs is mounted ({}) and mounting one needs root: mount it \
-                             (`mount -t tracefs nodev /sys/kernel/tracing`) or run as root",
-                            TRACEFS_DIRS.join(", ")
+                            "the syscall tracepoint ids are unreadable: no tracefs readable at {} \
+                             and mounting one needs root (`mount -t tracefs nodev \
+                             /sys/kernel/tracing`); then {}",
+                            TRACEFS_DIRS.join(", "),
+                            permission_hint(read_paranoid())
                         ),
                     })
                 }

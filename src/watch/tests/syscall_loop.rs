@@ -404,3 +404,49 @@ fn a_slow_iteration_is_warned_with_its_frame_and_sent_as_loop_busy() {
     }
     panic!("no loop_busy ≥ 400 ms among {got:#?}");
 }
+
+#[test]
+fn without_privileges_the_error_names_perf_event_paranoid_and_dump_still_works() {
+    // An unprivileged user (nobody) watching its own process.
+    let as_nobody = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+    let sleeper = Command::new("setpriv")
+        .args(as_nobody)
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let sleeper = Kid(sleeper);
+    let pid = sleeper.0.id().to_string();
+    // setpriv execs sleep in the same process: wait until it runs as nobody.
+    let end = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .contains("Uid:\t65534")
+    {
+        assert!(Instant::now() < end, "sleep never ran as nobody");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let run = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(as_nobody)
+            .arg(watch_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .current_dir("/tmp")
+            .output()
+            .expect("run watch as nobody")
+    };
+    let out = run(&["watch", &pid, "--output-dir", "/tmp", "--duration", "5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("perf_event_paranoid"), "{err}");
+    assert!(err.contains("CAP_PERFMON"), "{err}");
+    assert!(err.contains("`dump` still works"), "{err}");
+    let out = run(&["dump", &pid]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("nanosleep"), "{text}");
+}

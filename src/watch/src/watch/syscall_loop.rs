@@ -150,6 +150,11 @@ fn new_watched(name: String, tid: u32, cfg: super::episode::Config, now: u64) ->
 pub(crate) fn watch(args: &WatchArgs, pid: i32, out: OutputDir, why: &str) -> (u8, Summary) {
     let tps = match WaitTracepoints::find() {
         Ok(t) => t,
+        Err(Error::PermissionDenied { hint, .. }) => {
+            let e = Error::PermissionDenied { pid, hint };
+            crate::errln!("aiodebug-watch: cannot watch PID {pid} by its wait calls: {e}");
+            return (exit::code_for(&e), Summary::default());
+        }
         Err(e) => {
             crate::errln!("aiodebug-watch: cannot watch PID {pid} by its wait calls: {e}");
             return (exit::code_for(&e), Summary::default());
