@@ -450,3 +450,28 @@ fn without_privileges_the_error_names_perf_event_paranoid_and_dump_still_works()
     );
     assert!(text.contains("nanosleep"), "{text}");
 }
+
+#[test]
+fn a_loop_thread_started_later_is_picked_up_and_its_hang_marks_it() {
+    let dir = TempDir::new("sl-later");
+    let script = workspace_root().join("fixtures/python/syscall_loop.py");
+    let mut fx = Fixture::spawn_path(&debian_python(), &[script.to_string_lossy().into_owned()]);
+    let mut w = Watch::start(fx.pid, &dir, &["--dump-gap", "0.3"]);
+    let first = w.wait_for("loop_found", Duration::from_secs(20));
+    assert_eq!(first["tid"], fx.pid, "{first}");
+    let answer = fx.ok("newloop");
+    let tid: i32 = answer
+        .strip_prefix("OK tid=")
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no tid in {answer:?}"));
+    let found = w.wait_for("loop_found", Duration::from_secs(20));
+    assert_eq!(found["tid"], tid, "the new thread's loop: {found}");
+    fx.ok("blockthread 1.5");
+    one_episode(&mut w, tid, "blocking_sleep");
+    assert_eq!(
+        w.count("hang_started"),
+        1,
+        "the main loop kept ticking: {:#?}",
+        w.seen
+    );
+}
