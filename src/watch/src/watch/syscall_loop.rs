@@ -111,10 +111,15 @@ fn list_threads(pid: i32) -> Result<(Vec<i32>, bool), Error> {
 fn waiting_now(file: Option<&std::fs::File>, prev: bool) -> bool {
     let Some(f) = file else { return prev };
     let mut buf = [0u8; 256];
-    let Ok(n) = f.read_at(&mut buf, 0) else {
-        return prev;
-    };
-    match parse_proc_syscall(&buf[..n]) {
+    match f.read_at(&mut buf, 0) {
+        Ok(n) => waiting_in_line(&buf[..n], prev),
+        Err(_) => prev,
+    }
+}
+
+/// [`waiting_now`] on the contents of `/proc/PID/task/TID/syscall` (pure).
+fn waiting_in_line(data: &[u8], prev: bool) -> bool {
+    match parse_proc_syscall(data) {
         Some(ProcSyscall::In { nr, .. })
             if syscalls::name(NATIVE, nr) == Some("restart_syscall") =>
         {
@@ -545,6 +550,37 @@ fn end_with(ctx: &mut Ctx<'_>, threads: &mut BTreeMap<i32, Thread>, e: &Error) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn where_a_thread_waits() {
+        // epoll_wait (232): idle; clock_nanosleep (230): busy; futex (202):
+        // busy (a loop blocked on a lock is hung); running; user code.
+        assert!(waiting_in_line(
+            b"232 0x3 0x7f 0x2 0xa 0x0 0x0 0x7ffd 0x7f1\n",
+            false
+        ));
+        assert!(!waiting_in_line(
+            b"230 0x1 0x1 0x7ffd 0x0 0x0 0x0 0x7ffd 0x7f1\n",
+            true
+        ));
+        assert!(!waiting_in_line(
+            b"202 0x7f 0x80 0x0 0x0 0x0 0x0 0x7ffd 0x7f1\n",
+            true
+        ));
+        assert!(!waiting_in_line(b"running\n", true));
+        assert!(!waiting_in_line(b"-1 0x7ffd 0x55\n", true));
+        // restart_syscall (219): what it was before; garbage: likewise.
+        assert!(waiting_in_line(
+            b"219 0x0 0x0 0x0 0x0 0x0 0x0 0x7ffd 0x7f1\n",
+            true
+        ));
+        assert!(!waiting_in_line(
+            b"219 0x0 0x0 0x0 0x0 0x0 0x0 0x7ffd 0x7f1\n",
+            false
+        ));
+        assert!(waiting_in_line(b"", true));
+    }
 
     #[test]
     fn percentiles_of_busy_times() {
