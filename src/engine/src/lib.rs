@@ -13,7 +13,10 @@
 //! - [`python`]: Python frames of CPython 3.11–3.14 processes;
 //! - [`tidmap`]: thread ids of a target in another PID namespace, mapped to ours;
 //! - [`cgroup`]: container and pod ids from `/proc/PID/cgroup` (pure);
-//! - [`threadstate`]: what the kernel says a thread is doing (parked or not).
+//! - [`threadstate`]: what the kernel says a thread is doing (parked or not);
+//! - [`perf`]: count a thread's entries into its wait calls (syscall tracepoints);
+//! - [`loops`]: which threads are event loops and which of them hang, from
+//!   those counts (pure).
 //!
 //! Every value read from a target is untrusted: sizes, counts and strings are
 //! bounds-checked, nothing is allocated from a count without a cap.
@@ -27,9 +30,11 @@ pub mod dump;
 pub mod elf;
 pub mod error;
 pub mod heartbeat;
+pub mod loops;
 pub mod mapped;
 pub mod memory;
 pub mod module;
+pub mod perf;
 pub mod proc;
 pub mod python;
 pub mod snapshot;

@@ -133,6 +133,11 @@ pub struct WatchArgs {
     /// Frames of a Python process in dumps: merged, Python only, native only.
     #[arg(long, value_enum, default_value_t = crate::pyview::Stacks::Merged)]
     pub stacks: crate::pyview::Stacks,
+    /// Watch this thread as an event loop by its wait system calls (repeatable); without it, a
+    /// process with no heartbeat has its loop threads found by themselves (see README, "A loop
+    /// that links nothing").
+    #[arg(long = "loop-thread", value_name = "TID", value_parser = parse_pid, conflicts_with = "all")]
+    pub loop_threads: Vec<i32>,
 }
 
 /// Most `--tag`s.

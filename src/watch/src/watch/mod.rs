@@ -13,6 +13,7 @@ pub mod files;
 pub mod fleet;
 pub mod render;
 pub mod statsd;
+pub mod syscall_loop;
 pub mod workers;
 
 use crate::cli::WatchArgs;
@@ -275,8 +276,15 @@ pub fn watch(args: &WatchArgs) -> (u8, Summary) {
     };
     // clap requires a PID unless --all.
     let pid = args.pid.unwrap_or(0);
+    // No heartbeat, or threads named: watch the loops by their wait calls.
+    if !args.loop_threads.is_empty() {
+        return syscall_loop::watch(args, pid, out, "--loop-thread");
+    }
     let target = match Target::open(pid) {
         Ok(t) => t,
+        Err(e) if e.kind() == ErrorKind::NoHeartbeat => {
+            return syscall_loop::watch(args, pid, out, "no heartbeat in this process");
+        }
         Err(e) => {
             crate::errln!("aiodebug-watch: {e}");
             return (exit::code_for(&e), Summary::default());

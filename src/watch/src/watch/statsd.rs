@@ -118,6 +118,24 @@ impl Stats {
             .try_send();
     }
 
+    /// `P.loop_busy`: one loop iteration's busy time (wait call's return to
+    /// its next entry), in ms, for a loop watched by its wait calls
+    /// (`watch/syscall_loop.rs`), sent as one of every `sample_every`
+    /// iterations the caller has: the timing carries `|@1/sample_every` so
+    /// that the daemon scales the counts back.
+    pub fn busy(&self, loop_name: &str, busy_ns: u64, sample_every: u32) {
+        let metric = self
+            .client
+            .time_with_tags("loop_busy", ms_rounded(busy_ns))
+            .with_tag("loop", loop_name);
+        let metric = if sample_every > 1 {
+            metric.with_sampling_rate(1.0 / f64::from(sample_every))
+        } else {
+            metric
+        };
+        let _ = metric.try_send();
+    }
+
     /// `P.loop_stall`: how long the loop is overdue, in ms.
     pub fn stall(&self, loop_name: &str, stall_ns: u64) {
         let _ = self

@@ -1,0 +1,477 @@
+//! `watch PID` on event loops that link nothing, judged by their own wait
+//! system calls (perf tracepoint counters): Debian's python3 running an
+//! asyncio loop whose callback blocks, redis-server blocked by `DEBUG SLEEP`
+//! and flooded with PINGs, node with a busy timer callback. Every program is
+//! the one its users run (Debian's packages); the tests start them, watch
+//! them, and kill them on teardown.
+//!
+//! redis-server/redis-cli come from Debian's `redis-server` and
+//! `redis-tools` (scripts/test installs them); a test whose program is
+//! missing fails, it does not skip.
+
+mod support;
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use support::{watch_bin, workspace_root, Fixture, TempDir};
+
+/// A child process killed (and reaped) on drop, also when the test fails.
+struct Kid(Child);
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `aiodebug-watch watch PID --json`, its events on a channel.
+struct Watch {
+    child: Kid,
+    events: mpsc::Receiver<Value>,
+    seen: Vec<Value>,
+}
+
+impl Watch {
+    fn start(pid: i32, dir: &Path, extra: &[&str]) -> Watch {
+        let mut child = Command::new(watch_bin())
+            .args(["watch", &pid.to_string(), "--json", "--output-dir"])
+            .arg(dir)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start watch");
+        let out = child.stdout.take().expect("stdout");
+        Watch {
+            child: Kid(child),
+            events: support::json_events(out),
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next event of `kind` within `timeout` (panics with every event
+    /// seen otherwise).
+    fn wait_for(&mut self, kind: &str, timeout: Duration) -> Value {
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if v["event"] == kind {
+                        return v;
+                    }
+                }
+                Err(_) => panic!(
+                    "no {kind:?} event within {timeout:?}; seen: {:#?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Every event for `d`.
+    fn collect_for(&mut self, d: Duration) {
+        let end = Instant::now() + d;
+        while let Ok(v) = self
+            .events
+            .recv_timeout(end.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(v);
+        }
+    }
+
+    fn count(&self, kind: &str) -> usize {
+        self.seen.iter().filter(|v| v["event"] == kind).count()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        // SIGTERM first: the watch ends cleanly; Kid kills it anyway.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.0.id() as i32),
+            nix::sys::signal::SIGTERM,
+        );
+    }
+}
+
+/// Debian's interpreter, as its users have it.
+fn debian_python() -> PathBuf {
+    let p = PathBuf::from("/usr/bin/python3");
+    assert!(p.exists(), "Debian's /usr/bin/python3 is missing");
+    p
+}
+
+/// Checks one hang episode of the loop on thread `tid`: HANG event naming
+/// it, three snapshots with it first and marked, the culprit `culprit`
+/// named, then its recovery.
+fn one_episode(w: &mut Watch, tid: i32, culprit: &str) {
+    let h = w.wait_for("hang_started", Duration::from_secs(15));
+    assert_eq!(h["tid"], tid, "{h}");
+    assert_eq!(h["scope"], "loop", "{h}");
+    let d = w.wait_for("dump_written", Duration::from_secs(10));
+    let c = d["culprit"].as_str().unwrap_or_default();
+    assert!(
+        c.contains(culprit),
+        "culprit {c:?} should name {culprit}: {d}"
+    );
+    let text = std::fs::read_to_string(d["path"].as_str().expect("path")).expect("dump file");
+    let first_thread = text
+        .lines()
+        .find(|l| l.starts_with("Thread "))
+        .unwrap_or_default();
+    assert!(
+        first_thread.starts_with(&format!("Thread {tid} "))
+            && first_thread.contains("<== STALLED LOOP"),
+        "the loop thread first and marked: {first_thread:?}\n{text}"
+    );
+    assert!(text.contains(culprit), "{text}");
+    let r = w.wait_for("recovered", Duration::from_secs(15));
+    assert_eq!(r["tid"], tid, "{r}");
+    assert!(r["hang_ms"].as_f64().unwrap_or(0.0) > 250.0, "{r}");
+    while w
+        .seen
+        .iter()
+        .filter(|v| v["event"] == "dump_written")
+        .count()
+        % 3
+        != 0
+    {
+        w.wait_for("dump_written", Duration::from_secs(10));
+    }
+}
+
+#[test]
+fn python_asyncio_loop_blocked_by_a_sleep_then_by_a_spin() {
+    let dir = TempDir::new("sl-py");
+    let script = workspace_root().join("fixtures/python/syscall_loop.py");
+    let mut fx = Fixture::spawn_path(&debian_python(), &[script.to_string_lossy().into_owned()]);
+    let mut w = Watch::start(fx.pid, &dir, &["--dump-gap", "0.3"]);
+    let started = w.wait_for("started", Duration::from_secs(20));
+    assert_eq!(started["mode"], "syscalls", "{started}");
+    let found = w.wait_for("loop_found", Duration::from_secs(20));
+    assert_eq!(
+        found["tid"], fx.pid,
+        "the main thread runs the loop: {found}"
+    );
+    assert_eq!(found["source"], "syscalls", "{found}");
+    assert_eq!(found["call"], "epoll_wait", "{found}");
+    assert!(found["why"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("epoll_wait"));
+    fx.ok("sleep 1.5");
+    one_episode(&mut w, fx.pid, "blocking_sleep");
+    fx.ok("spin 1.5");
+    one_episode(&mut w, fx.pid, "blocking_spin");
+    assert_eq!(w.count("hang_started"), 2, "{:#?}", w.seen);
+}
+
+#[test]
+fn an_idle_loop_blocked_in_epoll_wait_without_timeout_is_no_hang() {
+    let dir = TempDir::new("sl-idle");
+    let script = workspace_root().join("fixtures/python/syscall_loop.py");
+    let fx = Fixture::spawn_path(
+        &debian_python(),
+        &[script.to_string_lossy().into_owned(), "idle".into()],
+    );
+    let pid = fx.pid.to_string();
+    // Named: an idle loop with nothing scheduled enters its wait call once
+    // and stays there, so it is never found by itself.
+    let mut w = Watch::start(
+        fx.pid,
+        &dir,
+        &[
+            "--loop-thread",
+            &pid,
+            "--interval",
+            "0.1",
+            "--duration",
+            "2",
+        ],
+    );
+    let found = w.wait_for("loop_found", Duration::from_secs(20));
+    assert_eq!(found["forced"], true, "{found}");
+    w.wait_for("finished", Duration::from_secs(20));
+    assert_eq!(w.count("hang_started"), 0, "{:#?}", w.seen);
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// redis-server on a free port, no persistence, DEBUG allowed; waits until
+/// it answers PING.
+fn start_redis(dir: &Path) -> (Kid, u16) {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--enable-debug-command",
+            "yes",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+        ])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("redis-server (Debian's redis-server package)");
+    let kid = Kid(child);
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut b = [0u8; 7];
+            if s.write_all(b"PING\r\n").is_ok()
+                && s.read_exact(&mut b).is_ok()
+                && &b == b"+PONG\r\n"
+            {
+                return (kid, port);
+            }
+        }
+        assert!(Instant::now() < end, "redis-server did not answer PING");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn redis_blocked_by_debug_sleep_is_one_episode_naming_debug_command() {
+    let dir = TempDir::new("sl-redis");
+    let (redis, port) = start_redis(&dir);
+    let pid = redis.0.id() as i32;
+    let mut w = Watch::start(pid, &dir, &["--dump-gap", "0.3"]);
+    let found = w.wait_for("loop_found", Duration::from_secs(20));
+    assert_eq!(
+        found["tid"], pid,
+        "redis's main thread runs the loop: {found}"
+    );
+    let cli = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "DEBUG", "SLEEP", "2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("redis-cli (Debian's redis-tools)");
+    let cli = Kid(cli);
+    one_episode(&mut w, pid, "debugCommand");
+    drop(cli);
+    w.collect_for(Duration::from_millis(500));
+    assert_eq!(w.count("hang_started"), 1, "{:#?}", w.seen);
+}
+
+#[test]
+fn redis_answering_a_ping_flood_has_no_episode() {
+    let dir = TempDir::new("sl-flood");
+    let (redis, port) = start_redis(&dir);
+    let pid = redis.0.id() as i32;
+    let mut w = Watch::start(pid, &dir, &["--interval", "0.25"]);
+    w.wait_for("loop_found", Duration::from_secs(20));
+    // Four clients pinging as fast as redis answers, for 10 s.
+    let end = Instant::now() + Duration::from_secs(10);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(5)))
+                    .expect("timeout");
+                let mut r = BufReader::new(s.try_clone().expect("clone"));
+                let mut n = 0u64;
+                let mut line = String::new();
+                while Instant::now() < end {
+                    s.write_all(b"PING\r\n").expect("write");
+                    line.clear();
+                    r.read_line(&mut line).expect("PONG");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let pings: u64 = clients.into_iter().map(|c| c.join().expect("client")).sum();
+    w.collect_for(Duration::from_millis(500));
+    assert!(pings > 1000, "the flood ran: {pings} PINGs");
+    assert_eq!(w.count("hang_started"), 0, "{:#?}", w.seen);
+}
+
+#[test]
+fn node_busy_timer_callback_is_caught() {
+    let dir = TempDir::new("sl-node");
+    let script = dir.join("busy.js");
+    std::fs::write(
+        &script,
+        "function busyCallback(ms) { const end = Date.now() + ms; while (Date.now() < end) {} }\n\
+         let n = 0;\n\
+         function tick() { n++; if (n % 400 === 0) busyCallback(2000); setTimeout(tick, 10); }\n\
+         console.log('READY pid=' + process.pid);\n\
+         setTimeout(tick, 10);\n",
+    )
+    .expect("write busy.js");
+    let mut child = Command::new("node")
+        .arg(&script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("READY");
+    let node = Kid(child);
+    let pid = node.0.id() as i32;
+    let mut w = Watch::start(pid, &dir, &["--dump-gap", "0.3"]);
+    // Node's main thread runs the loop (its platform's delayed-task thread
+    // runs a libuv loop of its own: another loop thread, idle).
+    while w.wait_for("loop_found", Duration::from_secs(20))["tid"] != pid {}
+    let h = w.wait_for("hang_started", Duration::from_secs(20));
+    assert_eq!(h["tid"], pid, "{h}");
+    let r = w.wait_for("recovered", Duration::from_secs(15));
+    assert_eq!(r["tid"], pid, "{r}");
+    assert!(r["hang_ms"].as_f64().unwrap_or(0.0) > 1000.0, "{r}");
+}
+
+#[test]
+fn a_slow_iteration_is_warned_with_its_frame_and_sent_as_loop_busy() {
+    let dir = TempDir::new("sl-slow");
+    let statsd = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    statsd
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let addr = statsd.local_addr().expect("addr").to_string();
+    let script = workspace_root().join("fixtures/python/syscall_loop.py");
+    let mut fx = Fixture::spawn_path(&debian_python(), &[script.to_string_lossy().into_owned()]);
+    let mut w = Watch::start(
+        fx.pid,
+        &dir,
+        &["--interval", "2", "--slow", "0.1", "--statsd", &addr],
+    );
+    w.wait_for("loop_found", Duration::from_secs(20));
+    fx.ok("sleep 0.5");
+    // Under load other iterations may be slow too: find ours by its frame.
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = w.wait_for("slow_tick", end.saturating_duration_since(Instant::now()));
+        if s["frames"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("blocking_sleep")
+        {
+            assert!(s["blocked_ms"].as_f64().unwrap_or(0.0) >= 400.0, "{s}");
+            break;
+        }
+    }
+    // The StatsD socket is buffered (flushed when full and at exit): end
+    // the watch cleanly, then read what it sent.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(w.child.0.id() as i32),
+        nix::sys::signal::SIGTERM,
+    );
+    w.wait_for("finished", Duration::from_secs(10));
+    let mut buf = [0u8; 2048];
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut got = Vec::new();
+    while Instant::now() < end {
+        if let Ok(n) = statsd.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            got.extend(text.lines().map(str::to_string));
+            let busy = got.iter().filter_map(|l| {
+                l.strip_prefix("aiodebug.loop_busy:")?
+                    .split('|')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            });
+            if busy.clone().any(|ms| ms >= 400) {
+                assert_eq!(w.count("hang_started"), 0, "{:#?}", w.seen);
+                return;
+            }
+        }
+    }
+    panic!("no loop_busy ≥ 400 ms among {got:#?}");
+}
+
+#[test]
+fn without_privileges_the_error_names_perf_event_paranoid_and_dump_still_works() {
+    // An unprivileged user (nobody) watching its own process.
+    let as_nobody = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+    let sleeper = Command::new("setpriv")
+        .args(as_nobody)
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let sleeper = Kid(sleeper);
+    let pid = sleeper.0.id().to_string();
+    // setpriv execs sleep in the same process: wait until it runs as nobody.
+    let end = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .contains("Uid:\t65534")
+    {
+        assert!(Instant::now() < end, "sleep never ran as nobody");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let run = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(as_nobody)
+            .arg(watch_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .current_dir("/tmp")
+            .output()
+            .expect("run watch as nobody")
+    };
+    let out = run(&["watch", &pid, "--output-dir", "/tmp", "--duration", "5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("perf_event_paranoid"), "{err}");
+    assert!(err.contains("CAP_PERFMON"), "{err}");
+    assert!(err.contains("`dump` still works"), "{err}");
+    let out = run(&["dump", &pid]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("nanosleep"), "{text}");
+}
+
+#[test]
+fn a_loop_thread_started_later_is_picked_up_and_its_hang_marks_it() {
+    let dir = TempDir::new("sl-later");
+    let script = workspace_root().join("fixtures/python/syscall_loop.py");
+    let mut fx = Fixture::spawn_path(&debian_python(), &[script.to_string_lossy().into_owned()]);
+    let mut w = Watch::start(fx.pid, &dir, &["--dump-gap", "0.3"]);
+    let first = w.wait_for("loop_found", Duration::from_secs(20));
+    assert_eq!(first["tid"], fx.pid, "{first}");
+    let answer = fx.ok("newloop");
+    let tid: i32 = answer
+        .strip_prefix("OK tid=")
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no tid in {answer:?}"));
+    let found = w.wait_for("loop_found", Duration::from_secs(20));
+    assert_eq!(found["tid"], tid, "the new thread's loop: {found}");
+    fx.ok("blockthread 1.5");
+    one_episode(&mut w, tid, "blocking_sleep");
+    assert_eq!(
+        w.count("hang_started"),
+        1,
+        "the main loop kept ticking: {:#?}",
+        w.seen
+    );
+}
