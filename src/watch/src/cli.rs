@@ -133,6 +133,10 @@ pub struct WatchArgs {
     /// Frames of a Python process in dumps: merged, Python only, native only.
     #[arg(long, value_enum, default_value_t = crate::pyview::Stacks::Merged)]
     pub stacks: crate::pyview::Stacks,
+    /// A directory of separate debug files for the dumps, laid out as /usr/lib/debug
+    /// (`.build-id/xx/rest.debug`) or flat by debug-link name (repeatable).
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    pub debug_dirs: Vec<std::path::PathBuf>,
 }
 
 /// Most `--tag`s.

@@ -88,6 +88,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         duration: Some(args.duration),
         json: false,
         stacks: Default::default(),
+        debug_dirs: Vec::new(),
     };
     let (code, summary) = crate::watch::watch(&watch_args);
     drop(service);
