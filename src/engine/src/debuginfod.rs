@@ -499,6 +499,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
 
     #[test]
     fn urls() {
@@ -556,6 +557,90 @@ mod tests {
     fn find_head_end() {
         assert_eq!(find(b"ab\r\n\r\ncd", b"\r\n\r\n"), Some(2));
         assert_eq!(find(b"ab\r\n", b"\r\n\r\n"), None);
+    }
+
+    /// A one-shot server on 127.0.0.1 answering every connection with
+    /// `response` (the bytes a misbehaving server would send), then closing.
+    fn canned(response: Vec<u8>) -> (String, std::thread::JoinHandle<()>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let t = std::thread::spawn(move || {
+            if let Ok((mut c, _)) = l.accept() {
+                let mut req = [0u8; 4096];
+                let _ = c.read(&mut req);
+                let _ = c.write_all(&response);
+            }
+        });
+        (url, t)
+    }
+
+    fn client(url: String, tag: &str, max: u64) -> (Debuginfod, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("aiodebug-dbgd-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let c = Debuginfod::new(vec![url], dir.clone(), Duration::from_secs(10), max);
+        c.begin();
+        (c, dir)
+    }
+
+    /// Files left in the cache entry of `id` (no temporary may remain).
+    fn left_in(dir: &Path, id: &[u8]) -> Vec<String> {
+        std::fs::read_dir(dir.join(hex(id)))
+            .map(|r| {
+                r.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Refused before anything is written: larger than the cap by its
+    /// Content-Length.
+    #[test]
+    fn too_large_by_its_length() {
+        let (url, t) = canned(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\nxx".to_vec());
+        let (c, dir) = client(url, "len", 1000);
+        let e = c.fetch(&[1; 20]).unwrap_err();
+        assert!(e.contains("more than the limit of 1000"), "{e}");
+        assert!(left_in(&dir, &[1; 20]).is_empty());
+        t.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Without a length, the body is cut at the cap and the temporary
+    /// file removed.
+    #[test]
+    fn too_large_while_streaming() {
+        let mut r = b"HTTP/1.0 200 OK\r\n\r\n".to_vec();
+        r.extend(vec![b'z'; 300_000]);
+        let (url, t) = canned(r);
+        let (c, dir) = client(url, "stream", 100_000);
+        let e = c.fetch(&[2; 20]).unwrap_err();
+        assert!(e.contains("more than the limit of 100000 bytes"), "{e}");
+        assert!(left_in(&dir, &[2; 20]).is_empty());
+        t.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A body shorter than its Content-Length, and a complete body that is
+    /// not an ELF file of this build-id: neither enters the cache.
+    #[test]
+    fn short_or_foreign_bodies_are_not_cached() {
+        let (url, t) = canned(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789".to_vec());
+        let (c, dir) = client(url, "short", 1 << 20);
+        let e = c.fetch(&[3; 20]).unwrap_err();
+        assert!(e.contains("closed after 10 of 100 bytes"), "{e}");
+        assert!(left_in(&dir, &[3; 20]).is_empty());
+        t.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let (url, t) = canned(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n\x7fELF".to_vec());
+        let (c, dir) = client(url, "foreign", 1 << 20);
+        let e = c.fetch(&[4; 20]).unwrap_err();
+        assert!(e.contains("another build-id"), "{e}");
+        assert!(left_in(&dir, &[4; 20]).is_empty());
+        assert!(!c.cached_path(&[4; 20]).exists());
+        t.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A refused connection is an error naming the URL, at once; an
