@@ -408,3 +408,102 @@ fn an_https_url_is_skipped_with_a_note() {
         "{note}"
     );
 }
+
+/// `watch --debug-dir`: a hang of a stripped heartbeat fixture is written
+/// with the fixture's own frames named at file:line, from the debug file of
+/// its unstripped build (same build-id) in a directory by build-id; without
+/// the flag, the hang file says why the frames are `module+0x…`.
+#[test]
+fn watch_hang_files_use_the_debug_dir() {
+    use support::{fixture_path, Variant};
+    let dir = TempDir::new("dbgdir-watch");
+    let full = fixture_path("fx-thread-loop", Variant::Pie);
+    let stripped = fixture_path("fx-thread-loop", Variant::PieStripped);
+    let id = build_id(&stripped);
+    assert_eq!(build_id(&full), id, "strip keeps the build-id");
+    let debug = dir.join("fx.debug");
+    run(Command::new("objcopy")
+        .arg("--only-keep-debug")
+        .arg(&full)
+        .arg(&debug));
+    let debug_dir = dir.join("debug");
+    place_by_build_id(&debug_dir, &debug, &id);
+
+    let hang_file = |extra: &[&str], tag: &str| -> String {
+        let mut fx = Fixture::spawn_path(&stripped, &[]);
+        let out = dir.join(tag);
+        /// The watcher, killed and reaped on drop (also if the test fails).
+        struct Reap(Child);
+        impl Drop for Reap {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let mut w = Reap(
+            Command::new(watch_bin())
+                .args([
+                    "watch",
+                    &fx.pid.to_string(),
+                    "--json",
+                    "--exit-on-hang",
+                    "--dumps",
+                    "1",
+                ])
+                .arg("--output-dir")
+                .arg(&out)
+                .args(extra)
+                .env_remove("DEBUGINFOD_URLS")
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("start watch"),
+        );
+        // Its loops are found after the preload (symbols loaded before any
+        // hang, the debug directory's too).
+        let events = support::json_events(w.0.stdout.take().expect("stdout"));
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let ev = events.recv_timeout(left).expect("a loop_found event");
+            if ev["event"] == "loop_found" {
+                break;
+            }
+        }
+        fx.ok("block ticker 2000");
+        let end = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(st) = w.0.try_wait().expect("wait for watch") {
+                break st;
+            }
+            assert!(Instant::now() < end, "watch did not exit after the hang");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(1), "exit 1 after the hang's files");
+        let file = std::fs::read_dir(&out)
+            .expect("the output directory")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("stacktrace-"))
+            })
+            .expect("a hang file");
+        std::fs::read_to_string(file).expect("read the hang file")
+    };
+
+    let with = hang_file(&["--debug-dir", debug_dir.to_str().unwrap()], "with");
+    assert!(
+        with.lines().any(|l| l.contains("aiodebug_fixtures::")
+            && l.contains(".rs:")
+            && l.contains("[fx-thread-loop]")),
+        "{with}"
+    );
+    assert!(!with.contains(&id), "{with}");
+    let without = hang_file(&[], "without");
+    assert!(without.contains("fx-thread-loop+0x"), "{without}");
+    assert!(
+        without
+            .lines()
+            .any(|l| l.starts_with("note:") && l.contains(&id)),
+        "{without}"
+    );
+}
