@@ -70,7 +70,8 @@ impl Debuginfod {
     /// The client the environment asks for: `None` when `DEBUGINFOD_URLS`
     /// is unset or names no URL. The cache is
     /// `$XDG_CACHE_HOME/aiodebug-watch/debuginfod` (else
-    /// `$HOME/.cache/aiodebug-watch/debuginfod`); `DEBUGINFOD_MAXSIZE`
+    /// `$HOME/.cache/aiodebug-watch/debuginfod`, else
+    /// `/var/cache/aiodebug-watch/debuginfod`); `DEBUGINFOD_MAXSIZE`
     /// (bytes) caps the file size, `AIODEBUG_DEBUGINFOD_BUDGET` (seconds, at
     /// most 600) sets the time budget of one dump. elfutils'
     /// `DEBUGINFOD_TIMEOUT` is not used for it: its meaning (90 s without
@@ -80,12 +81,16 @@ impl Debuginfod {
         if urls.is_empty() {
             return None;
         }
-        let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-            Some(x) => PathBuf::from(x),
-            None => {
-                PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?).join(".cache")
-            }
+        let var = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
         };
+        // Neither set (a service without a home): a system cache directory;
+        // if it cannot be written, each fetch's note says so.
+        let base = var("XDG_CACHE_HOME")
+            .or_else(|| var("HOME").map(|h| h.join(".cache")))
+            .unwrap_or_else(|| PathBuf::from("/var/cache"));
         let max_size = std::env::var("DEBUGINFOD_MAXSIZE")
             .ok()
             .and_then(|v| v.trim().parse::<u64>().ok())
