@@ -125,7 +125,7 @@ _aiodebug__watch() {
             return 0
             ;;
         aiodebug__subcmd__watch__subcmd__dump)
-            opts="-o -h --output --force --json --max-frames --repeat --timings --stacks --help"
+            opts="-o -h --output --force --json --max-frames --repeat --timings --stacks --debug-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -149,6 +149,10 @@ _aiodebug__watch() {
                     ;;
                 --stacks)
                     COMPREPLY=($(compgen -W "merged python native" -- "${cur}"))
+                    return 0
+                    ;;
+                --debug-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)
@@ -339,7 +343,7 @@ _aiodebug__watch() {
             return 0
             ;;
         aiodebug__subcmd__watch__subcmd__watch)
-            opts="-h --all --match --interval --output-dir --follow-symlinks --dumps --dump-gap --max-dump-bytes --statsd --prefix --tag --slow --exit-on-hang --duration --json --stacks --help"
+            opts="-h --all --match --interval --output-dir --follow-symlinks --dumps --dump-gap --max-dump-bytes --statsd --prefix --tag --slow --exit-on-hang --duration --json --stacks --debug-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -391,6 +395,10 @@ _aiodebug__watch() {
                     ;;
                 --stacks)
                     COMPREPLY=($(compgen -W "merged python native" -- "${cur}"))
+                    return 0
+                    ;;
+                --debug-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)

@@ -54,6 +54,7 @@ complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l 
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l stacks -d 'Frames of a Python process in dumps: merged, Python only, native only' -r -f -a "merged\t'Python frames in place of the interpreter\'s eval frames, native frames between'
 python\t'Python frames only'
 native\t'Native frames only (Python\'s state is not read)'"
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l debug-dir -d 'A directory of separate debug files for the dumps, laid out as /usr/lib/debug (`.build-id/xx/rest.debug`) or flat by debug-link name (repeatable)' -r -F
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l all -d 'Watch every process on this host that exports a heartbeat, each with its own episodes; files go to OUTPUT_DIR/COMM-PID/, one byte budget for all'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l follow-symlinks -d 'Accept an --output-dir that is a symbolic link (refused by default: a link can redirect dumps written as root)'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l exit-on-hang -d 'Exit 1 once the first hang episode\'s files are written'
@@ -65,6 +66,7 @@ complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l r
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l stacks -d 'Frames of a Python process: Python frames merged with native ones, Python frames only, or native frames only' -r -f -a "merged\t'Python frames in place of the interpreter\'s eval frames, native frames between'
 python\t'Python frames only'
 native\t'Native frames only (Python\'s state is not read)'"
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l debug-dir -d 'A directory of separate debug files, laid out as /usr/lib/debug (`.build-id/xx/rest.debug`) or flat by debug-link name (repeatable; searched after the target\'s and the host\'s /usr/lib/debug)' -r -F
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l force -d 'With --output: replace FILE if it is an existing regular file'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l json -d 'One JSON object per dump, on one line (schema: README.md, "dump --json schema")'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l timings -d 'Print where the time of each dump went on stderr'

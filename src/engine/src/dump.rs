@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::attach::{self, SnapshotOptions};
+use crate::debuginfod::Debuginfod;
 use crate::error::{Error, Result};
 use crate::module::{DebugSource, ModuleCache, TargetFiles};
 use crate::python::{PythonProcess, PythonReader, PythonThread, StackMode};
@@ -33,6 +34,10 @@ pub struct DumpOptions {
     /// (`DIR/.build-id/xx/yyyy.debug`), searched after the target's and the
     /// host's (default: none).
     pub debug_dirs: Vec<PathBuf>,
+    /// Asked by build-id for debug info found in none of those (from
+    /// `DEBUGINFOD_URLS`: [`Debuginfod::from_env`]; default: none). Each dump
+    /// gets its time budget afresh.
+    pub debuginfod: Option<Arc<Debuginfod>>,
 }
 
 impl Default for DumpOptions {
@@ -42,6 +47,7 @@ impl Default for DumpOptions {
             max_frames: DEFAULT_MAX_FRAMES,
             stacks: StackMode::default(),
             debug_dirs: Vec::new(),
+            debuginfod: None,
         }
     }
 }
@@ -135,6 +141,10 @@ pub struct Dump {
     pub exited: bool,
     /// Modules that could not be used (path: reason).
     pub module_problems: Vec<String>,
+    /// Why frames lack file:line: one sentence per module of a frame shown
+    /// as `module+0x…` (no debug info and no symbol), and per module whose
+    /// debug info debuginfod did not deliver; each names the build-id.
+    pub debug_notes: Vec<String>,
     /// The process's Python, if it is a CPython process.
     pub python: Option<PythonProcess>,
     /// Where the time went.
@@ -260,6 +270,12 @@ impl Dumper {
         files
             .debug_dirs
             .extend(self.options.debug_dirs.iter().cloned());
+        if files.debuginfod.is_none() {
+            files.debuginfod = self.options.debuginfod.clone();
+        }
+        if let Some(d) = &files.debuginfod {
+            d.begin();
+        }
         files
     }
 
@@ -285,6 +301,9 @@ impl Dumper {
         source: &dyn DebugSource,
     ) -> Dump {
         let t0 = Instant::now();
+        if let Some(d) = source.debuginfod() {
+            d.begin();
+        }
         let space = self.symbolizer.space(&snap.modules, source);
         let module_problems = space
             .modules
@@ -345,6 +364,7 @@ impl Dumper {
                 python: None,
             });
         }
+        let debug_notes = debug_notes(&space, &threads);
         let pid = snap.pid;
         threads.sort_by_key(|t| (t.event_loop.is_none(), t.tid != pid, t.tid));
         let total = t0.elapsed();
@@ -356,6 +376,7 @@ impl Dumper {
             vanished: snap.vanished.clone(),
             exited: snap.exited,
             module_problems,
+            debug_notes,
             python: None,
             timings: Timings {
                 freeze: snap.freeze,
@@ -367,4 +388,25 @@ impl Dumper {
             },
         }
     }
+}
+
+/// The notes of the modules of `space` that explain frames of `threads`
+/// without names, and every failed debuginfod fetch.
+fn debug_notes(space: &crate::symbols::AddressSpace, threads: &[ThreadDump]) -> Vec<String> {
+    let unnamed: std::collections::HashSet<&str> = threads
+        .iter()
+        .flat_map(|t| t.frames.iter())
+        .filter(|f| f.function.is_none())
+        .filter_map(|f| f.module.as_deref())
+        .collect();
+    let mut out: Vec<String> = Vec::new();
+    for m in &space.modules {
+        let Some(note) = m.image.as_ref().and_then(|i| i.debug_note()) else {
+            continue;
+        };
+        if (note.fetch_failed || unnamed.contains(m.name.as_str())) && !out.contains(&note.text) {
+            out.push(note.text.clone());
+        }
+    }
+    out
 }

@@ -6,6 +6,7 @@
 //! - [`elf`]: find heartbeat registries in the ELF files a process maps, and
 //!   their load bias;
 //! - [`module`]: one model of a mapped module (identity, load bias, facts cache);
+//! - [`debuginfod`]: debug files fetched by build-id (`DEBUGINFOD_URLS`), cached;
 //! - [`memory`]: read the target's memory with `process_vm_readv`;
 //! - [`heartbeat`]: decode registry bytes (pure, untrusted input);
 //! - [`target`]: the glue — open a PID, locate its registries, read loops;
@@ -26,6 +27,7 @@
 pub mod attach;
 pub mod cause;
 pub mod cgroup;
+pub mod debuginfod;
 pub mod dump;
 pub mod elf;
 pub mod error;

@@ -235,7 +235,7 @@ impl Module {
 
 /// Where the offline stage finds a module's file and its separate debug
 /// information: the target's files through its root (held open, so it
-/// outlives the target), `--debug-dir` directories, later debuginfod.
+/// outlives the target), `--debug-dir` directories, debuginfod.
 pub trait DebugSource {
     /// Opens the file of `module` (a module without [`Module::file`]).
     fn open_module(&self, module: &Module) -> std::io::Result<File>;
@@ -258,6 +258,11 @@ pub trait DebugSource {
     fn keep_alive(&self) -> Option<Arc<File>> {
         None
     }
+
+    /// The debuginfod client asked for debug info found nowhere else.
+    fn debuginfod(&self) -> Option<Arc<crate::debuginfod::Debuginfod>> {
+        None
+    }
 }
 
 /// The files of one target: its root directory opened while it was alive
@@ -268,6 +273,8 @@ pub struct TargetFiles {
     root: Option<Arc<File>>,
     /// Extra directories laid out as `/usr/lib/debug` (`--debug-dir`).
     pub debug_dirs: Vec<PathBuf>,
+    /// Asked by build-id for what none of the directories has.
+    pub debuginfod: Option<Arc<crate::debuginfod::Debuginfod>>,
 }
 
 impl TargetFiles {
@@ -277,6 +284,7 @@ impl TargetFiles {
         TargetFiles {
             root: File::open(format!("/proc/{pid}/root")).ok().map(Arc::new),
             debug_dirs: Vec::new(),
+            debuginfod: None,
         }
     }
 
@@ -330,6 +338,10 @@ impl DebugSource for TargetFiles {
 
     fn keep_alive(&self) -> Option<Arc<File>> {
         self.root.clone()
+    }
+
+    fn debuginfod(&self) -> Option<Arc<crate::debuginfod::Debuginfod>> {
+        self.debuginfod.clone()
     }
 }
 

@@ -7,7 +7,10 @@
 //! - Separate debug info is found by build-id
 //!   (`/usr/lib/debug/.build-id/xx/yyyy.debug`, on the host then in the
 //!   target's root) and by `.gnu_debuglink` (next to the file, in `.debug/`,
-//!   under `/usr/lib/debug`), CRC-checked; `.gnu_debugaltlink` (dwz) is followed.
+//!   under `/usr/lib/debug`; in a `--debug-dir` also flat, `DIR/<link>`),
+//!   CRC-checked; `.gnu_debugaltlink` (dwz) is followed. Found nowhere, it is
+//!   fetched by build-id from debuginfod when the source has a client
+//!   ([`crate::debuginfod`]).
 //! - Names come from DWARF (with inlined frames) and else from `.symtab` /
 //!   `.dynsym`; where nothing is known the caller prints `module+0xoffset`.
 //! - Everything is cached per module file and reused across snapshots by one
@@ -90,6 +93,19 @@ struct SymbolData {
     /// ELF symbols, read on first need (DWARF usually names every frame).
     symbols: OnceCell<Vec<Symbol>>,
     debug_file: Option<PathBuf>,
+    /// Why there is no DWARF, if so.
+    note: Option<DebugNote>,
+}
+
+/// Why a module has no debug info (no file:line), found when its symbols
+/// were loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebugNote {
+    /// The sentence, naming the module and its build-id.
+    pub text: String,
+    /// debuginfod was asked and did not deliver (the user asked for it: the
+    /// dump says so even when the frames have names).
+    pub fetch_failed: bool,
 }
 
 /// One ELF file (or vDSO image) of a target, parsed once.
@@ -149,6 +165,8 @@ pub struct DebugPaths {
     pub debug_dirs: Vec<PathBuf>,
     /// Keeps the roots' paths valid (an open directory).
     pub keep: Option<Arc<File>>,
+    /// Asked for what none of the directories has.
+    pub debuginfod: Option<Arc<crate::debuginfod::Debuginfod>>,
 }
 
 impl DebugPaths {
@@ -166,6 +184,7 @@ impl DebugPaths {
             roots: source.roots(),
             debug_dirs: source.debug_dirs(),
             keep: source.keep_alive(),
+            debuginfod: source.debuginfod(),
         }
     }
 
@@ -259,7 +278,67 @@ impl ElfImage {
     }
 
     fn load_symbols(&self) -> SymbolData {
-        let debug_path = self.find_debug_file();
+        let mut data = self.load_with(self.find_debug_file());
+        if data.dwarf.is_some() || self.name == "[vdso]" {
+            return data;
+        }
+        let id = match &self.build_id {
+            Some(id) => format!("build-id {}", hex(id)),
+            None => "no build-id".to_string(),
+        };
+        let fetched = match (&self.paths.debuginfod, &self.build_id) {
+            (Some(client), Some(build_id)) => Some(client.fetch(build_id)),
+            _ => None,
+        };
+        let text = match fetched {
+            Some(Ok(path)) => {
+                let with = self.load_with(Some(path.clone()));
+                if with.dwarf.is_some() {
+                    return with;
+                }
+                format!(
+                    "{}: no debug info ({id}): debuginfod's {} has none",
+                    self.name,
+                    path.display()
+                )
+            }
+            Some(Err(e)) => {
+                data.note = Some(DebugNote {
+                    text: format!(
+                        "{}: no debug info ({id}): debuginfod did not deliver it: {e}",
+                        self.name
+                    ),
+                    fetch_failed: true,
+                });
+                return data;
+            }
+            None => format!(
+                "{}: no debug info ({id}): none in the file, none by build-id or debug link under \
+                 /usr/lib/debug{}; {}",
+                self.name,
+                if self.paths.debug_dirs.is_empty() {
+                    " (no --debug-dir given)".to_string()
+                } else {
+                    format!(" or {} --debug-dir", self.paths.debug_dirs.len())
+                },
+                if self.build_id.is_none() {
+                    "debuginfod needs a build-id"
+                } else if self.paths.debuginfod.is_none() {
+                    "DEBUGINFOD_URLS is not set"
+                } else {
+                    "debuginfod was not asked"
+                }
+            ),
+        };
+        data.note = Some(DebugNote {
+            text,
+            fetch_failed: false,
+        });
+        data
+    }
+
+    /// Symbols and DWARF with `debug_path` as the separate debug file.
+    fn load_with(&self, debug_path: Option<PathBuf>) -> SymbolData {
         let debug = debug_path
             .as_ref()
             .and_then(|p| File::open(p).ok())
@@ -279,7 +358,14 @@ impl ElfImage {
             debug_file: debug.as_ref().map(|_| debug_path.unwrap_or_default()),
             debug,
             symbols: OnceCell::new(),
+            note: None,
         }
+    }
+
+    /// Why this module has no debug info, if its symbols were loaded and it
+    /// has none (never loads them).
+    pub fn debug_note(&self) -> Option<&DebugNote> {
+        self.symbols.get()?.note.as_ref()
     }
 
     /// Symbols: `.symtab` of the debug file, else of the file, else `.dynsym`.
@@ -355,6 +441,10 @@ impl ElfImage {
         }
         for dir in self.paths.debug_roots() {
             candidates.push(dir.join(&rel_dir).join(link));
+        }
+        // A --debug-dir may also hold debug files side by side, by link name.
+        for dir in &self.paths.debug_dirs {
+            candidates.push(dir.join(link));
         }
         let own: Vec<PathBuf> = match &self.target_path {
             Some(tp) => self.paths.roots.iter().map(|r| under_root(r, tp)).collect(),

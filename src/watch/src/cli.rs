@@ -138,6 +138,10 @@ pub struct WatchArgs {
     /// that links nothing").
     #[arg(long = "loop-thread", value_name = "TID", value_parser = parse_pid, conflicts_with = "all")]
     pub loop_threads: Vec<i32>,
+    /// A directory of separate debug files for the dumps, laid out as /usr/lib/debug
+    /// (`.build-id/xx/rest.debug`) or flat by debug-link name (repeatable).
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    pub debug_dirs: Vec<std::path::PathBuf>,
 }
 
 /// Most `--tag`s.

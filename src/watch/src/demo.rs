@@ -89,6 +89,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         json: false,
         stacks: Default::default(),
         loop_threads: Vec::new(),
+        debug_dirs: Vec::new(),
     };
     let (code, summary) = crate::watch::watch(&watch_args);
     drop(service);

@@ -46,6 +46,21 @@ pub struct DumpArgs {
     /// Python frames only, or native frames only.
     #[arg(long, value_enum, default_value_t = Stacks::Merged)]
     pub stacks: Stacks,
+    /// A directory of separate debug files, laid out as /usr/lib/debug
+    /// (`.build-id/xx/rest.debug`) or flat by debug-link name (repeatable;
+    /// searched after the target's and the host's /usr/lib/debug).
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    pub debug_dirs: Vec<PathBuf>,
+}
+
+/// The dumper's options for debug info: `--debug-dir`s, and a debuginfod
+/// client when `DEBUGINFOD_URLS` is set.
+pub fn debug_options(debug_dirs: &[PathBuf]) -> DumpOptions {
+    DumpOptions {
+        debug_dirs: debug_dirs.to_vec(),
+        debuginfod: aiodebug_engine::debuginfod::Debuginfod::from_env().map(std::sync::Arc::new),
+        ..DumpOptions::default()
+    }
 }
 
 /// Runs `dump`.
@@ -75,7 +90,7 @@ pub fn run_with_loops(args: &DumpArgs, loops: Option<&HashMap<i32, String>>) -> 
     let mut dumper = Dumper::with_options(DumpOptions {
         max_frames: args.max_frames as usize,
         stacks: args.stacks.into(),
-        ..DumpOptions::default()
+        ..debug_options(&args.debug_dirs)
     });
     let mut sink = Sink::new(args.output.clone(), args.force);
     if let Err(e) = sink.check() {
@@ -327,6 +342,7 @@ pub fn render_text(d: &Dump, causes: &HashMap<i32, crate::cause::Cause>, out: &m
     for p in &d.module_problems {
         w(format!("Module without symbols: {p}"));
     }
+    let notes = d.debug_notes.clone();
     if let Some(line) = pyview::process_line(d) {
         w(line);
     }
@@ -348,6 +364,13 @@ pub fn render_text(d: &Dump, causes: &HashMap<i32, crate::cause::Cause>, out: &m
         if let Some(note) = pyview::thread_note(t) {
             w(format!("     {note}"));
         }
+    }
+    // Why frames have no file:line, after the stacks they explain.
+    if !notes.is_empty() {
+        w(String::new());
+    }
+    for n in notes {
+        w(format!("Note: {n}"));
     }
 }
 
@@ -441,6 +464,7 @@ pub fn dump_json(d: &Dump) -> serde_json::Value {
         "exited": d.exited,
         "vanished_tids": d.vanished,
         "module_problems": d.module_problems,
+        "debug_notes": d.debug_notes,
         "python": pyview::process_json(d),
         "threads": threads,
     })

@@ -229,7 +229,7 @@ pub(crate) struct Parts {
 pub(crate) fn dump_options(args: &WatchArgs) -> aiodebug_engine::dump::DumpOptions {
     aiodebug_engine::dump::DumpOptions {
         stacks: args.stacks.into(),
-        ..Default::default()
+        ..crate::dump::debug_options(&args.debug_dirs)
     }
 }
 

@@ -325,7 +325,7 @@ pub fn dump_file(h: &Header<'_>, d: &Dump, prev_cpu: &HashMap<i32, Duration>) ->
             "note:       the process exited during the snapshot; it is partial"
         );
     }
-    for p in &d.module_problems {
+    for p in d.module_problems.iter().chain(&d.debug_notes) {
         let _ = writeln!(out, "note:       {p}");
     }
     out.push('\n');
