@@ -343,7 +343,7 @@ _aiodebug__watch() {
             return 0
             ;;
         aiodebug__subcmd__watch__subcmd__watch)
-            opts="-h --all --match --interval --output-dir --follow-symlinks --dumps --dump-gap --max-dump-bytes --statsd --prefix --tag --slow --exit-on-hang --duration --json --stacks --debug-dir --help"
+            opts="-h --all --match --interval --output-dir --follow-symlinks --dumps --dump-gap --max-dump-bytes --statsd --prefix --tag --slow --exit-on-hang --duration --json --stacks --loop-thread --debug-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -395,6 +395,10 @@ _aiodebug__watch() {
                     ;;
                 --stacks)
                     COMPREPLY=($(compgen -W "merged python native" -- "${cur}"))
+                    return 0
+                    ;;
+                --loop-thread)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --debug-dir)

@@ -54,6 +54,7 @@ complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l 
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l stacks -d 'Frames of a Python process in dumps: merged, Python only, native only' -r -f -a "merged\t'Python frames in place of the interpreter\'s eval frames, native frames between'
 python\t'Python frames only'
 native\t'Native frames only (Python\'s state is not read)'"
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l loop-thread -d 'Watch this thread as an event loop by its wait system calls (repeatable); without it, a process with no heartbeat has its loop threads found by themselves (see README, "A loop that links nothing")' -r
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l debug-dir -d 'A directory of separate debug files for the dumps, laid out as /usr/lib/debug (`.build-id/xx/rest.debug`) or flat by debug-link name (repeatable)' -r -F
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l all -d 'Watch every process on this host that exports a heartbeat, each with its own episodes; files go to OUTPUT_DIR/COMM-PID/, one byte budget for all'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l follow-symlinks -d 'Accept an --output-dir that is a symbolic link (refused by default: a link can redirect dumps written as root)'
