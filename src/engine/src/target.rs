@@ -171,10 +171,14 @@ impl Copies {
             .as_ref()
             .filter(|p| p.made.elapsed() < FULL_READ_EVERY)
         {
-            let sparse = memory::read_ranges(pid, region.addr, &plan.ranges, &mut self.first)
-                .and_then(|()| {
-                    memory::read_ranges(pid, region.addr, &plan.ranges, &mut self.second)
-                });
+            // Both copies in one system call (the second after the first).
+            let sparse = memory::read_ranges_twice(
+                pid,
+                region.addr,
+                &plan.ranges,
+                &mut self.first,
+                &mut self.second,
+            );
             match sparse {
                 Ok(()) if plan.still_holds(&self.first) && plan.still_holds(&self.second) => {
                     return Ok(())
