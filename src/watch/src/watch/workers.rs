@@ -43,7 +43,7 @@ const DUE_SLACK_NS: u64 = 20_000_000;
 /// While a monitor sleeps through an idle gap, where its runtime's waiting
 /// threads are is read this often (one small file per thread): the bound on
 /// how late a worker that wakes and blocks is seen.
-const KERNEL_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+pub const KERNEL_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 /// Thread names are listed again this often (to find workers the monitor has
 /// not identified).
 const LIST_EVERY_NS: u64 = 1_000_000_000;
@@ -360,14 +360,24 @@ impl Workers {
                 return;
             }
             std::thread::sleep(left.min(KERNEL_EVERY));
-            let woke = self
-                .waiting
-                .iter()
-                .any(|&t| view.syscall(t).is_some_and(|s| !s.is_idle_wait()));
-            if woke {
+            if self.woke(view) {
                 return;
             }
         }
+    }
+
+    /// Whether a sleep should look at waiting threads every
+    /// [`KERNEL_EVERY`] (a monitor is in an idle gap; see [`Workers::sleep`]).
+    pub fn waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// Whether a thread that was waiting left its wait (then the watcher
+    /// should read everything at once).
+    pub fn woke(&mut self, view: &mut impl ThreadView) -> bool {
+        self.waiting
+            .iter()
+            .any(|&t| view.syscall(t).is_some_and(|s| !s.is_idle_wait()))
     }
 
     fn observe_registry(
