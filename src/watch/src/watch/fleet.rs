@@ -2,11 +2,11 @@
 //! heartbeat.
 //!
 //! A supervisor scans `/proc` every [`SCAN_EVERY`] and runs the
-//! single-target watch (its steps, [`super::watch_step`]) for each process
-//! with a registry, all on one thread (see [`multiplex`]): its own episodes,
-//! its own files under
-//! `DIR/<comm>-<pid>/`, its own StatsD tags (`pid:`, `comm:`, and from its
-//! cgroup `container:` and `pod:`), one byte budget for all. A process that
+//! single-target watch for each process with a registry, the watches of
+//! every process interleaved on one thread (`multiplex`): each has its own
+//! episodes, its own files under `DIR/<comm>-<pid>/`, its own StatsD tags
+//! (`pid:`, `comm:`, and from its cgroup `container:` and `pod:`), and one
+//! byte budget holds for all. A process that
 //! exits ends its watch quietly; SIGINT/SIGTERM end every watch (files
 //! being written finish), then StatsD is drained and the exit code is 0.
 //!
@@ -571,6 +571,20 @@ impl<'a> Running<'a> {
     }
 }
 
+/// Which watches to step at `now` (indices into `due`, their next reads):
+/// none until the earliest is due, then every one due within [`BATCH_NS`],
+/// earliest first (the one due now is read on time, the others early);
+/// every one when stopping (each takes its last step).
+fn batch(due: &[u64], now: u64, stopping: bool, out: &mut Vec<usize>) {
+    out.clear();
+    if !stopping && due.iter().all(|&d| d > now) {
+        return;
+    }
+    let horizon = now.saturating_add(BATCH_NS);
+    out.extend((0..due.len()).filter(|&i| stopping || due.get(i).is_some_and(|&d| d <= horizon)));
+    out.sort_by_key(|&i| due.get(i).copied());
+}
+
 /// The thread of every watch: one thread steps every process's watch, each
 /// when its next read is due, the reads due within [`BATCH_NS`] of one
 /// another at one wake-up. A thread per process cost a context switch per
@@ -587,6 +601,7 @@ fn multiplex(
 ) {
     let mut watches: Vec<Running<'_>> = Vec::new();
     let mut order: Vec<usize> = Vec::new();
+    let mut dues: Vec<u64> = Vec::new();
     let mut open = true;
     loop {
         let stopping = stop.load(Ordering::Relaxed);
@@ -603,13 +618,10 @@ fn multiplex(
                 }
             }
         }
-        let first = watches.iter().map(|w| w.due).min().unwrap_or(u64::MAX);
-        if stopping || first <= now {
-            // Earliest first: the one due now is read on time.
-            let horizon = now.saturating_add(BATCH_NS);
-            order.clear();
-            order.extend((0..watches.len()).filter(|&i| stopping || watches[i].due <= horizon));
-            order.sort_by_key(|&i| watches[i].due);
+        dues.clear();
+        dues.extend(watches.iter().map(|w| w.due));
+        batch(&dues, now, stopping, &mut order);
+        if !order.is_empty() {
             let mut gone: Vec<usize> = Vec::new();
             for &i in &order {
                 let Some(w) = watches.get_mut(i) else {
@@ -762,6 +774,25 @@ pub fn run(args: &WatchArgs) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_due_close_together_are_made_at_one_wake_up() {
+        let ms = 1_000_000u64;
+        let due = [250 * ms, 100 * ms, 119 * ms, 121 * ms, 90 * ms];
+        let mut out = Vec::new();
+        // Nothing due yet: no wake-up's work.
+        batch(&due, 89 * ms, false, &mut out);
+        assert!(out.is_empty());
+        // The earliest is due: it and every one due within 20 ms of now,
+        // earliest first; 121 ms and 250 ms wait.
+        batch(&due, 100 * ms, false, &mut out);
+        assert_eq!(out, [4, 1, 2]);
+        // Stopping: every watch takes its last step now.
+        batch(&due, 0, true, &mut out);
+        assert_eq!(out, [4, 1, 2, 3, 0]);
+        batch(&[], 0, false, &mut out);
+        assert!(out.is_empty());
+    }
 
     #[test]
     fn names_are_safe_for_files_and_tags() {
