@@ -172,9 +172,10 @@ impl Copies {
             .as_ref()
             .filter(|p| p.made.elapsed() < FULL_READ_EVERY)
         {
-            let sparse = mem
-                .read_ranges(region.addr, &plan.ranges, &mut self.first)
-                .and_then(|()| mem.read_ranges(region.addr, &plan.ranges, &mut self.second));
+            // Both copies in one system call where the reader can (the second
+            // after the first).
+            let sparse =
+                mem.read_ranges_twice(region.addr, &plan.ranges, &mut self.first, &mut self.second);
             match sparse {
                 Ok(()) if plan.still_holds(&self.first) && plan.still_holds(&self.second) => {
                     return Ok(())

@@ -1,12 +1,13 @@
 //! `watch --all`: one watcher for every process of the host that exports a
 //! heartbeat.
 //!
-//! A supervisor scans `/proc` every [`SCAN_EVERY`] and runs, on a thread of
-//! its own, the single-target watch ([`super::watch_target`]) for each
-//! process with a registry: its own episodes, its own files under
-//! `DIR/<comm>-<pid>/`, its own StatsD tags (`pid:`, `comm:`, and from its
-//! cgroup `container:` and `pod:`), one byte budget for all. A process that
-//! exits ends its thread quietly; SIGINT/SIGTERM end every watch (files
+//! A supervisor scans `/proc` every [`SCAN_EVERY`] and runs the
+//! single-target watch for each process with a registry, the watches of
+//! every process interleaved on one thread (`multiplex`): each has its own
+//! episodes, its own files under `DIR/<comm>-<pid>/`, its own StatsD tags
+//! (`pid:`, `comm:`, and from its cgroup `container:` and `pod:`), and one
+//! byte budget holds for all. A process that
+//! exits ends its watch quietly; SIGINT/SIGTERM end every watch (files
 //! being written finish), then StatsD is drained and the exit code is 0.
 //!
 //! Discovery is cheap on a healthy host: only pids that were not in the
@@ -18,19 +19,20 @@
 //! late).
 
 use super::files::{Outcome, OutputDir};
-use super::{exit, watch_target, Log, Parts, Stats};
+use super::{exit, new_ctx, watch_start, watch_step, Ctx, Log, LoopState, Parts, Stats, Step};
 use crate::cli::WatchArgs;
 use aiodebug_engine::cgroup::{self, CgroupIds};
 use aiodebug_engine::dump::{Dump, Dumper};
 use aiodebug_engine::elf::ModuleCache;
+use aiodebug_engine::target::monotonic_ns;
 use aiodebug_engine::target::Target;
 use aiodebug_engine::{proc, ErrorKind, Result};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How often `/proc` is scanned for new processes: a process is watched
@@ -42,8 +44,8 @@ pub const RECHECK_EVERY: Duration = Duration::from_secs(10);
 /// A process younger than this when looked at is looked at again at the
 /// next scan (a fork that has not exec'd its program yet).
 const YOUNG_SECS: f64 = 3.0;
-/// Processes watched at once at most (one thread each); past this new ones
-/// are skipped with one warning.
+/// Processes watched at once at most; past this new ones are skipped with
+/// one warning.
 pub const MAX_WATCHED: usize = 1024;
 /// Longest sleep of one process's watch. A single `watch` wakes at least
 /// every 100 ms to keep its status line fresh; the fleet has none, and its
@@ -52,6 +54,16 @@ pub const MAX_WATCHED: usize = 1024;
 const MAX_SLEEP_NS: u64 = 1_000_000_000;
 /// USER_HZ: the unit of start times in `/proc/PID/stat` (fixed by the ABI).
 const USER_HZ: f64 = 100.0;
+/// Reads due this soon after the earliest one are made at the same
+/// wake-up, earlier than due (an early read is only a read: the watch then
+/// sleeps until its own deadline again, so no hang is seen later). With a
+/// hundred processes read every `--interval`, wake-ups — a context switch
+/// each, most of the cost of a healthy read — fall from one per read to one
+/// per batch.
+const BATCH_NS: u64 = 20_000_000;
+/// Longest sleep of the thread of every watch: it sees a signal (and gives
+/// every watch its last step) within this.
+const MAX_IDLE_NS: u64 = 100_000_000;
 
 /// Where one watch writes its dump files.
 pub trait DumpSink: Send {
@@ -327,7 +339,11 @@ struct Fleet<'a> {
     dumper: DumpClient,
     cache: ModuleCache,
     me: i32,
-    running: HashMap<i32, JoinHandle<u8>>,
+    /// New watches, to the thread of every watch.
+    watches: Sender<NewWatch>,
+    /// Watches that ended (pid, exit code), from that thread.
+    ended: Receiver<(i32, u8)>,
+    running: HashSet<i32>,
     not_watched: HashMap<i32, NotWatched>,
     /// (pid, start) of processes whose refusal was already reported.
     reported: HashSet<(i32, u64)>,
@@ -345,7 +361,7 @@ fn boot_secs() -> f64 {
 
 impl Fleet<'_> {
     /// One scan of `/proc`: looks at new pids, forgets the ones gone.
-    fn scan(&mut self, stop: &Arc<AtomicBool>) {
+    fn scan(&mut self) {
         let recheck = self.last_recheck.elapsed() >= RECHECK_EVERY;
         if recheck {
             self.last_recheck = Instant::now();
@@ -355,7 +371,7 @@ impl Fleet<'_> {
         let pids = proc::list_pids();
         let now = boot_secs();
         for &pid in &pids {
-            if pid == self.me || self.running.contains_key(&pid) {
+            if pid == self.me || self.running.contains(&pid) {
                 continue;
             }
             let again = match self.not_watched.get(&pid) {
@@ -363,7 +379,7 @@ impl Fleet<'_> {
                 Some(n) => n.young || recheck,
             };
             if again {
-                self.look_at(pid, now, stop);
+                self.look_at(pid, now);
             }
         }
         let listed: HashSet<i32> = pids.into_iter().collect();
@@ -372,7 +388,7 @@ impl Fleet<'_> {
         self.previous = listed;
     }
 
-    fn look_at(&mut self, pid: i32, now: f64, stop: &Arc<AtomicBool>) {
+    fn look_at(&mut self, pid: i32, now: f64) {
         let Ok(stat) = proc::read_stat(pid) else {
             return; // gone already
         };
@@ -429,10 +445,10 @@ impl Fleet<'_> {
             self.not_watched.insert(pid, skip);
             return;
         }
-        self.start(pid, &stat.comm, target, stop);
+        self.start(pid, &stat.comm, target);
     }
 
-    fn start(&mut self, pid: i32, comm: &str, target: Target, stop: &Arc<AtomicBool>) {
+    fn start(&mut self, pid: i32, comm: &str, target: Target) {
         let cg = cgroup::read(pid);
         let tags = process_tags(pid, comm, &cg);
         let name = dir_name(comm, pid);
@@ -454,66 +470,203 @@ impl Fleet<'_> {
                     .unwrap_or_default()
             ),
         );
-        let json = self.args.json;
-        let who = Some((pid, comm.to_string()));
-        let out = SubDir::new(&self.root, &name, Arc::clone(&self.budget));
-        let stats = self.stats.as_ref().map(|s| s.with_tags(&tags));
-        let dumper = self.dumper.clone();
-        let args = self.args.clone();
-        let stop = Arc::clone(stop);
-        let spawned = std::thread::Builder::new()
-            .name(format!("watch-{pid}"))
-            .spawn(move || {
-                let parts = Parts {
-                    pid,
-                    target,
-                    log: Log {
-                        json,
-                        bar: None,
-                        who,
-                    },
-                    out: Box::new(out),
-                    stats,
-                    dumper: Box::new(dumper),
-                    max_sleep_ns: MAX_SLEEP_NS,
-                    preload: false,
-                };
-                watch_target(&args, parts, &stop).0
-            });
-        match spawned {
-            Ok(handle) => {
-                self.running.insert(pid, handle);
+        let watch = NewWatch {
+            pid,
+            comm: comm.to_string(),
+            target,
+            out: SubDir::new(&self.root, &name, Arc::clone(&self.budget)),
+            stats: self.stats.as_ref().map(|s| s.with_tags(&tags)),
+            dumper: self.dumper.clone(),
+        };
+        match self.watches.send(watch) {
+            Ok(()) => {
+                self.running.insert(pid);
             }
-            Err(e) => self.log.event(
+            Err(_) => self.log.event(
                 "warning",
-                json!({"message": e.to_string(), "pid": pid}),
-                format!("WARNING cannot start a watch of PID {pid}: {e}"),
+                json!({"message": "the thread of every watch ended", "pid": pid}),
+                format!(
+                    "WARNING cannot start a watch of PID {pid}: the thread of every watch ended"
+                ),
             ),
         }
     }
 
-    /// Joins the watches that ended; returns the highest-priority code:
+    /// Forgets the watches that ended; returns the highest-priority code:
     /// `--exit-on-hang` gives 1 (and stops every watch).
     fn reap(&mut self, stop: &AtomicBool) -> u8 {
-        let done: Vec<i32> = self
-            .running
-            .iter()
-            .filter(|(_, h)| h.is_finished())
-            .map(|(&p, _)| p)
-            .collect();
         let mut code = exit::OK;
-        for pid in done {
-            let Some(h) = self.running.remove(&pid) else {
-                continue;
-            };
+        while let Ok((pid, c)) = self.ended.try_recv() {
+            self.running.remove(&pid);
             // Not watched again while its pid stays listed (a zombie).
             self.not_watched.insert(pid, NotWatched { young: false });
-            if h.join().unwrap_or(exit::OTHER) == exit::STALLED {
+            if c == exit::STALLED {
                 code = exit::STALLED;
                 stop.store(true, Ordering::Relaxed);
             }
         }
         code
+    }
+}
+
+/// A process to watch, from the supervisor to the thread of every watch.
+struct NewWatch {
+    pid: i32,
+    comm: String,
+    target: Target,
+    out: SubDir,
+    stats: Option<Stats>,
+    dumper: DumpClient,
+}
+
+/// One process's watch on the thread of every watch.
+struct Running<'a> {
+    ctx: Ctx<'a>,
+    target: Target,
+    st: LoopState,
+    /// When its next read is due (our CLOCK_MONOTONIC, ns).
+    due: u64,
+    /// When its waiting threads were last looked at (idle gaps only).
+    looked: u64,
+}
+
+impl<'a> Running<'a> {
+    fn new(args: &'a WatchArgs, w: NewWatch) -> Running<'a> {
+        let parts = Parts {
+            pid: w.pid,
+            target: w.target,
+            log: Log {
+                json: args.json,
+                bar: None,
+                who: Some((w.pid, w.comm)),
+            },
+            out: Box::new(w.out),
+            stats: w.stats,
+            dumper: Box::new(w.dumper),
+            max_sleep_ns: MAX_SLEEP_NS,
+            preload: false,
+        };
+        let (mut ctx, target) = new_ctx(args, parts);
+        let st = watch_start(&mut ctx);
+        let now = monotonic_ns();
+        Running {
+            ctx,
+            target,
+            st,
+            due: now,
+            looked: now,
+        }
+    }
+
+    /// When this watch wants the thread awake: its read, or the next look
+    /// at its waiting threads while a monitor is in an idle gap (what
+    /// [`super::workers::Workers::sleep`] does for a single watch).
+    fn wake_at(&self) -> u64 {
+        if self.ctx.workers.waiting() {
+            let every = super::workers::KERNEL_EVERY.as_nanos() as u64;
+            self.due.min(self.looked.saturating_add(every))
+        } else {
+            self.due
+        }
+    }
+}
+
+/// Which watches to step at `now` (indices into `due`, their next reads):
+/// none until the earliest is due, then every one due within [`BATCH_NS`],
+/// earliest first (the one due now is read on time, the others early);
+/// every one when stopping (each takes its last step).
+fn batch(due: &[u64], now: u64, stopping: bool, out: &mut Vec<usize>) {
+    out.clear();
+    if !stopping && due.iter().all(|&d| d > now) {
+        return;
+    }
+    let horizon = now.saturating_add(BATCH_NS);
+    out.extend((0..due.len()).filter(|&i| stopping || due.get(i).is_some_and(|&d| d <= horizon)));
+    out.sort_by_key(|&i| due.get(i).copied());
+}
+
+/// The thread of every watch: one thread steps every process's watch, each
+/// when its next read is due, the reads due within [`BATCH_NS`] of one
+/// another at one wake-up. A thread per process cost a context switch per
+/// read, a stack per process, and the kernel's scheduling of a hundred
+/// threads. A snapshot of one process (a few ms, more for its first symbols)
+/// delays the reads of the others by as much; snapshots already took turns
+/// on the one dumper. Returns when `stop` is set and every watch took its
+/// last step, or when the supervisor is gone and no watch is left.
+fn multiplex(
+    args: &WatchArgs,
+    new: Receiver<NewWatch>,
+    ended: Sender<(i32, u8)>,
+    stop: &AtomicBool,
+) {
+    let mut watches: Vec<Running<'_>> = Vec::new();
+    let mut order: Vec<usize> = Vec::new();
+    let mut dues: Vec<u64> = Vec::new();
+    let mut open = true;
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        if stopping && watches.is_empty() {
+            return;
+        }
+        let now = monotonic_ns();
+        // Idle gaps: a waiting thread that woke makes its watch read now.
+        for w in &mut watches {
+            if w.ctx.workers.waiting() && now >= w.wake_at() && now < w.due {
+                w.looked = now;
+                if w.ctx.workers.woke(&mut w.ctx.threads) {
+                    w.due = now;
+                }
+            }
+        }
+        dues.clear();
+        dues.extend(watches.iter().map(|w| w.due));
+        batch(&dues, now, stopping, &mut order);
+        if !order.is_empty() {
+            let mut gone: Vec<usize> = Vec::new();
+            for &i in &order {
+                let Some(w) = watches.get_mut(i) else {
+                    continue;
+                };
+                match watch_step(&mut w.ctx, &w.target, &mut w.st, stop) {
+                    Step::Sleep(ns) => {
+                        let t = monotonic_ns();
+                        w.due = t.saturating_add(ns);
+                        w.looked = t;
+                    }
+                    Step::Done(code) => {
+                        w.ctx.log.finish();
+                        let _ = ended.send((w.ctx.pid, code));
+                        gone.push(i);
+                    }
+                }
+            }
+            // The process's StatsD sends drain with the fleet's, at the end.
+            gone.sort_unstable();
+            for i in gone.into_iter().rev() {
+                watches.swap_remove(i);
+            }
+            continue;
+        }
+        let wake = watches
+            .iter()
+            .map(Running::wake_at)
+            .min()
+            .unwrap_or(u64::MAX);
+        let wait = Duration::from_nanos(wake.saturating_sub(now).min(MAX_IDLE_NS));
+        if !open {
+            std::thread::sleep(wait);
+            continue;
+        }
+        match new.recv_timeout(wait) {
+            Ok(w) => watches.push(Running::new(args, w)),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                open = false;
+                if watches.is_empty() {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -538,6 +691,8 @@ pub fn run(args: &WatchArgs) -> u8 {
             return exit::OTHER;
         }
     };
+    let (watches, new) = std::sync::mpsc::channel::<NewWatch>();
+    let (ended_tx, ended) = std::sync::mpsc::channel::<(i32, u8)>();
     let mut fleet = Fleet {
         args,
         log,
@@ -547,7 +702,9 @@ pub fn run(args: &WatchArgs) -> u8 {
         dumper,
         cache: ModuleCache::default(),
         me: std::process::id() as i32,
-        running: HashMap::new(),
+        watches,
+        ended,
+        running: HashSet::new(),
         not_watched: HashMap::new(),
         reported: HashSet::new(),
         previous: HashSet::new(),
@@ -573,23 +730,31 @@ pub fn run(args: &WatchArgs) -> u8 {
     let started = Instant::now();
     let end = args.duration.map(Duration::from_secs_f64);
     let mut code = exit::OK;
-    while !stop.load(Ordering::Relaxed) {
-        fleet.scan(&stop);
-        code = code.max(fleet.reap(&stop));
-        if end.is_some_and(|e| started.elapsed() >= e) {
-            break;
+    let stop_ref: &AtomicBool = &stop;
+    std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new()
+            .name("watches".into())
+            .spawn_scoped(scope, move || multiplex(args, new, ended_tx, stop_ref));
+        if let Err(e) = spawned {
+            crate::errln!("aiodebug-watch: cannot start the thread of the watches: {e}");
+            code = exit::OTHER;
+            return;
         }
-        // A signal does not cut this short: SIGTERM is seen within one scan.
-        std::thread::sleep(SCAN_EVERY);
-    }
-    // Every watch sees the flag within its longest sleep, finishes the file
-    // it is writing and returns.
-    stop.store(true, Ordering::Relaxed);
-    for (_, h) in fleet.running.drain() {
-        if h.join().unwrap_or(exit::OTHER) == exit::STALLED {
-            code = exit::STALLED;
+        while !stop.load(Ordering::Relaxed) {
+            fleet.scan();
+            code = code.max(fleet.reap(&stop));
+            if end.is_some_and(|e| started.elapsed() >= e) {
+                break;
+            }
+            // A signal does not cut this short: SIGTERM is seen within one scan.
+            std::thread::sleep(SCAN_EVERY);
         }
-    }
+        // Every watch sees the flag within the thread's longest sleep,
+        // finishes the file it is writing and takes its last step; the
+        // scope waits for that.
+        stop.store(true, Ordering::Relaxed);
+    });
+    code = code.max(fleet.reap(&stop));
     if let Some(s) = &fleet.stats {
         s.drain(Duration::from_secs(2));
     }
@@ -609,6 +774,25 @@ pub fn run(args: &WatchArgs) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_due_close_together_are_made_at_one_wake_up() {
+        let ms = 1_000_000u64;
+        let due = [250 * ms, 100 * ms, 119 * ms, 121 * ms, 90 * ms];
+        let mut out = Vec::new();
+        // Nothing due yet: no wake-up's work.
+        batch(&due, 89 * ms, false, &mut out);
+        assert!(out.is_empty());
+        // The earliest is due: it and every one due within 20 ms of now,
+        // earliest first; 121 ms and 250 ms wait.
+        batch(&due, 100 * ms, false, &mut out);
+        assert_eq!(out, [4, 1, 2]);
+        // Stopping: every watch takes its last step now.
+        batch(&due, 0, true, &mut out);
+        assert_eq!(out, [4, 1, 2, 3, 0]);
+        batch(&[], 0, false, &mut out);
+        assert!(out.is_empty());
+    }
 
     #[test]
     fn names_are_safe_for_files_and_tags() {

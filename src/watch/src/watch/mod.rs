@@ -309,6 +309,19 @@ pub fn watch(args: &WatchArgs) -> (u8, Summary) {
 /// Watches one opened target until it exits, a signal, `--duration` or
 /// `--exit-on-hang`.
 pub(crate) fn watch_target(args: &WatchArgs, parts: Parts, stop: &AtomicBool) -> (u8, Summary) {
+    let (mut ctx, target) = new_ctx(args, parts);
+    let code = watch_loop(&mut ctx, &target, stop);
+    ctx.log.finish();
+    if let Some(s) = &ctx.stats {
+        s.drain(Duration::from_secs(2));
+    }
+    ctx.summary.hangs = ctx.hangs;
+    (code, ctx.summary)
+}
+
+/// A watch's context from its parts (symbols loaded first if `preload`),
+/// and its target.
+fn new_ctx(args: &WatchArgs, parts: Parts) -> (Ctx<'_>, Target) {
     let exe = proc::read_exe(parts.pid)
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "?".into());
@@ -345,13 +358,7 @@ pub(crate) fn watch_target(args: &WatchArgs, parts: Parts, stop: &AtomicBool) ->
             format!("WARNING cannot preload symbols of PID {}: {e}", ctx.pid),
         );
     }
-    let code = watch_loop(&mut ctx, &parts.target, stop);
-    ctx.log.finish();
-    if let Some(s) = &ctx.stats {
-        s.drain(Duration::from_secs(2));
-    }
-    ctx.summary.hangs = ctx.hangs;
-    (code, ctx.summary)
+    (ctx, parts.target)
 }
 
 fn episode_config(args: &WatchArgs) -> Config {
@@ -366,17 +373,50 @@ fn episode_config(args: &WatchArgs) -> Config {
     }
 }
 
+/// What a watch keeps from one read to the next (see [`watch_step`]).
+struct LoopState {
+    cfg: Config,
+    end: Option<u64>,
+    loops: HashMap<LoopKey, Watched>,
+    workers: HashMap<(u64, u32), Watched>,
+    was_stopped: bool,
+    last_summary: u64,
+}
+
+/// What a watch asks for after one step.
+enum Step {
+    /// Read again in this many ns (or earlier: an early read is only a read).
+    Sleep(u64),
+    /// The watch ended with this exit code.
+    Done(u8),
+}
+
 fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
-    let cfg = episode_config(ctx.args);
+    let mut st = watch_start(ctx);
+    loop {
+        match watch_step(ctx, target, &mut st, stop) {
+            Step::Done(code) => return code,
+            Step::Sleep(ns) => ctx
+                .workers
+                .sleep(&mut ctx.threads, Duration::from_nanos(ns)),
+        }
+    }
+}
+
+/// Says the watch started; its state before the first read.
+fn watch_start(ctx: &mut Ctx<'_>) -> LoopState {
     let started = monotonic_ns();
-    let end = ctx
-        .args
-        .duration
-        .map(|d| started.saturating_add(secs_to_ns(d)));
-    let mut loops: HashMap<LoopKey, Watched> = HashMap::new();
-    let mut workers: HashMap<(u64, u32), Watched> = HashMap::new();
-    let mut was_stopped = false;
-    let mut last_summary = started;
+    let st = LoopState {
+        cfg: episode_config(ctx.args),
+        end: ctx
+            .args
+            .duration
+            .map(|d| started.saturating_add(secs_to_ns(d))),
+        loops: HashMap::new(),
+        workers: HashMap::new(),
+        was_stopped: false,
+        last_summary: started,
+    };
     ctx.log.event(
         "started",
         json!({"pid": ctx.pid, "executable": ctx.exe, "interval_s": ctx.args.interval,
@@ -391,18 +431,29 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
             ctx.out.path().display()
         ),
     );
-    loop {
+    st
+}
+
+/// One read of the target and what follows from it: how long until the
+/// next read, or the exit code. `watch PID` sleeps between steps, the fleet
+/// interleaves the steps of every process on one thread (see [`fleet`]).
+fn watch_step(ctx: &mut Ctx<'_>, target: &Target, st: &mut LoopState, stop: &AtomicBool) -> Step {
+    let (cfg, end) = (st.cfg, st.end);
+    let mut loops = std::mem::take(&mut st.loops);
+    let mut workers = std::mem::take(&mut st.workers);
+    let (mut was_stopped, mut last_summary) = (st.was_stopped, st.last_summary);
+    {
         if stop.load(Ordering::Relaxed) {
             ctx.log.event(
                 "stopped",
                 json!({"reason": "signal"}),
                 "stopping (signal)".into(),
             );
-            return finish(ctx, &mut loops, exit::OK);
+            return Step::Done(finish(ctx, &mut loops, exit::OK));
         }
         let reading = match target.read() {
             Ok(r) => r,
-            Err(e) => return gone_or_error(ctx, &e),
+            Err(e) => return Step::Done(gone_or_error(ctx, &e)),
         };
         // Every loop on time: the process runs (neither stopped nor a
         // zombie), no need to read its state.
@@ -415,10 +466,13 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
             .map_or_else(|| proc::read_stat(ctx.pid).map(|s| s.state), Ok)
         {
             Ok(s) => s,
-            Err(e) => return gone_or_error(ctx, &e),
+            Err(e) => return Step::Done(gone_or_error(ctx, &e)),
         };
         if state == 'Z' || state == 'X' {
-            return gone_or_error(ctx, &aiodebug_engine::Error::Exited { pid: ctx.pid });
+            return Step::Done(gone_or_error(
+                ctx,
+                &aiodebug_engine::Error::Exited { pid: ctx.pid },
+            ));
         }
         let stopped = crate::status::is_stopped(state);
         if stopped != was_stopped {
@@ -524,7 +578,7 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
                 w.cause.observe(ctx.pid, w.tid, obs.stall_ns);
                 for action in w.tracker.observe(obs) {
                     if let Some(code) = act(ctx, w, action, &reading) {
-                        return finish(ctx, &mut loops, code);
+                        return Step::Done(finish(ctx, &mut loops, code));
                     }
                 }
                 if let Some(s) = &ctx.stats {
@@ -561,12 +615,12 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
                 })
             });
         match watch_workers(ctx, &mut workers, &reading, cfg, now, (stopped, busy)) {
-            Err(code) => return finish(ctx, &mut loops, code),
+            Err(code) => return Step::Done(finish(ctx, &mut loops, code)),
             Ok(Some(d)) => deadline = deadline.min(d),
             Ok(None) => {}
         }
         if ctx.args.exit_on_hang && ctx.episodes_completed > 0 {
-            return finish(ctx, &mut loops, exit::STALLED);
+            return Step::Done(finish(ctx, &mut loops, exit::STALLED));
         }
         if now.saturating_sub(last_summary) >= SUMMARY_EVERY_NS {
             summarize(ctx, &mut loops);
@@ -577,15 +631,22 @@ fn watch_loop(ctx: &mut Ctx<'_>, target: &Target, stop: &AtomicBool) -> u8 {
         }
         if let Some(end) = end {
             if now >= end {
-                return finish(ctx, &mut loops, exit::OK);
+                return Step::Done(finish(ctx, &mut loops, exit::OK));
             }
             deadline = deadline.min(end);
         }
         let sleep = deadline
             .saturating_sub(monotonic_ns())
             .clamp(MIN_SLEEP_NS, ctx.max_sleep_ns);
-        ctx.workers
-            .sleep(&mut ctx.threads, Duration::from_nanos(sleep));
+        *st = LoopState {
+            cfg,
+            end,
+            loops,
+            workers,
+            was_stopped,
+            last_summary,
+        };
+        Step::Sleep(sleep)
     }
 }
 

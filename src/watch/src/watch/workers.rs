@@ -43,7 +43,7 @@ const DUE_SLACK_NS: u64 = 20_000_000;
 /// While a monitor sleeps through an idle gap, where its runtime's waiting
 /// threads are is read this often (one small file per thread): the bound on
 /// how late a worker that wakes and blocks is seen.
-const KERNEL_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+pub const KERNEL_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 /// Thread names are listed again this often (to find workers the monitor has
 /// not identified).
 const LIST_EVERY_NS: u64 = 1_000_000_000;
@@ -52,7 +52,9 @@ const MAX_TRACKED: usize = 256;
 
 /// What the watcher can learn about a target's threads from outside.
 pub trait ThreadView {
-    /// The thread's state now; None if it is gone.
+    /// The thread's state now; None if it is gone. Of a thread in an idle
+    /// wait ([`ThreadState::is_idle`]) the voluntary switches may be 0: they
+    /// only matter while it stays out of its wait (see [`Workers::observe`]).
     fn state(&mut self, tid: u32) -> Option<ThreadState>;
     /// Only where it is now (cheaper); None if it is gone.
     fn syscall(&mut self, tid: u32) -> Option<threadstate::Syscall>;
@@ -68,7 +70,44 @@ pub struct ProcView {
     /// `syscall` files kept open: the look between reads is a `pread`, not
     /// a path walk, an open and a close (a third of the cost).
     syscall_files: HashMap<u32, std::fs::File>,
+    /// `status` files kept open likewise (read only when a thread is out of
+    /// its wait).
+    status_files: HashMap<u32, std::fs::File>,
 }
+
+/// One `pread` at offset 0 of a kept-open `/proc` file of `tid` (opened
+/// from `path` at the first use) into `buf`; the bytes read, or None when
+/// the thread is gone or the file unreadable (then it is forgotten). A
+/// `/proc` seq file read from offset 0 is produced afresh, so the same file
+/// serves every read; one `pread` into a buffer big enough for the whole
+/// file replaces `read_to_end`'s probe reads (a dozen `read`s for `status`).
+fn pread_kept<'b>(
+    files: &mut HashMap<u32, std::fs::File>,
+    tid: u32,
+    path: impl FnOnce() -> String,
+    buf: &'b mut [u8],
+) -> Option<&'b [u8]> {
+    use std::os::unix::fs::FileExt;
+    if !files.contains_key(&tid) {
+        if files.len() >= MAX_TRACKED {
+            files.clear();
+        }
+        let f = std::fs::File::open(path()).ok()?;
+        files.insert(tid, f);
+    }
+    match files.get(&tid).map(|f| f.read_at(buf, 0)) {
+        Some(Ok(n)) if n > 0 => buf.get(..n),
+        _ => {
+            files.remove(&tid);
+            None
+        }
+    }
+}
+
+/// Room for a thread's whole `status` (about 1.5 KiB on Linux 6.x; a
+/// longer one is cut, and `voluntary_ctxt_switches`, near its end, is then
+/// not found: the thread reads as gone, as an unreadable one does).
+const STATUS_BUF: usize = 8192;
 
 impl ProcView {
     /// A view of process `pid`.
@@ -77,34 +116,47 @@ impl ProcView {
             pid,
             names: HashMap::new(),
             syscall_files: HashMap::new(),
+            status_files: HashMap::new(),
         }
     }
 }
 
 impl ThreadView for ProcView {
+    /// Where the thread is, and only when it is out of its wait how often
+    /// it gave up the CPU: a healthy loop's thread is nearly always waiting,
+    /// so a read costs one small `pread`, not two opens and a `status`.
     fn state(&mut self, tid: u32) -> Option<ThreadState> {
-        threadstate::read(self.pid, tid)
+        let syscall = self.syscall(tid)?;
+        if syscall.is_idle_wait() {
+            return Some(ThreadState {
+                syscall,
+                voluntary_switches: 0,
+            });
+        }
+        let pid = self.pid;
+        let mut buf = [0u8; STATUS_BUF];
+        let status = pread_kept(
+            &mut self.status_files,
+            tid,
+            || format!("/proc/{pid}/task/{tid}/status"),
+            &mut buf,
+        )?;
+        Some(ThreadState {
+            syscall,
+            voluntary_switches: threadstate::parse_voluntary_switches(status)?,
+        })
     }
 
     fn syscall(&mut self, tid: u32) -> Option<threadstate::Syscall> {
-        use std::os::unix::fs::FileExt;
-        if !self.syscall_files.contains_key(&tid) {
-            if self.syscall_files.len() >= MAX_TRACKED {
-                self.syscall_files.clear();
-            }
-            let f = std::fs::File::open(format!("/proc/{}/task/{tid}/syscall", self.pid)).ok()?;
-            self.syscall_files.insert(tid, f);
-        }
+        let pid = self.pid;
         let mut buf = [0u8; 256];
-        let read = self.syscall_files.get(&tid).map(|f| f.read_at(&mut buf, 0));
-        match read {
-            Some(Ok(n)) if n > 0 => threadstate::parse_syscall(buf.get(..n).unwrap_or_default()),
-            _ => {
-                // Gone (or unreadable): forget the file.
-                self.syscall_files.remove(&tid);
-                None
-            }
-        }
+        let data = pread_kept(
+            &mut self.syscall_files,
+            tid,
+            || format!("/proc/{pid}/task/{tid}/syscall"),
+            &mut buf,
+        )?;
+        threadstate::parse_syscall(data)
     }
 
     fn threads(&mut self) -> Vec<(u32, String)> {
@@ -112,6 +164,7 @@ impl ThreadView for ProcView {
         self.names.retain(|t, _| tids.contains(&(*t as i32)));
         self.syscall_files
             .retain(|t, _| tids.contains(&(*t as i32)));
+        self.status_files.retain(|t, _| tids.contains(&(*t as i32)));
         tids.iter()
             .take(MAX_TRACKED * 4)
             .map(|&t| {
@@ -250,6 +303,9 @@ impl Workers {
                 }
                 Some(st) => {
                     let prev = self.tracks.get(&tid).copied();
+                    // A waiting thread's switches are never compared (the
+                    // next look out of its wait starts afresh either way),
+                    // so a view may leave them 0 (see ThreadView::state).
                     let quiet_since = if st.is_idle() {
                         None
                     } else {
@@ -304,14 +360,24 @@ impl Workers {
                 return;
             }
             std::thread::sleep(left.min(KERNEL_EVERY));
-            let woke = self
-                .waiting
-                .iter()
-                .any(|&t| view.syscall(t).is_some_and(|s| !s.is_idle_wait()));
-            if woke {
+            if self.woke(view) {
                 return;
             }
         }
+    }
+
+    /// Whether a sleep should look at waiting threads every
+    /// [`KERNEL_EVERY`] (a monitor is in an idle gap; see [`Workers::sleep`]).
+    pub fn waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// Whether a thread that was waiting left its wait (then the watcher
+    /// should read everything at once).
+    pub fn woke(&mut self, view: &mut impl ThreadView) -> bool {
+        self.waiting
+            .iter()
+            .any(|&t| view.syscall(t).is_some_and(|s| !s.is_idle_wait()))
     }
 
     fn observe_registry(
