@@ -337,6 +337,27 @@ fn check_frames_dump(version: &str, pid: i32, dump: &Value) {
         if tid == i64::from(pid) {
             // Reading stdin: outside Python.
             assert_eq!(p["gil"], "released", "Python {version}: main thread {p:?}");
+            // Merged, not Python frames alone, on every version: also on
+            // Debian's stripped 3.14, whose eval loop is an unnamed part
+            // (python::evalparts). Native frames above (the read) and below
+            // (the interpreter's main).
+            let note = p["note"].as_str().unwrap_or("");
+            assert!(
+                !note.contains("Python frames only"),
+                "Python {version}: main thread not merged: {note}"
+            );
+            let kinds: Vec<bool> = t["frames"]
+                .as_array()
+                .expect("frames")
+                .iter()
+                .map(|f| f["kind"] == "python")
+                .collect();
+            let first = kinds.iter().position(|&py| py);
+            let last = kinds.iter().rposition(|&py| py);
+            assert!(
+                first.is_some_and(|i| i > 0) && last.is_some_and(|i| i + 1 < kinds.len()),
+                "Python {version}: main thread's merged frames {kinds:?}"
+            );
         }
     }
 }
