@@ -517,12 +517,20 @@ fn proc_path(pid: i32, file: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/{file}"))
 }
 
-fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_PROC_FILE)
-        .read_to_end(&mut out)?;
+/// Reads at most `cap` bytes of `path`: every reader of `/proc` and cgroup
+/// files bounds what it reads, so a hostile `/proc` (FUSE, bind mounts) cannot
+/// make it read without end. The buffer starts at up to 64 KiB: one read
+/// where a small buffer would take several, and each read of a generated
+/// file (a socket table) redoes the kernel's walk.
+pub fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    let start = usize::try_from(cap.min(64 << 10)).unwrap_or(0);
+    let mut out = Vec::with_capacity(start);
+    std::fs::File::open(path)?.take(cap).read_to_end(&mut out)?;
     Ok(out)
+}
+
+fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
+    read_capped(path, MAX_PROC_FILE)
 }
 
 /// Maps an I/O error about process `pid` to the engine's [`Error`]:

@@ -100,14 +100,7 @@ impl ThreadState {
 const MAX_FILE: u64 = 64 * 1024;
 
 fn read_capped(path: PathBuf) -> Option<Vec<u8>> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(MAX_FILE)
-        .read_to_end(&mut out)
-        .ok()?;
-    Some(out)
+    crate::proc::read_capped(&path, MAX_FILE).ok()
 }
 
 /// Reads only where thread `tid` of `pid` is (one small file; None if it is

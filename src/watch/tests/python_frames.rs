@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::cbuild::ffi_dir;
-use support::{watch_bin, workspace_root, Fixture};
+use support::{watch_bin, workspace_root, Fixture, TempDir};
 
 /// One interpreter to test.
 #[derive(Debug, Clone)]
@@ -156,6 +156,17 @@ fn dump_json(pid: i32, extra: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("dump JSON")
+}
+
+/// Thread `tid` of a `dump --json` (panics if the dump lacks it).
+fn thread_of(dump: &Value, tid: i32) -> Value {
+    dump["threads"]
+        .as_array()
+        .expect("threads")
+        .iter()
+        .find(|t| t["tid"] == tid)
+        .cloned()
+        .unwrap_or_else(|| panic!("no thread {tid} in the dump"))
 }
 
 /// tid → qualified names of the thread's Python frames, innermost first.
@@ -326,6 +337,27 @@ fn check_frames_dump(version: &str, pid: i32, dump: &Value) {
         if tid == i64::from(pid) {
             // Reading stdin: outside Python.
             assert_eq!(p["gil"], "released", "Python {version}: main thread {p:?}");
+            // Merged, not Python frames alone, on every version: also on
+            // Debian's stripped 3.14, whose eval loop is an unnamed part
+            // (python::evalparts). Native frames above (the read) and below
+            // (the interpreter's main).
+            let note = p["note"].as_str().unwrap_or("");
+            assert!(
+                !note.contains("Python frames only"),
+                "Python {version}: main thread not merged: {note}"
+            );
+            let kinds: Vec<bool> = t["frames"]
+                .as_array()
+                .expect("frames")
+                .iter()
+                .map(|f| f["kind"] == "python")
+                .collect();
+            let first = kinds.iter().position(|&py| py);
+            let last = kinds.iter().rposition(|&py| py);
+            assert!(
+                first.is_some_and(|i| i > 0) && last.is_some_and(|i| i + 1 < kinds.len()),
+                "Python {version}: main thread's merged frames {kinds:?}"
+            );
         }
     }
 }
@@ -411,14 +443,7 @@ fn dump_shows_every_threads_python_frames_like_py_spy() {
 fn stacks_option_chooses_python_native_or_merged_frames() {
     let fx = frames_fixture(Path::new("python3"));
     let kinds = |extra: &[&str]| -> (usize, usize) {
-        let d = dump_json(fx.pid, extra);
-        let main = d["threads"]
-            .as_array()
-            .expect("threads")
-            .iter()
-            .find(|t| t["tid"] == fx.pid)
-            .cloned()
-            .expect("main thread");
+        let main = thread_of(&dump_json(fx.pid, extra), fx.pid);
         let frames = main["frames"].as_array().expect("frames");
         let py = frames.iter().filter(|f| f["kind"] == "python").count();
         (py, frames.len() - py)
@@ -445,27 +470,14 @@ fn stacks_option_chooses_python_native_or_merged_frames() {
     );
 }
 
-/// A directory removed on drop (also when the test fails).
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Watches `fx` until its first hang episode is written (`--exit-on-hang`)
 /// after `cmd`; returns the JSON events and the dump files' text.
 fn watch_hang(fx: &mut Fixture, cmd: &str) -> (String, Vec<Value>, Vec<String>) {
-    let dir = TempDir(std::env::temp_dir().join(format!(
-        "aiodebug-python-frames-{}-{}",
-        std::process::id(),
-        fx.pid
-    )));
+    let dir = TempDir::new("python-frames");
     let mut child = Command::new(watch_bin())
         .args(["watch", &fx.pid.to_string(), "--json", "--exit-on-hang"])
         .args(["--dump-gap", "0.3", "--output-dir"])
-        .arg(&dir.0)
+        .arg(dir.path())
         .stdout(Stdio::piped())
         .stdin(Stdio::null())
         .spawn()
@@ -492,7 +504,7 @@ fn watch_hang(fx: &mut Fixture, cmd: &str) -> (String, Vec<Value>, Vec<String>) 
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON event"))
         .collect();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir.0)
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path())
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     files.sort();
@@ -600,14 +612,7 @@ fn dump_names_the_running_asyncio_task_from_the_interpreter() {
         // thread is inside parse_order (the block lasts 6 s).
         let deadline = Instant::now() + Duration::from_secs(5);
         let main = loop {
-            let d = dump_json(fx.pid, &[]);
-            let main = d["threads"]
-                .as_array()
-                .expect("threads")
-                .iter()
-                .find(|t| t["tid"] == fx.pid)
-                .cloned()
-                .expect("main thread");
+            let main = thread_of(&dump_json(fx.pid, &[]), fx.pid);
             let inside = main["python"]["frames"]
                 .as_array()
                 .is_some_and(|f| f.first().is_some_and(|f| f["function"] == "parse_order"));
@@ -660,9 +665,7 @@ fn fake_python(dir: &Path, name: &str, defines: &[&str]) -> PathBuf {
 
 #[test]
 fn garbage_or_unknown_interpreter_state_is_a_note_and_native_frames_stay() {
-    let dir =
-        TempDir(std::env::temp_dir().join(format!("aiodebug-fake-python-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).expect("temp dir");
+    let dir = TempDir::new("fake-python");
     let cases = [
         // A 3.12 runtime full of pointers to nowhere.
         (
@@ -687,7 +690,7 @@ fn garbage_or_unknown_interpreter_state_is_a_note_and_native_frames_stay() {
         ),
     ];
     for (name, defines, header, note) in cases {
-        let exe = fake_python(&dir.0, name, &defines);
+        let exe = fake_python(dir.path(), name, &defines);
         let fx = Fixture::spawn_path(&exe, &[]);
         let d = dump_json(fx.pid, &[]);
         let got = d["python"]["note"].as_str().unwrap_or("");

@@ -6,6 +6,14 @@
 //! a synchronous helper (`fixtures/python/orders_server_pkg.py`): `watch` catches
 //! the hang and its dump files name the connection's task.
 //!
+//! On Debian's 3.13 and 3.14 (fetched by `scripts/fetch-pythons`, started
+//! through their own `ld.so`; their `-minimal` packages have no venv or pip)
+//! the same package is the abi3 wheel `maturin build` makes (one wheel for
+//! CPython 3.11 and later, built once per test process into
+//! `target/python/wheel/`), unpacked into a temporary directory on
+//! `PYTHONPATH`: the same service, the same hang, caught the same way. A
+//! version that could not be fetched is skipped with a loud line on stderr.
+//!
 //! What makes it fast on a second run lives under `target/python/`
 //! (`scripts/python-tools`): maturin's and pytest's wheels for offline
 //! installs, pip's cache, and the extension's cargo target directory, so
@@ -21,26 +29,9 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{self, Receiver};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use support::{watch_bin, workspace_root, Fixture};
-
-/// A directory removed with everything in it when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("aiodebug-{what}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use support::{watch_bin, workspace_root, Fixture, TempDir};
 
 /// A child process killed and reaped when dropped.
 struct Reaped(Child);
@@ -146,15 +137,132 @@ fn events_until(
     false
 }
 
+/// `target/python/wheel/`: the package's abi3 wheel, `maturin build` from
+/// the checkout once per test process (cargo's cache under
+/// `target/python/cargo` makes an unchanged checkout a few seconds' no-op
+/// build); returns the wheel's path.
+fn wheel() -> &'static Path {
+    static WHEEL: OnceLock<PathBuf> = OnceLock::new();
+    WHEEL.get_or_init(|| {
+        let py = python_root();
+        let out = py.join("wheel");
+        // Only this wheel in the directory: an older version's is removed.
+        let _ = std::fs::remove_dir_all(&out);
+        run(
+            "maturin build",
+            Command::new(py.join("tools/bin/maturin"))
+                .args(["build", "--release", "--quiet"])
+                .args(["-m", "src/aiodebug-py/Cargo.toml", "--out"])
+                .arg(&out)
+                .current_dir(workspace_root())
+                .env("CARGO_TARGET_DIR", py.join("cargo")),
+        );
+        let wheels: Vec<PathBuf> = std::fs::read_dir(&out)
+            .unwrap_or_else(|e| panic!("{}: {e}", out.display()))
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "whl"))
+            .collect();
+        assert_eq!(
+            wheels.len(),
+            1,
+            "one wheel in {}: {wheels:?}",
+            out.display()
+        );
+        let name = wheels[0].file_name().unwrap_or_default().to_string_lossy();
+        // Why abi3: one wheel serves every interpreter from 3.11 on.
+        assert!(name.contains("-cp311-abi3-"), "not an abi3 wheel: {name}");
+        wheels[0].clone()
+    })
+}
+
+/// Debian's python `version` of `target/pythons/` (`scripts/fetch-pythons`,
+/// run here: cached) and a wrapper in `dir` that starts it with the wheel
+/// unpacked on `PYTHONPATH`; None (said loudly) if that version could not be
+/// fetched. Returns the wrapper and the unpacked directory.
+fn debian_python_with_wheel(version: &str, dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    let root = workspace_root();
+    let status = Command::new(root.join("scripts/fetch-pythons"))
+        .arg(version)
+        .current_dir(&root)
+        .stdin(Stdio::null())
+        .status();
+    let python = root.join("target/pythons").join(version).join("python");
+    let runs = Command::new(&python)
+        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == version);
+    if !runs {
+        eprintln!(
+            "\n**********\npython_package: SKIPPED Python {version}: not fetched \
+             (scripts/fetch-pythons: {status:?}; Debian archive unreachable?)\n**********\n"
+        );
+        return None;
+    }
+    // A wheel is a zip file; an extension module cannot be imported from a
+    // zip, so it is unpacked (by this machine's python3: its zipfile CLI).
+    let site = dir.join("site");
+    run(
+        "unpack the wheel",
+        Command::new("python3")
+            .args(["-m", "zipfile", "-e"])
+            .arg(wheel())
+            .arg(&site),
+    );
+    // A wrapper rather than an environment for the fixture: it execs, so the
+    // fixture's pid is the interpreter's.
+    let wrapper = dir.join("python");
+    let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nPYTHONPATH={} exec {} \"$@\"\n",
+            quote(&site),
+            quote(&python)
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", wrapper.display()));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", wrapper.display()));
+    Some((wrapper, site))
+}
+
 #[test]
 fn pip_installed_heartbeat_in_an_asyncio_server_is_caught_by_watch() {
     let tmp = TempDir::new("python-package");
-    let python = venv_with_package(&tmp.0);
+    let python = venv_with_package(&tmp);
+    caught_by_watch(&python, &tmp.join("venv"), &tmp, false);
+}
 
+#[test]
+fn wheel_on_debian_python_3_13_is_caught_by_watch() {
+    let tmp = TempDir::new("python-wheel-3.13");
+    if let Some((python, site)) = debian_python_with_wheel("3.13", &tmp) {
+        caught_by_watch(&python, &site, &tmp, false);
+    }
+}
+
+#[test]
+fn wheel_on_debian_python_3_14_is_caught_by_watch() {
+    let tmp = TempDir::new("python-wheel-3.14");
+    if let Some((python, site)) = debian_python_with_wheel("3.14", &tmp) {
+        // 3.14 also says which task the interpreter itself is running.
+        caught_by_watch(&python, &site, &tmp, true);
+    }
+}
+
+/// `fixtures/python/orders_server_pkg.py` run by `python`, with the package
+/// importable from under `package_dir`: one order blocks the loop for 2 s in
+/// a synchronous helper; `watch` catches it, three dumps in `tmp/dumps`, each
+/// header naming the connection's task (`polling:`, and `running:` when
+/// `running_task`), then the service answers and exits 0 on end of file.
+fn caught_by_watch(python: &Path, package_dir: &Path, tmp: &Path, running_task: bool) {
     // The installed package writes the registry ABI this watcher reads.
     let out = run(
         "import aiodebug_heartbeat",
-        Command::new(&python).args([
+        Command::new(python).args([
             "-c",
             "import aiodebug_heartbeat as a; print(*a.abi_version(), a.__file__)",
         ]),
@@ -164,12 +272,12 @@ fn pip_installed_heartbeat_in_an_asyncio_server_is_caught_by_watch() {
         "{} {} {}",
         aiodebug::abi::ABI_MAJOR,
         aiodebug::abi::ABI_MINOR,
-        tmp.0.join("venv").display()
+        package_dir.display()
     );
     assert!(stdout.starts_with(&want), "{stdout:?} vs {want:?}");
 
     let script = workspace_root().join("fixtures/python/orders_server_pkg.py");
-    let fx = Fixture::spawn_path(&python, &[script.to_string_lossy().into_owned()]);
+    let fx = Fixture::spawn_path(python, &[script.to_string_lossy().into_owned()]);
     assert_eq!(fx.kind(), "python-orders");
     let port: u16 = fx
         .ready_field("port")
@@ -177,7 +285,7 @@ fn pip_installed_heartbeat_in_an_asyncio_server_is_caught_by_watch() {
         .expect("port");
     let resume_line = fx.ready_field("resume_line").expect("resume_line");
 
-    let dumps = tmp.0.join("dumps");
+    let dumps = tmp.join("dumps");
     let mut watch = Reaped(
         Command::new(watch_bin())
             .args(["watch", &fx.pid.to_string(), "--json", "--exit-on-hang"])
@@ -271,6 +379,16 @@ fn pip_installed_heartbeat_in_an_asyncio_server_is_caught_by_watch() {
             polling.contains(task) && polling.contains(&location),
             "{polling:?} should name {task}…{location}"
         );
+        let running = header.lines().find(|l| l.starts_with("running:    "));
+        if running_task {
+            let running = running.unwrap_or_else(|| panic!("no running line in {path}:\n{header}"));
+            assert!(
+                running.contains("task 'order-42' (coro handle)"),
+                "{running:?}"
+            );
+        } else {
+            assert_eq!(running, None, "only 3.14 says: {header}");
+        }
         let first = dump
             .split("\n\n")
             .find(|b| b.starts_with("Thread "))

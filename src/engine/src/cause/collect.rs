@@ -60,15 +60,7 @@ pub struct Live {
 }
 
 fn read_bounded(path: &str) -> Option<Vec<u8>> {
-    // One big read where a small buffer would take several: each read of a
-    // generated file (a socket table) redoes the kernel's walk.
-    let mut out = Vec::with_capacity(64 << 10);
-    std::fs::File::open(path)
-        .ok()?
-        .take(MAX_FILE)
-        .read_to_end(&mut out)
-        .ok()?;
-    Some(out)
+    crate::proc::read_capped(std::path::Path::new(path), MAX_FILE).ok()
 }
 
 /// Reads a kernel-generated table (`/proc/PID/net/tcp`…) stopping at the

@@ -17,16 +17,15 @@
 //!   state ([`super::capture`]); [`read_task`] decodes it after the detach
 //!   (a task's name and coroutine do not change while it runs).
 
-use std::collections::HashSet;
-
 use object::{Object, ObjectSection};
 
 use super::code::read_unicode;
 use super::layout::Layout;
+use super::locate::{distinct_files, MappedModule};
 use super::memory::{read_c_string, read_u64, read_vec, u32_at, u64_at, PyResult, ReadMemory};
 use crate::elf;
 use crate::mapped::MappedFile;
-use crate::proc::{MapEntry, MapPath};
+use crate::proc::MapEntry;
 
 /// The section `_asyncio` puts its table in.
 pub const SECTION: &str = ".AsyncioDebug";
@@ -101,25 +100,13 @@ pub fn locate(
     mem: &dyn ReadMemory,
     runtime_module: &str,
 ) -> PyResult<Option<(String, AsyncioOffsets)>> {
-    let mut seen: HashSet<((u32, u32), u64)> = HashSet::new();
-    for m in maps {
-        let MapPath::File { path, .. } = &m.path else {
-            continue;
-        };
-        if m.inode == 0 || !seen.insert((m.dev, m.inode)) {
-            continue;
-        }
+    for MappedModule { path, first } in distinct_files(maps) {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let display = path.display().to_string();
         // The shared module, or an interpreter with `_asyncio` built in.
         if !name.starts_with("_asyncio") && display != runtime_module {
             continue;
         }
-        let first = maps
-            .iter()
-            .filter(|x| x.dev == m.dev && x.inode == m.inode)
-            .min_by_key(|x| x.offset)
-            .unwrap_or(m);
         let Ok(file) = elf::open_mapped_file(pid, first) else {
             continue;
         };

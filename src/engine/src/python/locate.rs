@@ -74,38 +74,59 @@ pub fn version_in_name(path: &str) -> Option<(u64, u64)> {
     Some((3, digits.parse().ok()?))
 }
 
-/// Finds the runtime of process `pid` (maps sorted or not). `Ok(None)`: not
-/// a CPython process. Problems with candidate files are returned as `Err`
-/// only when no runtime was found and a candidate looked like Python.
-pub fn locate(pid: i32, maps: &[MapEntry]) -> PyResult<Option<RuntimeLocation>> {
-    let exe = crate::proc::read_exe(pid);
+/// One file mapped by a process, once: its path and, of its mappings, the
+/// one with the lowest file offset (the one a load bias is computed from).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MappedModule<'a> {
+    /// The file, as the target's maps name it.
+    pub path: &'a Path,
+    /// Its mapping with the lowest offset.
+    pub first: &'a MapEntry,
+}
+
+/// Every file `maps` maps, once (by device and inode), in the order it first
+/// appears; anonymous and pseudo mappings, and inode 0 (nothing to open),
+/// are skipped. Maps sorted or not.
+pub(crate) fn distinct_files(maps: &[MapEntry]) -> impl Iterator<Item = MappedModule<'_>> {
     let mut seen: HashSet<((u32, u32), u64)> = HashSet::new();
-    let mut candidates: Vec<(&MapEntry, &Path, bool)> = Vec::new();
-    for m in maps {
+    maps.iter().filter_map(move |m| {
         let MapPath::File { path, .. } = &m.path else {
-            continue;
+            return None;
         };
         if m.inode == 0 || !seen.insert((m.dev, m.inode)) {
-            continue;
+            return None;
         }
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let pythonish = name.contains("python");
-        let is_exe = exe.as_deref() == Some(path.as_path());
-        if pythonish || is_exe {
-            candidates.push((m, path.as_path(), pythonish));
-        }
-    }
-    // Files named like Python first (libpython before the executable that
-    // loads it is harmless: only one of them has the runtime).
-    candidates.sort_by_key(|c| !c.2);
-    let mut problems = Vec::new();
-    for (m, path, pythonish) in candidates {
-        // The mapping with the lowest offset of this file gives the bias.
         let first = maps
             .iter()
             .filter(|x| x.dev == m.dev && x.inode == m.inode)
             .min_by_key(|x| x.offset)
             .unwrap_or(m);
+        Some(MappedModule {
+            path: path.as_path(),
+            first,
+        })
+    })
+}
+
+/// Finds the runtime of process `pid` (maps sorted or not). `Ok(None)`: not
+/// a CPython process. Problems with candidate files are returned as `Err`
+/// only when no runtime was found and a candidate looked like Python.
+pub fn locate(pid: i32, maps: &[MapEntry]) -> PyResult<Option<RuntimeLocation>> {
+    let exe = crate::proc::read_exe(pid);
+    let mut candidates: Vec<(MappedModule, bool)> = Vec::new();
+    for f in distinct_files(maps) {
+        let name = f.path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let pythonish = name.contains("python");
+        let is_exe = exe.as_deref() == Some(f.path);
+        if pythonish || is_exe {
+            candidates.push((f, pythonish));
+        }
+    }
+    // Files named like Python first (libpython before the executable that
+    // loads it is harmless: only one of them has the runtime).
+    candidates.sort_by_key(|c| !c.1);
+    let mut problems = Vec::new();
+    for (MappedModule { path, first }, pythonish) in candidates {
         let file = match elf::open_mapped_file(pid, first) {
             Ok(f) => f,
             Err(e) => {
@@ -206,6 +227,31 @@ mod tests {
             py_version,
             name_version: name,
         }
+    }
+
+    #[test]
+    fn each_mapped_file_once_with_its_lowest_offset_mapping() {
+        let maps = crate::proc::parse_maps(
+            b"7f0000002000-7f0000003000 r-xp 00001000 08:01 42 /usr/lib/libpython3.11.so.1.0\n\
+              7f0000010000-7f0000011000 rw-p 00000000 00:00 0 \n\
+              7f0000000000-7f0000001000 r--p 00000000 08:01 42 /usr/lib/libpython3.11.so.1.0\n\
+              7f0000020000-7f0000021000 r--p 00000000 08:01 7 /usr/bin/python3.11\n\
+              7f0000030000-7f0000031000 r--p 00000000 00:05 0 /dev/zero (deleted)\n\
+              7ffc00000000-7ffc00001000 rw-p 00000000 00:00 0 [stack]\n",
+        );
+        let files: Vec<(String, u64)> = distinct_files(&maps)
+            .map(|f| (f.path.display().to_string(), f.first.start))
+            .collect();
+        assert_eq!(
+            files,
+            [
+                (
+                    "/usr/lib/libpython3.11.so.1.0".to_string(),
+                    0x7f00_0000_0000
+                ),
+                ("/usr/bin/python3.11".to_string(), 0x7f00_0002_0000),
+            ]
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@
 pub mod asyncio;
 pub mod capture;
 pub mod code;
+pub mod evalparts;
 pub mod layout;
 pub mod linetable;
 pub mod locate;
@@ -126,6 +127,9 @@ pub struct PythonReader {
     not_python: Option<i32>,
     /// (pid, `_asyncio`'s table or why it is unusable), once found.
     asyncio: Option<(i32, Result<asyncio::AsyncioOffsets, String>)>,
+    /// (pid, the unnamed parts of the eval loop in its runtime's file, as
+    /// the target's addresses: [`evalparts`]).
+    eval_parts: Option<(i32, Vec<std::ops::Range<u64>>)>,
     codes: CodeCache,
     walk: Arc<FreezeWalk>,
 }
@@ -169,6 +173,7 @@ impl PythonReader {
             match locate::locate(pid, &maps) {
                 Ok(Some(loc)) => {
                     let layout = locate::detect_layout(&mem, &loc);
+                    self.eval_parts = Some((pid, eval_parts_of(pid, &maps, &loc.module)));
                     self.located = Some((pid, loc, layout));
                 }
                 Ok(None) => {
@@ -268,11 +273,16 @@ impl PythonReader {
         }
         let mem = ProcessMemory { pid: *pid };
         let layout = layout.clone();
+        let parts: &[std::ops::Range<u64>] = match &self.eval_parts {
+            Some((p, parts)) if p == pid => parts,
+            _ => &[],
+        };
         let mut threading_globals = None;
         for t in &mut dump.threads {
             let Some(rt) = raw.threads.iter().find(|r| r.native_tid == t.tid as u64) else {
                 continue;
             };
+            name_eval_parts(&mut t.frames, parts);
             let g = apply(&mem, &layout, &mut self.codes, rt, t, mode);
             threading_globals = threading_globals.or(g);
             if let (Some(a), Some(p)) = (&asyncio, t.python.as_mut()) {
@@ -302,6 +312,55 @@ impl PythonReader {
             }
         }
         dump.python = Some(process);
+    }
+}
+
+/// The unnamed parts of the eval loop in `module` (the runtime's file) of
+/// process `pid`, as addresses of the target; empty when there are none or
+/// the file cannot be read (the merge then falls back with its note).
+fn eval_parts_of(
+    pid: i32,
+    maps: &[crate::proc::MapEntry],
+    module: &str,
+) -> Vec<std::ops::Range<u64>> {
+    let Some(f) = locate::distinct_files(maps).find(|f| f.path.display().to_string() == module)
+    else {
+        return Vec::new();
+    };
+    let Ok(file) = crate::elf::open_mapped_file(pid, f.first) else {
+        return Vec::new();
+    };
+    let Ok(mapped) = crate::mapped::MappedFile::map(&file) else {
+        return Vec::new();
+    };
+    let bytes = mapped.bytes();
+    let Some(bias) = crate::elf::load_segments(bytes)
+        .ok()
+        .and_then(|segs| crate::elf::load_bias(&segs, f.first))
+    else {
+        return Vec::new();
+    };
+    evalparts::eval_parts(bytes)
+        .into_iter()
+        .map(|r| r.start.wrapping_add(bias)..r.end.wrapping_add(bias))
+        .collect()
+}
+
+/// Names the native frames without a symbol that lie in an unnamed part of
+/// the eval loop (`parts`, [`evalparts`]) after it, so the merge finds them.
+fn name_eval_parts(frames: &mut [crate::dump::Frame], parts: &[std::ops::Range<u64>]) {
+    if parts.is_empty() {
+        return;
+    }
+    for f in frames.iter_mut().filter(|f| f.function.is_none()) {
+        // A return address may be one past its call, the part's last byte.
+        let at = match f.kind {
+            crate::unwind::FrameKind::Return => f.address.saturating_sub(1),
+            _ => f.address,
+        };
+        if parts.iter().any(|r| r.contains(&at)) {
+            f.function = Some(format!("{} (unnamed part)", evalparts::EVAL_FUNCTION));
+        }
     }
 }
 
