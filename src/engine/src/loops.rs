@@ -142,13 +142,22 @@ pub struct Verdict {
     /// How long it has been neither entering nor inside a wait call: the
     /// stall of its current iteration (0 when it ticked or waits).
     pub stall_ns: u64,
-    /// When it ticked: how long the iteration that ended took at most (time
-    /// since it was last seen making progress).
+    /// When it ticked or became parked ([`Verdict::iteration_ended`]): how
+    /// long the iteration that ended took at most (time since it was last
+    /// seen making progress).
     pub iteration_ns: u64,
     /// It is an event-loop thread (enough entries, or named by the user).
     pub is_loop: bool,
     /// It became one with this look.
     pub became_loop: bool,
+}
+
+impl Verdict {
+    /// Whether an iteration ended with this look: the thread entered its
+    /// wait call, or went to sleep in a futex as a parked pool thread.
+    pub fn iteration_ended(&self) -> bool {
+        self.ticked || self.became_parked
+    }
 }
 
 /// What the watch remembers of one thread.
@@ -237,7 +246,14 @@ impl ThreadTrack {
             } else {
                 since
             },
-            iteration_ns: if ticked { since } else { 0 },
+            // Parking ends an iteration as entering the wait call does: the
+            // thread is back waiting for work (a hung worker that parks
+            // after its handler returned has recovered).
+            iteration_ns: if ticked || (parked && !was_parked) {
+                since
+            } else {
+                0
+            },
             is_loop: self.is_loop,
             became_loop,
         }
@@ -468,12 +484,14 @@ mod tests {
         let mut t = ThreadTrack::new(0, false);
         t.observe(look(10, 5, None));
         let v = t.observe(in_futex(60, 5, true));
-        assert!(v.parked && v.became_parked);
+        assert!(v.parked && v.became_parked && v.iteration_ended());
         assert_eq!(v.stall_ns, 0);
+        assert_eq!(v.iteration_ns, 50 * MS);
         for i in 2..=200 {
             let v = t.observe(in_futex(10 + i * 50, 5, true));
-            assert!(v.parked && !v.became_parked);
+            assert!(v.parked && !v.became_parked && !v.iteration_ended());
             assert_eq!(v.stall_ns, 0);
+            assert_eq!(v.iteration_ns, 0);
         }
         // Woken, it polls again: a tick, no longer parked.
         let v = t.observe(look(10_100, 6, None));
@@ -508,8 +526,23 @@ mod tests {
         // Found in its futex at a look where another one carries (it came
         // back): parked from then on (no false alarm wins over a late one).
         let v = t.observe(in_futex(2150, 10, true));
-        assert!(v.parked);
+        assert!(v.parked && v.iteration_ended());
         assert_eq!(v.stall_ns, 0);
+        assert_eq!(v.iteration_ns, 2050 * MS);
+    }
+
+    #[test]
+    fn a_hung_worker_whose_handler_returns_and_parks_has_ended_its_iteration() {
+        // A tokio worker blocked 2 s in a handler, then parked on its
+        // condvar while another worker holds the driver: recovered.
+        let mut t = ThreadTrack::new(0, false);
+        t.observe(look(100, 10, None));
+        let v = t.observe(look(2100, 10, Some(false)));
+        assert_eq!(v.stall_ns, 2000 * MS);
+        let v = t.observe(in_futex(2150, 10, true));
+        assert!(v.iteration_ended() && !v.ticked);
+        assert_eq!(v.stall_ns, 0);
+        assert_eq!(v.iteration_ns, 2050 * MS);
     }
 
     #[test]
