@@ -582,9 +582,9 @@ fn a_plain_tokio_service_whose_handler_sleeps_2_s_is_caught_on_that_worker() {
     assert_eq!(w.count("hang_started"), 1, "{:#?}", w.seen);
 }
 
-/// asyncio's default executor runs `getaddrinfo` on pool threads that then
-/// wait for work on a futex while the main loop idles in `epoll_wait`:
-/// parked, no episode; then the main loop blocks in `time.sleep`: caught,
+/// asyncio's default executor runs `getaddrinfo` and blocking socket calls
+/// (which poll) on pool threads that then wait for work on a futex while the
+/// main loop idles in `epoll_wait`: parked, no episode; then the main loop blocks in `time.sleep`: caught,
 /// the main thread marked (the parked executor threads are not).
 #[test]
 fn python_executor_threads_after_getaddrinfo_are_parked_and_the_main_loop_hang_is_caught() {
@@ -594,8 +594,22 @@ fn python_executor_threads_after_getaddrinfo_are_parked_and_the_main_loop_hang_i
     let mut w = Watch::start(fx.pid, &dir, &["--interval", "0.25", "--dump-gap", "0.3"]);
     let found = w.wait_for("loop_found", Duration::from_secs(20));
     assert_eq!(found["tid"], fx.pid, "{found}");
+    // getaddrinfo('localhost') reads /etc/hosts (no poll); the fetches
+    // poll on their sockets, so those executor threads are loop threads.
     assert_eq!(fx.ok("resolve 5"), "OK");
-    w.collect_for(Duration::from_secs(5));
+    assert_eq!(fx.ok("fetch 20"), "OK");
+    w.collect_for(Duration::from_secs(3));
+    let pool: Vec<&Value> = w
+        .seen
+        .iter()
+        .filter(|v| v["event"] == "loop_found" && v["tid"] != fx.pid)
+        .collect();
+    assert!(
+        pool.iter().any(|v| v["call"] == "poll"),
+        "an executor thread found by its polls: {:#?}",
+        w.seen
+    );
+    assert!(w.count("loop_parked") >= 1, "{:#?}", w.seen);
     assert_eq!(w.count("hang_started"), 0, "{:#?}", w.seen);
     fx.ok("sleep 2");
     one_episode(&mut w, fx.pid, "blocking_sleep");
