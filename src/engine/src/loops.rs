@@ -81,24 +81,32 @@ pub fn place_of(arch: Arch, s: &ProcSyscall) -> Place {
     }
 }
 
-/// One loop thread at a look, as the parking rule needs it.
+/// One thread at a look, as the parking rule needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
+    /// It is a loop thread.
+    pub is_loop: bool,
     /// It entered a wait call since the previous look.
     pub ticked: bool,
     /// Where it was, when read (`None`: not read, because it ticked).
     pub place: Option<Place>,
 }
 
-/// Whether some loop thread in `peers` other than the one at index `me`
-/// carries the process on: it iterated (ticked, or sits inside its wait
-/// call), or it is out of its wait call elsewhere than in a futex (if that
-/// is a hang, it is reported for that thread; a thread parked on a futex
-/// meanwhile waits for it). A thread in a futex does not carry: a pool
-/// whose every thread sleeps in a futex has nobody left to wake them.
+/// Whether some thread in `peers` other than the one at index `me` carries
+/// the process on: it iterates (entered a wait call since the last look, or
+/// sits inside one) — any thread, loop thread or not yet: a tokio worker
+/// that holds the IO driver in `epoll_wait` drives the pool even before it
+/// has entered it [`MIN_ENTRIES`] times — or it is a loop thread out of its
+/// wait call elsewhere than in a futex (if that is a hang, it is reported for
+/// that thread; a thread parked on a futex meanwhile waits for it). A thread
+/// in a futex does not carry: a pool whose every thread sleeps in a futex
+/// has nobody left to wake them.
 pub fn carried_by_other(peers: &[Peer], me: usize) -> bool {
     peers.iter().enumerate().any(|(i, p)| {
-        i != me && (p.ticked || matches!(p.place, Some(Place::Wait | Place::Elsewhere)))
+        i != me
+            && (p.ticked
+                || p.place == Some(Place::Wait)
+                || (p.is_loop && p.place == Some(Place::Elsewhere)))
     })
 }
 
@@ -290,12 +298,14 @@ mod tests {
     }
 
     const TICKED: Peer = Peer {
+        is_loop: true,
         ticked: true,
         place: None,
     };
 
     fn at(place: Place) -> Peer {
         Peer {
+            is_loop: true,
             ticked: false,
             place: Some(place),
         }
@@ -475,6 +485,31 @@ mod tests {
         // Itself is not counted.
         assert!(!carried_by_other(&[TICKED, futex], 0));
         assert!(carried_by_other(&[TICKED, futex], 1));
+    }
+
+    #[test]
+    fn a_thread_not_yet_a_loop_carries_only_by_iterating() {
+        let not_loop = |ticked, place| Peer {
+            is_loop: false,
+            ticked,
+            place,
+        };
+        let futex = at(Place::Futex);
+        // A worker holding the driver in epoll_wait, counted twice so far.
+        assert!(carried_by_other(
+            &[futex, not_loop(false, Some(Place::Wait))],
+            0
+        ));
+        assert!(carried_by_other(&[futex, not_loop(true, None)], 0));
+        // A thread that never polled, computing or reading: says nothing.
+        assert!(!carried_by_other(
+            &[futex, not_loop(false, Some(Place::Elsewhere))],
+            0
+        ));
+        assert!(!carried_by_other(
+            &[futex, not_loop(false, Some(Place::Futex))],
+            0
+        ));
     }
 
     #[test]

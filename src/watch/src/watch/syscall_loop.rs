@@ -349,29 +349,27 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
             };
             reads.push(Some((entries, place)));
         }
+        // One peer per thread, in the same order (unread threads say
+        // nothing: neither ticked nor anywhere).
         let peers: Vec<Peer> = threads
             .values()
             .zip(&reads)
-            .filter(|(t, r)| t.track.is_loop() && r.is_some())
-            .filter_map(|(t, r)| {
-                let &(entries, place) = r.as_ref()?;
-                Some(Peer {
-                    ticked: !t.track.needs_wait_check(entries),
-                    place,
-                })
+            .map(|(t, r)| match r {
+                Some((entries, place)) => Peer {
+                    is_loop: t.track.is_loop(),
+                    ticked: !t.track.needs_wait_check(*entries),
+                    place: *place,
+                },
+                None => Peer {
+                    is_loop: false,
+                    ticked: false,
+                    place: None,
+                },
             })
             .collect();
-        let mut peer_index = 0usize;
-        for ((&tid, t), r) in threads.iter_mut().zip(reads) {
+        for (me, ((&tid, t), r)) in threads.iter_mut().zip(reads).enumerate() {
             let Some((entries, place)) = r else {
                 continue;
-            };
-            let me = if t.track.is_loop() {
-                peer_index += 1;
-                peer_index - 1
-            } else {
-                // Not among the peers: any loop thread is another one.
-                usize::MAX
             };
             let futex = place == Some(Place::Futex);
             let v = t.track.observe(Look {
