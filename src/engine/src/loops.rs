@@ -11,6 +11,22 @@
 //! A thread becomes a loop thread once it entered wait calls
 //! [`MIN_ENTRIES`] times (or the user named it): a thread that polls once and
 //! then computes for minutes is not a loop, and must not look like a hung one.
+//!
+//! **Parked pool threads.** Threads of a pool take turns at the wait call:
+//! tokio's multi-thread workers each drive the IO driver now and then (so
+//! each is a loop thread), and an idle worker then sleeps on a futex (its
+//! condvar) while another holds the driver in `epoll_wait`; a resolver
+//! thread of asyncio's default executor polls a few times in `getaddrinfo`
+//! and then waits on its queue's lock, a futex. Such a thread is *parked*,
+//! not hung: a loop thread sleeping in `futex` is parked when, at the look
+//! that first found it there, another loop thread of the process carried on
+//! — it iterated (entered or sat inside its wait call) or was itself out of
+//! its wait call elsewhere than in a futex (a hang there is reported there:
+//! the pool waits for it). It stays parked while it sleeps in a futex and
+//! does not tick. A loop thread alone (one asyncio loop, redis's or node's
+//! main thread), or the first of them to sleep in a futex while every other
+//! one is already parked, stuck on a futex is a hang (a lock): see
+//! [`carried_by_other`] and [`ThreadTrack::observe`].
 
 use crate::cause::parse::ProcSyscall;
 use crate::cause::syscalls::{self, Arch};
@@ -37,6 +53,63 @@ pub fn waiting_in(arch: Arch, s: &ProcSyscall) -> bool {
     matches!(s, ProcSyscall::In { nr, .. } if is_wait_call(arch, *nr))
 }
 
+/// Where a thread was at a look, per `/proc/PID/task/TID/syscall`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// Inside a wait call ([`WAIT_CALLS`]): idle.
+    Wait,
+    /// Sleeping in a futex wait (`futex` with a waiting operation, or
+    /// `futex_waitv`): a lock, a condvar, a queue.
+    Futex,
+    /// Anywhere else: running, in user code, another system call.
+    Elsewhere,
+}
+
+/// Where `/proc/PID/task/TID/syscall` shows the thread. The kernel prints a
+/// system call number only for a thread that is blocked (it prints
+/// `running` otherwise), so [`Place::Futex`] is a thread asleep in the futex
+/// (state S, no CPU time spent): no CPU-time check is needed on top.
+pub fn place_of(arch: Arch, s: &ProcSyscall) -> Place {
+    match s {
+        ProcSyscall::In { nr, .. } if is_wait_call(arch, *nr) => Place::Wait,
+        ProcSyscall::In { nr, args } => match syscalls::name(arch, *nr) {
+            Some("futex") if syscalls::futex_waits(args[1]) => Place::Futex,
+            Some("futex_waitv") => Place::Futex,
+            _ => Place::Elsewhere,
+        },
+        _ => Place::Elsewhere,
+    }
+}
+
+/// One thread at a look, as the parking rule needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// It is a loop thread.
+    pub is_loop: bool,
+    /// It entered a wait call since the previous look.
+    pub ticked: bool,
+    /// Where it was, when read (`None`: not read, because it ticked).
+    pub place: Option<Place>,
+}
+
+/// Whether some thread in `peers` other than the one at index `me` carries
+/// the process on: it iterates (entered a wait call since the last look, or
+/// sits inside one) — any thread, loop thread or not yet: a tokio worker
+/// that holds the IO driver in `epoll_wait` drives the pool even before it
+/// has entered it [`MIN_ENTRIES`] times — or it is a loop thread out of its
+/// wait call elsewhere than in a futex (if that is a hang, it is reported for
+/// that thread; a thread parked on a futex meanwhile waits for it). A thread
+/// in a futex does not carry: a pool whose every thread sleeps in a futex
+/// has nobody left to wake them.
+pub fn carried_by_other(peers: &[Peer], me: usize) -> bool {
+    peers.iter().enumerate().any(|(i, p)| {
+        i != me
+            && (p.ticked
+                || p.place == Some(Place::Wait)
+                || (p.is_loop && p.place == Some(Place::Elsewhere)))
+    })
+}
+
 /// The wait call a thread uses most, and how often it entered it: `counts`
 /// pairs each call with its entries.
 pub fn main_call<'a>(counts: &[(&'a str, u64)]) -> Option<(&'a str, u64)> {
@@ -57,6 +130,10 @@ pub struct Look {
     /// Whether the thread is inside a wait call now; `None` when not read
     /// (it entered one since the last look, so it does not matter).
     pub waiting: Option<bool>,
+    /// It sleeps in a futex now ([`Place::Futex`]; false when not read).
+    pub futex: bool,
+    /// Another loop thread carries the process on ([`carried_by_other`]).
+    pub carried: bool,
 }
 
 /// What the look means for the thread.
@@ -66,16 +143,29 @@ pub struct Verdict {
     pub ticked: bool,
     /// It is inside a wait call now (idle), as far as read.
     pub waiting: bool,
+    /// It is a parked pool thread (see the module's notes): not stalled.
+    pub parked: bool,
+    /// It became parked with this look.
+    pub became_parked: bool,
     /// How long it has been neither entering nor inside a wait call: the
     /// stall of its current iteration (0 when it ticked or waits).
     pub stall_ns: u64,
-    /// When it ticked: how long the iteration that ended took at most (time
-    /// since it was last seen making progress).
+    /// When it ticked or became parked ([`Verdict::iteration_ended`]): how
+    /// long the iteration that ended took at most (time since it was last
+    /// seen making progress).
     pub iteration_ns: u64,
     /// It is an event-loop thread (enough entries, or named by the user).
     pub is_loop: bool,
     /// It became one with this look.
     pub became_loop: bool,
+}
+
+impl Verdict {
+    /// Whether an iteration ended with this look: the thread entered its
+    /// wait call, or went to sleep in a futex as a parked pool thread.
+    pub fn iteration_ended(&self) -> bool {
+        self.ticked || self.became_parked
+    }
 }
 
 /// What the watch remembers of one thread.
@@ -86,6 +176,7 @@ pub struct ThreadTrack {
     first_ns: u64,
     progress_ns: u64,
     is_loop: bool,
+    parked: bool,
 }
 
 impl ThreadTrack {
@@ -97,6 +188,7 @@ impl ThreadTrack {
             first_ns: now_ns,
             progress_ns: now_ns,
             is_loop: forced,
+            parked: false,
         }
     }
 
@@ -108,6 +200,11 @@ impl ThreadTrack {
     /// Entries counted since it was first seen.
     pub fn total(&self) -> u64 {
         self.total
+    }
+
+    /// Whether it is parked (see the module's notes).
+    pub fn is_parked(&self) -> bool {
+        self.parked
     }
 
     /// When it was first seen.
@@ -130,10 +227,19 @@ impl ThreadTrack {
             .saturating_add(l.entries.saturating_sub(self.entries));
         self.entries = l.entries;
         let waiting = !ticked && l.waiting.unwrap_or(false);
+        // Parked: asleep in a futex, and either it already was at the last
+        // look (latched: the peers' state later does not matter, the pool
+        // thread waits for work) or another loop thread carries on now. A
+        // thread not read (it ticked) or out of the futex is not parked.
+        let was_parked = self.parked;
+        self.parked = !ticked && !waiting && l.futex && (was_parked || l.carried);
+        let parked = self.parked;
         let since = l.now_ns.saturating_sub(self.progress_ns);
         // It entered somewhere between the previous look and this one: count
-        // progress from now (late), so the stall is never overestimated.
-        if ticked || waiting {
+        // progress from now (late), so the stall is never overestimated. A
+        // parked thread makes progress too: a stall after it wakes counts
+        // from its last look asleep.
+        if ticked || waiting || parked {
             self.progress_ns = l.now_ns;
         }
         let became_loop = !self.is_loop && self.total >= MIN_ENTRIES;
@@ -141,8 +247,21 @@ impl ThreadTrack {
         Verdict {
             ticked,
             waiting,
-            stall_ns: if ticked || waiting { 0 } else { since },
-            iteration_ns: if ticked { since } else { 0 },
+            parked,
+            became_parked: parked && !was_parked,
+            stall_ns: if ticked || waiting || parked {
+                0
+            } else {
+                since
+            },
+            // Parking ends an iteration as entering the wait call does: the
+            // thread is back waiting for work (a hung worker that parks
+            // after its handler returned has recovered).
+            iteration_ns: if ticked || (parked && !was_parked) {
+                since
+            } else {
+                0
+            },
             is_loop: self.is_loop,
             became_loop,
         }
@@ -161,6 +280,34 @@ mod tests {
             now_ns: t * MS,
             entries,
             waiting,
+            futex: false,
+            carried: false,
+        }
+    }
+
+    /// A look at a thread asleep in a futex; `carried`: another loop thread
+    /// carries on.
+    fn in_futex(t: u64, entries: u64, carried: bool) -> Look {
+        Look {
+            now_ns: t * MS,
+            entries,
+            waiting: Some(false),
+            futex: true,
+            carried,
+        }
+    }
+
+    const TICKED: Peer = Peer {
+        is_loop: true,
+        ticked: true,
+        place: None,
+    };
+
+    fn at(place: Place) -> Peer {
+        Peer {
+            is_loop: true,
+            ticked: false,
+            place: Some(place),
         }
     }
 
@@ -284,5 +431,177 @@ mod tests {
         assert_eq!(t.total(), 50);
         // From the new base, entries count again.
         assert!(t.observe(look(30, 3, None)).ticked);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn places_by_proc_syscall_lines() {
+        let p = |b: &[u8]| place_of(Arch::X86_64, &parse_proc_syscall(b).unwrap());
+        // epoll_wait (232).
+        assert_eq!(
+            p(b"232 0x3 0x7ffd 0x80 0x64 0x0 0x0 0x7ffd1 0x7f12\n"),
+            Place::Wait
+        );
+        // futex (202) FUTEX_WAIT_BITSET_PRIVATE (0x89): tokio's parked worker.
+        assert_eq!(
+            p(b"202 0x7f3a5c0 0x89 0x0 0x0 0x0 0xffffffff 0x7ffd1 0x7f12\n"),
+            Place::Futex
+        );
+        // futex FUTEX_WAIT_PRIVATE (0x80): glibc's condvar/lock.
+        assert_eq!(
+            p(b"202 0x7f 0x80 0x2 0x0 0x0 0x0 0x7ffd 0x7f1\n"),
+            Place::Futex
+        );
+        // futex FUTEX_WAKE_PRIVATE (0x81) is no wait.
+        assert_eq!(
+            p(b"202 0x7f 0x81 0x1 0x0 0x0 0x0 0x7ffd 0x7f1\n"),
+            Place::Elsewhere
+        );
+        // futex_waitv (449).
+        assert_eq!(
+            p(b"449 0x7f 0x2 0x0 0x0 0x1 0x0 0x7ffd 0x7f1\n"),
+            Place::Futex
+        );
+        // clock_nanosleep (230): a sleep, not parking.
+        assert_eq!(
+            p(b"230 0x1 0x0 0x7ffd 0x0 0x0 0x0 0x7ffd 0x7f1\n"),
+            Place::Elsewhere
+        );
+        assert_eq!(p(b"running\n"), Place::Elsewhere);
+        assert_eq!(p(b"-1 0x7ffd 0x55\n"), Place::Elsewhere);
+    }
+
+    #[test]
+    fn another_thread_carries_when_it_iterates_or_is_out_elsewhere() {
+        // Me (0) in a futex; the other one ticked, waits, or runs.
+        let futex = at(Place::Futex);
+        assert!(carried_by_other(&[futex, TICKED], 0));
+        assert!(carried_by_other(&[futex, at(Place::Wait)], 0));
+        assert!(carried_by_other(&[futex, at(Place::Elsewhere)], 0));
+        // Only threads in futexes: nobody carries; alone: nobody.
+        assert!(!carried_by_other(&[futex, at(Place::Futex), futex], 0));
+        assert!(!carried_by_other(&[futex], 0));
+        assert!(!carried_by_other(&[], 0));
+        // Itself is not counted.
+        assert!(!carried_by_other(&[TICKED, futex], 0));
+        assert!(carried_by_other(&[TICKED, futex], 1));
+    }
+
+    #[test]
+    fn a_thread_not_yet_a_loop_carries_only_by_iterating() {
+        let not_loop = |ticked, place| Peer {
+            is_loop: false,
+            ticked,
+            place,
+        };
+        let futex = at(Place::Futex);
+        // A worker holding the driver in epoll_wait, counted twice so far.
+        assert!(carried_by_other(
+            &[futex, not_loop(false, Some(Place::Wait))],
+            0
+        ));
+        assert!(carried_by_other(&[futex, not_loop(true, None)], 0));
+        // A thread that never polled, computing or reading: says nothing.
+        assert!(!carried_by_other(
+            &[futex, not_loop(false, Some(Place::Elsewhere))],
+            0
+        ));
+        assert!(!carried_by_other(
+            &[futex, not_loop(false, Some(Place::Futex))],
+            0
+        ));
+    }
+
+    #[test]
+    fn a_pool_thread_in_a_futex_while_another_carries_is_parked_not_hung() {
+        // A tokio worker: polls, then sleeps on its condvar for 10 s while
+        // another worker holds the IO driver in epoll_wait.
+        let mut t = ThreadTrack::new(0, false);
+        t.observe(look(10, 5, None));
+        let v = t.observe(in_futex(60, 5, true));
+        assert!(v.parked && v.became_parked && v.iteration_ended());
+        assert_eq!(v.stall_ns, 0);
+        assert_eq!(v.iteration_ns, 50 * MS);
+        for i in 2..=200 {
+            let v = t.observe(in_futex(10 + i * 50, 5, true));
+            assert!(v.parked && !v.became_parked && !v.iteration_ended());
+            assert_eq!(v.stall_ns, 0);
+            assert_eq!(v.iteration_ns, 0);
+        }
+        // Woken, it polls again: a tick, no longer parked.
+        let v = t.observe(look(10_100, 6, None));
+        assert!(v.ticked && !v.parked);
+        assert!(!t.is_parked());
+    }
+
+    #[test]
+    fn a_parked_thread_stays_parked_when_the_others_stop_carrying() {
+        // An executor thread parked while the main loop ran; then the main
+        // loop blocks on a lock too: the executor thread is still parked.
+        let mut t = ThreadTrack::new(0, false);
+        t.observe(look(10, 3, None));
+        assert!(t.observe(in_futex(60, 3, true)).parked);
+        let v = t.observe(in_futex(2060, 3, false));
+        assert!(v.parked);
+        assert_eq!(v.stall_ns, 0);
+    }
+
+    #[test]
+    fn a_lone_loop_thread_stuck_on_a_futex_is_a_hang() {
+        // redis's main thread, or the first loop thread to block on a lock
+        // while every other one is already parked: nobody carries.
+        let mut t = ThreadTrack::new(0, false);
+        t.observe(look(100, 10, None));
+        let v = t.observe(in_futex(150, 10, false));
+        assert!(!v.parked);
+        assert_eq!(v.stall_ns, 50 * MS);
+        let v = t.observe(in_futex(2100, 10, false));
+        assert!(!v.parked);
+        assert_eq!(v.stall_ns, 2000 * MS);
+        // Found in its futex at a look where another one carries (it came
+        // back): parked from then on (no false alarm wins over a late one).
+        let v = t.observe(in_futex(2150, 10, true));
+        assert!(v.parked && v.iteration_ended());
+        assert_eq!(v.stall_ns, 0);
+        assert_eq!(v.iteration_ns, 2050 * MS);
+    }
+
+    #[test]
+    fn a_hung_worker_whose_handler_returns_and_parks_has_ended_its_iteration() {
+        // A tokio worker blocked 2 s in a handler, then parked on its
+        // condvar while another worker holds the driver: recovered.
+        let mut t = ThreadTrack::new(0, false);
+        t.observe(look(100, 10, None));
+        let v = t.observe(look(2100, 10, Some(false)));
+        assert_eq!(v.stall_ns, 2000 * MS);
+        let v = t.observe(in_futex(2150, 10, true));
+        assert!(v.iteration_ended() && !v.ticked);
+        assert_eq!(v.stall_ns, 0);
+        assert_eq!(v.iteration_ns, 2050 * MS);
+    }
+
+    #[test]
+    fn a_parked_thread_that_wakes_and_computes_stalls_from_its_last_look_asleep() {
+        let mut t = ThreadTrack::new(0, false);
+        t.observe(look(10, 5, None));
+        assert!(t.observe(in_futex(60, 5, true)).parked);
+        assert!(t.observe(in_futex(1000, 5, true)).parked);
+        // Out of the futex, computing, never re-entering its wait call.
+        let v = t.observe(look(1300, 5, Some(false)));
+        assert!(!v.parked);
+        assert_eq!(v.stall_ns, 300 * MS);
+    }
+
+    #[test]
+    fn a_thread_sleeping_elsewhere_is_never_parked() {
+        // A worker in std::thread::sleep (clock_nanosleep) while others run:
+        // no futex, so its stall counts (a blocked worker).
+        let mut t = ThreadTrack::new(0, false);
+        t.observe(look(10, 5, None));
+        let mut l = look(1010, 5, Some(false));
+        l.carried = true;
+        let v = t.observe(l);
+        assert!(!v.parked);
+        assert_eq!(v.stall_ns, 1000 * MS);
     }
 }

@@ -475,3 +475,144 @@ fn a_loop_thread_started_later_is_picked_up_and_its_hang_marks_it() {
         w.seen
     );
 }
+
+/// `fx-tokio-plain` (a tokio multi-thread service linking nothing) and its
+/// port.
+fn start_tokio_plain() -> (Fixture, u16) {
+    let fx = Fixture::spawn("fx-tokio-plain", support::Variant::Pie, &[]);
+    let port = fx
+        .ready_field("port")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {:?}", fx.ready));
+    (fx, port)
+}
+
+/// One request line on `s`, its answer.
+fn ask(s: &mut TcpStream, r: &mut BufReader<TcpStream>, line: &str) -> String {
+    s.write_all(format!("{line}\n").as_bytes()).expect("write");
+    let mut a = String::new();
+    r.read_line(&mut a).expect("answer");
+    a.trim().to_string()
+}
+
+/// Two clients pinging every 5 ms until `until`; the pings answered.
+fn light_load(port: u16, until: Instant) -> u64 {
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(5)))
+                    .expect("timeout");
+                let mut r = BufReader::new(s.try_clone().expect("clone"));
+                let mut n = 0u64;
+                while Instant::now() < until {
+                    assert_eq!(ask(&mut s, &mut r, "ping"), "pong");
+                    n += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                n
+            })
+        })
+        .collect();
+    clients.into_iter().map(|c| c.join().expect("client")).sum()
+}
+
+/// Workers of a tokio multi-thread runtime take turns in `epoll_wait` (each
+/// becomes a loop thread) and park on a futex when idle: parked, not hung.
+#[test]
+fn a_plain_tokio_service_idle_and_under_light_load_has_no_episode() {
+    let dir = TempDir::new("sl-tokio");
+    let (fx, port) = start_tokio_plain();
+    let mut w = Watch::start(fx.pid, &dir, &["--interval", "0.25", "--duration", "6"]);
+    let started = w.wait_for("started", Duration::from_secs(20));
+    assert_eq!(started["mode"], "syscalls", "no heartbeat: {started}");
+    // Idle 1.5 s, light load 2.5 s, idle again until the end.
+    std::thread::sleep(Duration::from_millis(1500));
+    let pings = light_load(port, Instant::now() + Duration::from_millis(2500));
+    assert!(pings > 100, "the load ran: {pings} pings");
+    w.wait_for("finished", Duration::from_secs(20));
+    assert!(w.count("loop_found") >= 1, "{:#?}", w.seen);
+    assert_eq!(w.count("hang_started"), 0, "{:#?}", w.seen);
+}
+
+/// A handler that calls `std::thread::sleep` blocks its worker in
+/// `clock_nanosleep`, not in a futex: once that worker is a loop thread
+/// (it took its turn in `epoll_wait`), the blocked worker is a hang.
+#[test]
+fn a_plain_tokio_service_whose_handler_sleeps_2_s_is_caught_on_that_worker() {
+    let dir = TempDir::new("sl-tokio-sleep");
+    let (fx, port) = start_tokio_plain();
+    let mut w = Watch::start(fx.pid, &dir, &["--interval", "0.25", "--dump-gap", "0.3"]);
+    w.wait_for("started", Duration::from_secs(20));
+    // Load first, so every worker has driven the IO and is a loop thread.
+    light_load(port, Instant::now() + Duration::from_millis(1500));
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    let answer = std::thread::spawn(move || ask(&mut s, &mut r, "sleep 2000"));
+    let h = w.wait_for("hang_started", Duration::from_secs(15));
+    let tid = h["tid"].as_i64().unwrap_or_default() as i32;
+    let d = w.wait_for("dump_written", Duration::from_secs(10));
+    let text = std::fs::read_to_string(d["path"].as_str().expect("path")).expect("dump file");
+    let first_thread = text
+        .lines()
+        .find(|l| l.starts_with("Thread "))
+        .unwrap_or_default();
+    assert!(
+        first_thread.starts_with(&format!("Thread {tid} "))
+            && first_thread.contains("<== STALLED LOOP"),
+        "the blocked worker first and marked: {first_thread:?}\n{text}"
+    );
+    // The culprit is the handler's helper, or the handler itself when the
+    // optimizer folded the helper into it (both seen), inside std's sleep.
+    let c = d["culprit"].as_str().unwrap_or_default();
+    assert!(
+        c.starts_with("fx_tokio_plain::blocking_handler (")
+            || c.starts_with("fx_tokio_plain::serve_conn::{{closure}} ("),
+        "{d}"
+    );
+    assert!(c.contains("inside std::thread"), "{d}");
+    assert!(text.contains("clock_nanosleep"), "{text}");
+    let r = w.wait_for("recovered", Duration::from_secs(15));
+    assert_eq!(r["tid"], tid, "{r}");
+    assert!(r["hang_ms"].as_f64().unwrap_or(0.0) > 1000.0, "{r}");
+    assert_eq!(answer.join().expect("client"), "slept");
+    w.collect_for(Duration::from_millis(500));
+    assert_eq!(w.count("hang_started"), 1, "{:#?}", w.seen);
+}
+
+/// asyncio's default executor runs `getaddrinfo` and blocking socket calls
+/// (which poll) on pool threads that then wait for work on a futex while the
+/// main loop idles in `epoll_wait`: parked, no episode; then the main loop blocks in `time.sleep`: caught,
+/// the main thread marked (the parked executor threads are not).
+#[test]
+fn python_executor_threads_after_getaddrinfo_are_parked_and_the_main_loop_hang_is_caught() {
+    let dir = TempDir::new("sl-py-pool");
+    let script = workspace_root().join("fixtures/python/syscall_loop.py");
+    let mut fx = Fixture::spawn_path(&debian_python(), &[script.to_string_lossy().into_owned()]);
+    let mut w = Watch::start(fx.pid, &dir, &["--interval", "0.25", "--dump-gap", "0.3"]);
+    let found = w.wait_for("loop_found", Duration::from_secs(20));
+    assert_eq!(found["tid"], fx.pid, "{found}");
+    // getaddrinfo('localhost') reads /etc/hosts (no poll); the fetches
+    // poll on their sockets, so those executor threads are loop threads.
+    assert_eq!(fx.ok("resolve 5"), "OK");
+    assert_eq!(fx.ok("fetch 20"), "OK");
+    w.collect_for(Duration::from_secs(3));
+    let pool: Vec<&Value> = w
+        .seen
+        .iter()
+        .filter(|v| v["event"] == "loop_found" && v["tid"] != fx.pid)
+        .collect();
+    assert!(
+        pool.iter().any(|v| v["call"] == "poll"),
+        "an executor thread found by its polls: {:#?}",
+        w.seen
+    );
+    assert!(w.count("loop_parked") >= 1, "{:#?}", w.seen);
+    assert_eq!(w.count("hang_started"), 0, "{:#?}", w.seen);
+    fx.ok("sleep 2");
+    one_episode(&mut w, fx.pid, "blocking_sleep");
+    w.collect_for(Duration::from_millis(500));
+    assert_eq!(w.count("hang_started"), 1, "{:#?}", w.seen);
+}

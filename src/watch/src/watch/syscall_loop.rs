@@ -29,7 +29,7 @@ use crate::status::human;
 use aiodebug_engine::cause::parse::{parse_proc_syscall, ProcSyscall};
 use aiodebug_engine::cause::syscalls;
 use aiodebug_engine::dump::Dumper;
-use aiodebug_engine::loops::{self, Look, ThreadTrack, NATIVE};
+use aiodebug_engine::loops::{self, Look, Peer, Place, ThreadTrack, NATIVE};
 use aiodebug_engine::perf::{WaitCounters, WaitTracepoints, WAIT_CALLS};
 use aiodebug_engine::target::{monotonic_ns, Reading};
 use aiodebug_engine::{proc, Error, ErrorKind};
@@ -55,12 +55,14 @@ struct Thread {
     track: ThreadTrack,
     /// `/proc/PID/task/TID/syscall`, kept open (a `pread` per look).
     syscall_file: Option<std::fs::File>,
-    /// Whether it was inside a wait call at the previous look that read it.
-    last_waiting: bool,
+    /// Where it was at the previous look that read it.
+    last_place: Place,
     /// Per-call counts at the last read (to name its main call).
     counts: Vec<u64>,
     /// Named by `--loop-thread`.
     forced: bool,
+    /// Its first parking was logged (`loop_parked`, once per thread).
+    parked_said: bool,
     /// Set once it is a loop thread: the episode state, as a heartbeat loop's.
     watched: Option<Watched>,
     /// Busy times (ns) of its recent long iterations (see [`Thread::out`]).
@@ -104,30 +106,44 @@ fn list_threads(pid: i32) -> Result<(Vec<i32>, bool), Error> {
     Ok((tids, more))
 }
 
-/// Whether the thread is inside a wait call now, per the kernel; `prev` when
-/// it is in `restart_syscall` (a wait or a sleep our snapshot interrupted
-/// resumes as that call: it is still in whatever it was in before) or the
-/// file cannot be read.
-fn waiting_now(file: Option<&std::fs::File>, prev: bool) -> bool {
+/// Where the thread is now, per the kernel; `prev` when it is in
+/// `restart_syscall` (a wait or a sleep our snapshot interrupted resumes as
+/// that call: it is still in whatever it was in before) or the file cannot be
+/// read.
+fn place_now(file: Option<&std::fs::File>, prev: Place) -> Place {
     let Some(f) = file else { return prev };
     let mut buf = [0u8; 256];
     match f.read_at(&mut buf, 0) {
-        Ok(n) => waiting_in_line(&buf[..n], prev),
+        Ok(n) => place_in_line(&buf[..n], prev),
         Err(_) => prev,
     }
 }
 
-/// [`waiting_now`] on the contents of `/proc/PID/task/TID/syscall` (pure).
-fn waiting_in_line(data: &[u8], prev: bool) -> bool {
+/// [`place_now`] on the contents of `/proc/PID/task/TID/syscall` (pure).
+fn place_in_line(data: &[u8], prev: Place) -> Place {
     match parse_proc_syscall(data) {
         Some(ProcSyscall::In { nr, .. })
             if syscalls::name(NATIVE, nr) == Some("restart_syscall") =>
         {
             prev
         }
-        Some(s) => loops::waiting_in(NATIVE, &s),
+        Some(s) => loops::place_of(NATIVE, &s),
         None => prev,
     }
+}
+
+/// Says a loop thread sleeps in a futex while another loop thread carries
+/// on: a parked pool thread, not a hang (a `loop_parked` event).
+fn parked_event(ctx: &Ctx<'_>, tid: i32, t: &Thread) {
+    let Some(w) = &t.watched else { return };
+    ctx.log.event(
+        "loop_parked",
+        json!({"loop": w.name, "tid": tid, "source": "syscalls"}),
+        format!(
+            "loop '{}' thread {tid} sleeps in a futex while another loop thread carries on: parked (a pool thread), not hung",
+            w.name
+        ),
+    );
 }
 
 fn new_watched(name: String, tid: u32, cfg: super::episode::Config, now: u64) -> Watched {
@@ -311,26 +327,64 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
             rejected: Vec::new(),
         };
         let mut deadline = now.saturating_add(look_ns);
-        for (&tid, t) in threads.iter_mut() {
+        // First every thread's counts and place, then the verdicts: whether
+        // a loop thread in a futex is parked depends on the others
+        // (`loops::carried_by_other`).
+        let mut reads: Vec<Option<(u64, Option<Place>)>> = Vec::with_capacity(threads.len());
+        for t in threads.values_mut() {
             let Ok(counts) = t.counters.read() else {
+                reads.push(None);
                 continue;
             };
             let entries = counts.iter().fold(0u64, |a, &b| a.saturating_add(b));
             t.counts = counts;
-            let waiting = if t.track.needs_wait_check(entries) {
-                let w = waiting_now(t.syscall_file.as_ref(), t.last_waiting);
-                t.last_waiting = w;
-                Some(w)
+            let place = if t.track.needs_wait_check(entries) {
+                let p = place_now(t.syscall_file.as_ref(), t.last_place);
+                t.last_place = p;
+                Some(p)
             } else {
                 // It entered since: it sits in the call or just left it.
-                t.last_waiting = true;
+                t.last_place = Place::Wait;
                 None
             };
+            reads.push(Some((entries, place)));
+        }
+        // One peer per thread, in the same order (unread threads say
+        // nothing: neither ticked nor anywhere).
+        let peers: Vec<Peer> = threads
+            .values()
+            .zip(&reads)
+            .map(|(t, r)| match r {
+                Some((entries, place)) => Peer {
+                    is_loop: t.track.is_loop(),
+                    ticked: !t.track.needs_wait_check(*entries),
+                    place: *place,
+                },
+                None => Peer {
+                    is_loop: false,
+                    ticked: false,
+                    place: None,
+                },
+            })
+            .collect();
+        for (me, ((&tid, t), r)) in threads.iter_mut().zip(reads).enumerate() {
+            let Some((entries, place)) = r else {
+                continue;
+            };
+            let futex = place == Some(Place::Futex);
             let v = t.track.observe(Look {
                 now_ns: monotonic_ns(),
                 entries,
-                waiting,
+                waiting: place.map(|p| p == Place::Wait),
+                futex,
+                carried: futex && loops::carried_by_other(&peers, me),
             });
+            // Said once per thread: a pool's workers park and wake many
+            // times a second, the status line shows how many are parked now.
+            if v.became_parked && t.watched.is_some() && !t.parked_said {
+                t.parked_said = true;
+                parked_event(ctx, tid, t);
+            }
             if v.became_loop || (v.is_loop && t.watched.is_none()) {
                 announce(ctx, tid, t, tps, now);
                 let name = loop_name(pid, tid);
@@ -342,7 +396,7 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
             if v.stall_ns > 0 {
                 t.out = true;
             }
-            if v.ticked && t.out {
+            if v.iteration_ended() && t.out {
                 t.out = false;
                 // Bounded: past the window, the summary's iterations are
                 // the first ones since the last summary.
@@ -358,7 +412,8 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
             let obs = Observation {
                 now_ns: now,
                 stall_ns: v.stall_ns,
-                ticked: v.ticked,
+                // A parked worker is back waiting for work: as a tick.
+                ticked: v.iteration_ended(),
                 new_max_lag_ns: v.iteration_ns,
                 stopped,
             };
@@ -387,10 +442,14 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
         }
         if ctx.log.bar.is_some() {
             ctx.log.status(format!(
-                "PID {pid}{} | {} loop threads of {} | hangs {} | files {}",
+                "PID {pid}{} | {} loop threads of {} ({} parked in a futex) | hangs {} | files {}",
                 if stopped { " (stopped)" } else { "" },
                 threads.values().filter(|t| t.watched.is_some()).count(),
                 threads.len(),
+                threads
+                    .values()
+                    .filter(|t| t.watched.is_some() && t.track.is_parked())
+                    .count(),
                 ctx.hangs,
                 ctx.files
             ));
@@ -491,9 +550,10 @@ fn rescan(
                 counters,
                 track: ThreadTrack::new(now, is_forced),
                 syscall_file: std::fs::File::open(format!("/proc/{pid}/task/{tid}/syscall")).ok(),
-                last_waiting: false,
+                last_place: Place::Elsewhere,
                 counts: vec![0; WAIT_CALLS.len()],
                 forced: is_forced,
+                parked_said: false,
                 watched: None,
                 busy: Vec::new(),
                 out: false,
@@ -554,32 +614,30 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn where_a_thread_waits() {
-        // epoll_wait (232): idle; clock_nanosleep (230): busy; futex (202):
-        // busy (a loop blocked on a lock is hung); running; user code.
-        assert!(waiting_in_line(
-            b"232 0x3 0x7f 0x2 0xa 0x0 0x0 0x7ffd 0x7f1\n",
-            false
-        ));
-        assert!(!waiting_in_line(
-            b"230 0x1 0x1 0x7ffd 0x0 0x0 0x0 0x7ffd 0x7f1\n",
-            true
-        ));
-        assert!(!waiting_in_line(
-            b"202 0x7f 0x80 0x0 0x0 0x0 0x0 0x7ffd 0x7f1\n",
-            true
-        ));
-        assert!(!waiting_in_line(b"running\n", true));
-        assert!(!waiting_in_line(b"-1 0x7ffd 0x55\n", true));
+        use Place::*;
+        // epoll_wait (232): idle; clock_nanosleep (230): elsewhere; futex
+        // (202) FUTEX_WAIT_PRIVATE: in a futex (parked or hung: the rule
+        // of loops.rs decides); running; user code.
+        assert_eq!(
+            place_in_line(b"232 0x3 0x7f 0x2 0xa 0x0 0x0 0x7ffd 0x7f1\n", Elsewhere),
+            Wait
+        );
+        assert_eq!(
+            place_in_line(b"230 0x1 0x1 0x7ffd 0x0 0x0 0x0 0x7ffd 0x7f1\n", Wait),
+            Elsewhere
+        );
+        assert_eq!(
+            place_in_line(b"202 0x7f 0x80 0x0 0x0 0x0 0x0 0x7ffd 0x7f1\n", Wait),
+            Futex
+        );
+        assert_eq!(place_in_line(b"running\n", Wait), Elsewhere);
+        assert_eq!(place_in_line(b"-1 0x7ffd 0x55\n", Wait), Elsewhere);
         // restart_syscall (219): what it was before; garbage: likewise.
-        assert!(waiting_in_line(
-            b"219 0x0 0x0 0x0 0x0 0x0 0x0 0x7ffd 0x7f1\n",
-            true
-        ));
-        assert!(!waiting_in_line(
-            b"219 0x0 0x0 0x0 0x0 0x0 0x0 0x7ffd 0x7f1\n",
-            false
-        ));
-        assert!(waiting_in_line(b"", true));
+        let restart = b"219 0x0 0x0 0x0 0x0 0x0 0x0 0x7ffd 0x7f1\n";
+        assert_eq!(place_in_line(restart, Wait), Wait);
+        assert_eq!(place_in_line(restart, Futex), Futex);
+        assert_eq!(place_in_line(restart, Elsewhere), Elsewhere);
+        assert_eq!(place_in_line(b"", Wait), Wait);
     }
 
     #[test]

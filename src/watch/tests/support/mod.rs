@@ -24,6 +24,7 @@ pub const ALL_BINS: &[&str] = &[
     "fx-no-heartbeat",
     "fx-garbage",
     "fx-dlopen-host",
+    "fx-tokio-plain",
 ];
 
 /// The workspace root.
