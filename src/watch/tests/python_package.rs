@@ -29,7 +29,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use support::{watch_bin, workspace_root, Fixture, TempDir};
 
@@ -74,6 +74,13 @@ fn python_root() -> PathBuf {
     root.join("target/python")
 }
 
+/// Held while the package is built: `pip install` (maturin as its build
+/// backend) and `maturin build` share `target/python/cargo`, and maturin
+/// stages the extension at a fixed path there (`cargo/maturin/lib_native.so`):
+/// two builds at once (the 3.11 venv test beside a Debian wheel test, on a
+/// cold cache) removed each other's file.
+static BUILDING: Mutex<()> = Mutex::new(());
+
 /// A venv in `dir` with the package `pip install`ed from the checkout;
 /// returns its interpreter.
 fn venv_with_package(dir: &Path) -> PathBuf {
@@ -84,6 +91,7 @@ fn venv_with_package(dir: &Path) -> PathBuf {
         Command::new("python3").arg("-m").arg("venv").arg(&venv),
     );
     let python = venv.join("bin/python");
+    let _building = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     run(
         "pip install ./src/aiodebug-py",
         Command::new(&python)
@@ -147,6 +155,7 @@ fn wheel() -> &'static Path {
         let py = python_root();
         let out = py.join("wheel");
         // Only this wheel in the directory: an older version's is removed.
+        let _building = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
         let _ = std::fs::remove_dir_all(&out);
         run(
             "maturin build",
