@@ -176,6 +176,11 @@ async fn monitor(hb: Heartbeat, period: Duration, idle_period: Duration) {
 /// The slot width of level 1 of tokio's timer wheel (ms; level 0 has 64
 /// slots of 1 ms).
 const WHEEL_SLOT_MS: u64 = 64;
+/// How many times an idle runtime's worker parks for one wake-up (tokio's
+/// park count; strace): once when it parks, and once again at once, because
+/// the monitor's own wake-up left the driver's eventfd readable. A cascade
+/// of the wheel (a second wake-up) makes it 3.
+const ONE_TICK_PARKS: u64 = 2;
 /// Aligned idle ticks in a row that parked more than once before a locked
 /// phase is searched again.
 const GRID_MISSES: u32 = 8;
@@ -190,8 +195,8 @@ const GRID_MISSES: u32 = 8;
 /// 64 ms since the runtime's clock started fires once, at the slot's start.
 /// tokio does not expose when its clock started, so the phase (0–63 ms
 /// before the monitor's own start) is searched: each idle tick tries one
-/// phase, and the first after which the runtime parked only once (tokio's
-/// stable park count) is kept. Any other wake-up (a request) just means
+/// phase, and the first after which the runtime woke only once (tokio's
+/// stable park count, [`ONE_TICK_PARKS`]) is kept. Any other wake-up (a request) just means
 /// "try again"; a kept phase that keeps missing is searched again.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Grid {
@@ -219,7 +224,7 @@ impl Grid {
         const MS: u64 = 1_000_000;
         if self.trying {
             match parked {
-                Some(n) if n <= 1 => {
+                Some(n) if n <= ONE_TICK_PARKS => {
                     self.locked = true;
                     self.misses = 0;
                 }
@@ -403,16 +408,16 @@ mod tests {
         // Phase 0: grid points at 64 k ms; from 10 ms, the last one within
         // 200 ms is 192 ms.
         assert_eq!(g.idle_deadline(10 * MS, None, 20 * MS, 200 * MS), 192 * MS);
-        // Parked twice: the next phase, points at 64 k - 1 ms.
+        // Woke twice: the next phase, points at 64 k - 1 ms.
         assert_eq!(
-            g.idle_deadline(192 * MS, Some(2), 20 * MS, 200 * MS),
+            g.idle_deadline(192 * MS, Some(3), 20 * MS, 200 * MS),
             383 * MS
         );
         assert_eq!(g.phase_ms, 1);
         assert!(!g.locked);
         // Parked once: kept.
         assert_eq!(
-            g.idle_deadline(383 * MS, Some(1), 20 * MS, 200 * MS),
+            g.idle_deadline(383 * MS, Some(2), 20 * MS, 200 * MS),
             575 * MS
         );
         assert!(g.locked);
@@ -434,10 +439,10 @@ mod tests {
             misses: 0,
         };
         for _ in 0..super::GRID_MISSES {
-            g.idle_deadline(1000 * MS, Some(2), 20 * MS, 200 * MS);
+            g.idle_deadline(1000 * MS, Some(3), 20 * MS, 200 * MS);
         }
         assert!(!g.locked);
-        g.idle_deadline(1000 * MS, Some(2), 20 * MS, 200 * MS);
+        g.idle_deadline(1000 * MS, Some(3), 20 * MS, 200 * MS);
         assert_eq!(g.phase_ms, 6);
     }
 
