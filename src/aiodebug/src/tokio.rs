@@ -11,7 +11,8 @@
 //! next tick is overdue, so the period bounds how late a hang is noticed
 //! (threshold + period). A timer wake-up of an otherwise idle runtime costs
 //! ~60 µs of CPU on a small VM, so while every worker is parked the monitor
-//! ticks every [`IDLE_PERIOD`] (200 ms) instead. Note that tokio's timer has
+//! ticks at most [`IDLE_PERIOD`] (200 ms) apart instead, on tokio's timer
+//! wheel grid (one wake-up per tick; see `Grid`). Note that tokio's timer has
 //! millisecond resolution, so lags below ~1 ms are noise.
 //!
 //! On a multi-thread runtime one blocked worker does not stop the monitor
