@@ -11,7 +11,8 @@
 //! next tick is overdue, so the period bounds how late a hang is noticed
 //! (threshold + period). A timer wake-up of an otherwise idle runtime costs
 //! ~60 µs of CPU on a small VM, so while every worker is parked the monitor
-//! ticks every [`IDLE_PERIOD`] (200 ms) instead. Note that tokio's timer has
+//! ticks at most [`IDLE_PERIOD`] (200 ms) apart instead, on tokio's timer
+//! wheel grid (one wake-up per tick; see `Grid`). Note that tokio's timer has
 //! millisecond resolution, so lags below ~1 ms are noise.
 //!
 //! On a multi-thread runtime one blocked worker does not stop the monitor
@@ -139,7 +140,10 @@ async fn monitor(hb: Heartbeat, period: Duration, idle_period: Duration) {
     let publish = cfg!(target_has_atomic = "64") && hb.is_registered();
     let mut sampler = Sampler::new(metrics.num_workers(), current_thread, publish);
     let loop_id = hb.loop_id().unwrap_or((u32::MAX, 0));
-    let mut scheduled = tokio::time::Instant::now() + period;
+    let origin = tokio::time::Instant::now();
+    let mut grid = Grid::default();
+    let mut parks_before: Option<u64> = None;
+    let mut scheduled = origin + period;
     loop {
         tokio::time::sleep_until(scheduled).await;
         let woke = tokio::time::Instant::now();
@@ -149,12 +153,108 @@ async fn monitor(hb: Heartbeat, period: Duration, idle_period: Duration) {
         crate::polling::set_thread_loop(&hb);
         let now_ns = crate::sys::monotonic_ns();
         let idle = sampler.sample(now_ns, crate::sys::thread_id(), |i| counters(&metrics, i));
-        let next = if idle { idle_period } else { period };
+        let parks = (0..metrics.num_workers())
+            .fold(0u64, |a, i| a.saturating_add(counters(&metrics, i).park));
+        let parked = parks_before.map(|b| parks.saturating_sub(b));
+        parks_before = Some(parks);
+        let next = if idle {
+            let since = duration_ns(woke.saturating_duration_since(origin));
+            let after =
+                grid.idle_deadline(since, parked, duration_ns(period), duration_ns(idle_period));
+            Duration::from_nanos(after.saturating_sub(since))
+        } else {
+            grid.busy();
+            period
+        };
         if next != period {
             hb.next_tick_within(next);
         }
         sampler.publish(now_ns.saturating_add(duration_ns(next)), loop_id);
         scheduled = woke + next;
+    }
+}
+
+/// The slot width of level 1 of tokio's timer wheel (ms; level 0 has 64
+/// slots of 1 ms).
+const WHEEL_SLOT_MS: u64 = 64;
+/// How many times an idle runtime's worker parks for one wake-up (tokio's
+/// park count; strace): once when it parks, and once again at once, because
+/// the monitor's own wake-up left the driver's eventfd readable. A cascade
+/// of the wheel (a second wake-up) makes it 3.
+const ONE_TICK_PARKS: u64 = 2;
+/// Aligned idle ticks in a row that parked more than once before a locked
+/// phase is searched again.
+const GRID_MISSES: u32 = 8;
+
+/// Idle ticks on tokio's timer-wheel grid: one wake-up per idle tick, not two.
+///
+/// Measured (strace of an idle `#[tokio::main]` service): a 200 ms sleep woke
+/// its worker twice, ~60 ms before its deadline and at it — 10 wake-ups a
+/// second for 5 ticks. tokio files a timer more than 64 ms away in level 1
+/// of its wheel (64 ms slots), fires the slot at its start, and re-files the
+/// timer in level 0 until its deadline. A deadline that is a whole number of
+/// 64 ms since the runtime's clock started fires once, at the slot's start.
+/// tokio does not expose when its clock started, so the phase (0–63 ms
+/// before the monitor's own start) is searched: each idle tick tries one
+/// phase, and the first after which the runtime woke only once (tokio's
+/// stable park count, [`ONE_TICK_PARKS`]) is kept. Any other wake-up (a request) just means
+/// "try again"; a kept phase that keeps missing is searched again.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Grid {
+    /// The phase tried or kept (ms before the monitor's start, mod 64).
+    phase_ms: u64,
+    /// Whether `phase_ms` was confirmed.
+    locked: bool,
+    /// The previous tick slept until a grid point of `phase_ms`.
+    trying: bool,
+    /// Aligned ticks in a row that parked more than once, while locked.
+    misses: u32,
+}
+
+impl Grid {
+    /// The runtime worked: the next tick is a plain one.
+    fn busy(&mut self) {
+        self.trying = false;
+    }
+
+    /// The deadline (ns since the monitor's start) of an idle tick at `now`
+    /// (same clock): the last grid point at most `idle` ahead and more than
+    /// `period` ahead, or `now + idle` when there is none. `parked` is how
+    /// many times the runtime's workers parked since the previous tick.
+    fn idle_deadline(&mut self, now: u64, parked: Option<u64>, period: u64, idle: u64) -> u64 {
+        const MS: u64 = 1_000_000;
+        if self.trying {
+            match parked {
+                Some(n) if n <= ONE_TICK_PARKS => {
+                    self.locked = true;
+                    self.misses = 0;
+                }
+                _ if self.locked => {
+                    self.misses += 1;
+                    if self.misses >= GRID_MISSES {
+                        self.locked = false;
+                        self.misses = 0;
+                    }
+                }
+                _ => self.phase_ms = (self.phase_ms + 1) % WHEEL_SLOT_MS,
+            }
+        }
+        let end = now.saturating_add(idle);
+        // Grid points are (64 k - phase) ms after the start.
+        let k = (end / MS + self.phase_ms) / WHEEL_SLOT_MS;
+        let point = (k * WHEEL_SLOT_MS)
+            .checked_sub(self.phase_ms)
+            .map(|ms| ms.saturating_mul(MS));
+        match point {
+            Some(p) if p > now.saturating_add(period) && p <= end => {
+                self.trying = true;
+                p
+            }
+            _ => {
+                self.trying = false;
+                end
+            }
+        }
     }
 }
 
@@ -294,5 +394,70 @@ impl RuntimeBuilderExt for tokio::runtime::Builder {
                 });
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Grid;
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn idle_ticks_try_one_phase_each_until_the_runtime_parks_once() {
+        let mut g = Grid::default();
+        // Phase 0: grid points at 64 k ms; from 10 ms, the last one within
+        // 200 ms is 192 ms.
+        assert_eq!(g.idle_deadline(10 * MS, None, 20 * MS, 200 * MS), 192 * MS);
+        // Woke twice: the next phase, points at 64 k - 1 ms.
+        assert_eq!(
+            g.idle_deadline(192 * MS, Some(3), 20 * MS, 200 * MS),
+            383 * MS
+        );
+        assert_eq!(g.phase_ms, 1);
+        assert!(!g.locked);
+        // Parked once: kept.
+        assert_eq!(
+            g.idle_deadline(383 * MS, Some(2), 20 * MS, 200 * MS),
+            575 * MS
+        );
+        assert!(g.locked);
+        // A request in between: a plain tick, nothing learnt from it.
+        g.busy();
+        assert_eq!(
+            g.idle_deadline(600 * MS, Some(9), 20 * MS, 200 * MS),
+            767 * MS
+        );
+        assert_eq!((g.phase_ms, g.locked), (1, true));
+    }
+
+    #[test]
+    fn a_kept_phase_that_keeps_missing_is_searched_again() {
+        let mut g = Grid {
+            phase_ms: 5,
+            locked: true,
+            trying: true,
+            misses: 0,
+        };
+        for _ in 0..super::GRID_MISSES {
+            g.idle_deadline(1000 * MS, Some(3), 20 * MS, 200 * MS);
+        }
+        assert!(!g.locked);
+        g.idle_deadline(1000 * MS, Some(3), 20 * MS, 200 * MS);
+        assert_eq!(g.phase_ms, 6);
+    }
+
+    #[test]
+    fn without_a_grid_point_in_the_window_the_idle_period_is_kept() {
+        let mut g = Grid::default();
+        // idle 50 ms, period 20 ms: from 70 ms, no multiple of 64 in (90, 120].
+        assert_eq!(g.idle_deadline(70 * MS, None, 20 * MS, 50 * MS), 120 * MS);
+        assert!(!g.trying);
+        // Early on, before the first point: 64 - 63 = 1 ms is not ahead.
+        let mut g = Grid {
+            phase_ms: 63,
+            ..Grid::default()
+        };
+        assert_eq!(g.idle_deadline(0, None, 20 * MS, 30 * MS), 30 * MS);
     }
 }

@@ -392,6 +392,21 @@ fn one_blocked_worker(shop: &Shop, path: &str, ms: u64) -> (u32, Vec<Value>, Vec
         vec![tid],
         "the thread marked ({tid}) is the one that blocks: {events:#?}"
     );
+    // The HANG line is said at decision time (`hang_detected`), before the
+    // first snapshot; `hang_started` follows with the same episode and its
+    // cause.
+    let order: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .filter(|k| k.starts_with("hang_"))
+        .collect();
+    assert_eq!(order, ["hang_detected", "hang_started"], "{events:#?}");
+    let detected = of_kind(&events, "hang_detected")[0];
+    for k in ["loop", "tid", "scope", "blocking_tids", "stall_ms"] {
+        assert_eq!(detected[k], stuck[k], "{k}: {events:#?}");
+    }
+    assert!(detected.get("cause").is_none(), "{detected}");
+    assert!(stuck["cause"].is_object(), "{stuck}");
     let files = dir.dumps();
     assert_eq!(files.len(), 3, "{events:#?}");
     let first = &files[0];

@@ -97,6 +97,16 @@ impl Log {
         }
     }
 
+    /// Reports one event; without `--json`, only when `text` is some (a
+    /// line that would repeat the previous one is left out).
+    pub fn event_json_or(&self, kind: &str, fields: Value, text: Option<String>) {
+        match text {
+            Some(t) => self.event(kind, fields, t),
+            None if self.json => self.event(kind, fields, String::new()),
+            None => {}
+        }
+    }
+
     /// Updates the status line (terminal only).
     pub fn status(&self, msg: String) {
         if let Some(bar) = &self.bar {
@@ -874,18 +884,6 @@ fn act(ctx: &mut Ctx<'_>, w: &mut Watched, action: Action, reading: &Reading) ->
             ctx.hangs += 1;
             w.recovered_after_ns = None;
             w.episode_prev_cpu.clear();
-            // The episode's first snapshot, taken now: the event and the
-            // counter carry its cause (the file is written by Dump 0).
-            let cause = (ctx.args.dumps > 0)
-                .then(|| {
-                    let (tid_loops, _) = thread_notes(reading);
-                    w.cause
-                        .hang_snapshot(ctx.dumper.as_mut(), ctx.pid, w.tid, &tid_loops)
-                })
-                .flatten();
-            if let Some(s) = &ctx.stats {
-                s.hang(&w.name, cause.as_ref().map(|c| c.kind.as_str()));
-            }
             let blocking =
                 workers::marked_threads(&ctx.view, reading, &w.name, w.tid, w.stuck_poll.is_some());
             // One worker of a runtime stuck in one poll is the same episode
@@ -909,16 +907,37 @@ fn act(ctx: &mut Ctx<'_>, w: &mut Watched, action: Action, reading: &Reading) ->
                     ctx.args.interval
                 ),
             };
-            ctx.log.event(
+            let mut fields = json!({"loop": w.name, "tid": w.tid, "scope": scope(w),
+                   "stall_ms": stall_ns as f64 / 1e6,
+                   "polling": w.stuck_poll, "blocking_tids": blocking});
+            // Said at decision time, with what is known then: the first
+            // snapshot and its symbolization take 10-80 ms (more on a cold
+            // cache), which a pager waiting for the HANG line should not wait.
+            ctx.log.event("hang_detected", fields.clone(), text);
+            // The episode's first snapshot, taken now: `hang_started` and the
+            // counter carry its cause (the file is written by Dump 0, whose
+            // `dump_written` names the culprit).
+            let cause = (ctx.args.dumps > 0)
+                .then(|| {
+                    let (tid_loops, _) = thread_notes(reading);
+                    w.cause
+                        .hang_snapshot(ctx.dumper.as_mut(), ctx.pid, w.tid, &tid_loops)
+                })
+                .flatten();
+            if let Some(s) = &ctx.stats {
+                s.hang(&w.name, cause.as_ref().map(|c| c.kind.as_str()));
+            }
+            if let Value::Object(m) = &mut fields {
+                m.insert("cause".into(), crate::cause::json_or_null(cause.as_ref()));
+            }
+            let who = match &w.stuck_poll {
+                None => format!("loop '{}'", w.name),
+                Some(_) => format!("loop '{}' worker thread {}", w.name, w.tid),
+            };
+            ctx.log.event_json_or(
                 "hang_started",
-                json!({"loop": w.name, "tid": w.tid, "scope": scope(w),
-                       "stall_ms": stall_ns as f64 / 1e6,
-                       "polling": w.stuck_poll, "blocking_tids": blocking,
-                       "cause": crate::cause::json_or_null(cause.as_ref())}),
-                match &cause {
-                    Some(c) => format!("{text}: {}", c.line()),
-                    None => text,
-                },
+                fields,
+                cause.map(|c| format!("HANG cause: {who}: {}", c.line())),
             );
         }
         Action::Dump { index, stall_ns } => return dump_now(ctx, w, index, stall_ns, reading),
