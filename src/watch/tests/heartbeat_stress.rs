@@ -89,8 +89,18 @@ fn copy_word_by_word(pid: i32, addr: u64, len: usize, slots: usize) -> Vec<u8> {
     out
 }
 
+/// Held by every test of this file: one at a time. The sparse test counts
+/// full reads with the engine's process-wide `FULL_READS`, which a test
+/// reading in bulk beside it would add to (each test also keeps a core busy
+/// with its writer).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn reader_never_sees_a_torn_or_misattributed_lag() {
+    let _serial = one_at_a_time();
     let fx = Fixture::spawn("fx-thread-loop", Variant::Pie, &["--stress", "30"]);
     let target = Target::open(fx.pid).expect("fixture exports a heartbeat");
 
@@ -117,6 +127,7 @@ fn reader_never_sees_a_torn_or_misattributed_lag() {
 
 #[test]
 fn sparse_reads_never_see_a_torn_or_misattributed_lag() {
+    let _serial = one_at_a_time();
     // `watch --all` reads only the live slots between full reads; the
     // churning registrations make the plan fail over and over.
     let fx = Fixture::spawn("fx-thread-loop", Variant::Pie, &["--stress", "30"]);
@@ -142,6 +153,7 @@ fn sparse_reads_never_see_a_torn_or_misattributed_lag() {
 
 #[test]
 fn word_by_word_copies_never_yield_a_torn_or_misattributed_lag() {
+    let _serial = one_at_a_time();
     let fx = Fixture::spawn("fx-thread-loop", Variant::Pie, &["--stress", "30"]);
     let target = Target::open(fx.pid).expect("fixture exports a heartbeat");
     let region = target.regions().first().expect("a registry region").clone();
