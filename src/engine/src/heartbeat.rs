@@ -865,14 +865,22 @@ impl Loop {
         sorted.sort_unstable();
         LoopStats {
             age_ns,
-            stall_ns: match self.next_due_ns {
-                Some(due) => now_ns.saturating_sub(due),
-                None => age_ns.saturating_sub(self.period_ns),
-            },
+            stall_ns: self.stall_ns(now_ns),
             last_lag_ns: self.lags.last().map(|l| l.lag_ns),
             p50_ns: percentile(&sorted, 50),
             p99_ns: percentile(&sorted, 99),
             max_ns: sorted.last().copied(),
+        }
+    }
+
+    /// [`LoopStats::stall_ns`] alone, without sorting the lags (a watch
+    /// asks it of every loop at every read).
+    pub fn stall_ns(&self, now_ns: u64) -> u64 {
+        match self.next_due_ns {
+            Some(due) => now_ns.saturating_sub(due),
+            None => now_ns
+                .saturating_sub(self.last_tick_ns)
+                .saturating_sub(self.period_ns),
         }
     }
 }

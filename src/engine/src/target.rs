@@ -41,11 +41,21 @@ struct Copies {
 }
 
 /// A sparse read of a region whose registries were decoded before: every
-/// header, every live slot and every poll board, nothing else — about a
-/// tenth of the bytes of a full copy for a process with one loop. Each
-/// range costs the kernel a page walk and pinning, so free slots are not
-/// looked at between full reads: a loop that registers is seen at the next
-/// full read, at most [`FULL_READ_EVERY`] later.
+/// header, every live slot, every owned entry of the poll and worker boards
+/// (and the worker board's header), nothing else — 1.5 KiB of the 86 KiB of
+/// a full copy for a tokio process with one loop (the whole 8 KiB poll
+/// board was most of what a sparse read copied and decoded). Each range
+/// costs the kernel a page walk and pinning, so free slots and entries are
+/// not looked at between full reads: a loop that registers, or a thread
+/// that claims a board entry (once, at its first poll), is seen at the next
+/// full read, at most [`FULL_READ_EVERY`] later. The plan is made at a full
+/// read and kept until the next.
+///
+/// Still tear-free: every byte decoded was copied twice in this read (the
+/// kernel copies the first set of ranges before the second) and is trusted
+/// only by the same rules as a full copy, or is a free slot or entry kept
+/// from the last full read, which decodes as free (nothing is taken from
+/// it).
 ///
 /// The plan holds only while its live slots stay registered: their
 /// generation and in-use flag are compared with the plan's, and any change
@@ -79,6 +89,29 @@ fn le_u16(b: &[u8], at: usize) -> Option<usize> {
 
 fn array_at<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
     b.get(at..at.checked_add(N)?)?.try_into().ok()
+}
+
+/// Adds to `plan` every entry of a board (`count` entries of `size` bytes
+/// from `start`) that a thread owns in `copy` (its `u32` state at `state`
+/// is not 0: owned, or being claimed or released). A free entry is left
+/// out: the buffers keep it as the full read saw it, free, so it decodes as
+/// free until the next full read, which sees it if a thread claimed it
+/// since (a thread claims its entry once, at its first poll).
+fn owned_entries(
+    plan: &mut Plan,
+    copy: &[u8],
+    start: usize,
+    count: usize,
+    size: usize,
+    state: usize,
+) -> Option<()> {
+    for i in 0..count {
+        let at = start.checked_add(i.checked_mul(size)?)?;
+        if le_u32(copy, at.checked_add(state)?)? != 0 {
+            plan.ranges.push((at, size));
+        }
+    }
+    Some(())
 }
 
 impl Plan {
@@ -123,8 +156,18 @@ impl Plan {
                     .checked_add(header_size)?
                     .checked_add(slots.checked_mul(slot_size)?)?;
                 let entry = le_u16(copy, off + abi::header::POLL_ENTRY_SIZE)?;
-                let len = (reg.poll_entries as usize).checked_mul(entry)?;
-                plan.ranges.push((start, len));
+                let count = reg.poll_entries as usize;
+                owned_entries(&mut plan, copy, start, count, entry, abi::poll::STATE)?;
+                if reg.worker_entries > 0 {
+                    // The worker board follows the poll board, aligned.
+                    let end = start.checked_add(count.checked_mul(entry)?)?;
+                    let board = end.div_ceil(abi::ALIGN).checked_mul(abi::ALIGN)?;
+                    let size = le_u32(copy, board + abi::worker_board::ENTRY_SIZE)?;
+                    plan.ranges.push((board, abi::WORKER_BOARD_HEADER));
+                    let first = board.checked_add(abi::WORKER_BOARD_HEADER)?;
+                    let count = reg.worker_entries as usize;
+                    owned_entries(&mut plan, copy, first, count, size, abi::worker::STATE)?;
+                }
             }
         }
         plan.ranges.sort_unstable();
@@ -159,8 +202,9 @@ impl Plan {
 }
 
 impl Copies {
-    /// Copies the region twice, sparsely when the plan holds.
-    fn read(&mut self, mem: &dyn ReadMemory, region: &RegionInTarget) -> Result<()> {
+    /// Copies the region twice, sparsely when the plan holds; whether it
+    /// was a full copy (then the caller makes the next plan).
+    fn read(&mut self, mem: &dyn ReadMemory, region: &RegionInTarget) -> Result<bool> {
         let len = region.size.min(MAX_REGION) as usize;
         if self.first.len() != len {
             self.plan = None;
@@ -178,7 +222,7 @@ impl Copies {
                 mem.read_ranges_twice(region.addr, &plan.ranges, &mut self.first, &mut self.second);
             match sparse {
                 Ok(()) if plan.still_holds(&self.first) && plan.still_holds(&self.second) => {
-                    return Ok(())
+                    return Ok(false)
                 }
                 Err(e) if e.kind() != crate::ErrorKind::Other => return Err(e),
                 _ => {} // a slot changed hands, or a short read: read it all
@@ -187,7 +231,7 @@ impl Copies {
         FULL_READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         mem.read_exact_into(region.addr, &mut self.first)?;
         mem.read_exact_into(region.addr, &mut self.second)?;
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -299,12 +343,18 @@ impl Target {
         buffers.resize_with(self.regions.len(), Default::default);
         let mem = ProcessMemory { pid: self.pid };
         for (region, copies) in self.regions.iter().zip(buffers.iter_mut()) {
-            copies.read(&mem, region)?;
+            let full = copies.read(&mem, region)?;
             let mut scan = heartbeat::decode_section(&copies.first, &copies.second);
-            copies.plan = self
-                .sparse
-                .then(|| Plan::for_scan(&copies.second, &scan))
-                .flatten();
+            // The plan is made at a full read and kept until the next one
+            // (made again at every read, it never aged: a sparse watch made
+            // no full read at all while its live slots held, and never saw
+            // a loop register or a thread claim a board entry).
+            if full {
+                copies.plan = self
+                    .sparse
+                    .then(|| Plan::for_scan(&copies.second, &scan))
+                    .flatten();
+            }
             if let Ok(mut tids) = self.tids.lock() {
                 for reg in &mut scan.registries {
                     tids.map_registry(reg);
@@ -416,5 +466,34 @@ mod tests {
         let (n, r) = full(&target);
         assert!(n >= 1);
         assert!(!r.loops().any(|l| l.name == "sparse-2"));
+    }
+
+    #[test]
+    fn frequent_sparse_reads_still_make_a_full_read_every_second() {
+        let me = std::process::id() as i32;
+        let hb = aiodebug::Heartbeat::with_period("frequent", std::time::Duration::from_millis(5));
+        hb.tick();
+        let mut target = Target::open(me).expect("our own registry");
+        target.read_sparsely();
+        let r = target.read().expect("first read");
+        assert!(r.loops().any(|l| l.name == "frequent"));
+        // Registered after the plan was made: only a full read sees it.
+        let late = aiodebug::Heartbeat::register("frequent-late");
+        late.tick();
+        let start = std::time::Instant::now();
+        let mut seen_after = None;
+        while start.elapsed() < FULL_READ_EVERY * 3 {
+            hb.tick();
+            let r = target.read().expect("read");
+            if r.loops().any(|l| l.name == "frequent-late") {
+                seen_after = Some(start.elapsed());
+                break;
+            }
+            // Reads far more often than FULL_READ_EVERY, as a watch does.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let after = seen_after.expect("the late loop was never seen: no full read");
+        assert!(after <= FULL_READ_EVERY * 2, "seen only after {after:?}");
+        drop(late);
     }
 }

@@ -57,14 +57,28 @@ pub struct LoopCause {
 
 impl LoopCause {
     /// A read of the heartbeat: `stall_ns` is how overdue the loop is (0
-    /// while on time). The first overdue read samples the thread's counters.
-    pub fn observe(&mut self, pid: i32, tid: u32, stall_ns: u64) {
+    /// while on time). The first read that sees it overdue by `baseline_ns`
+    /// or more samples the thread's counters (the start of the cause's
+    /// window). Returns, while the loop is overdue by less, how much later
+    /// the watch must read again for that sample (the stall reaches
+    /// `baseline_ns` then, if no tick comes first).
+    ///
+    /// Not at the first overdue read: a healthy loop read a millisecond
+    /// after its due time is overdue too, and a sample opens about seven
+    /// files (`schedstat`, `stat`, `cgroup`, our `mountinfo`, the cgroup's
+    /// `cpu.stat` and quota); `watch --all` over 100 processes took ~20 of
+    /// them a second for loops that then ticked.
+    pub fn observe(&mut self, pid: i32, tid: u32, stall_ns: u64, baseline_ns: u64) -> Option<u64> {
         if stall_ns == 0 {
             self.baseline = None;
             self.d_since_ns = None;
         } else if self.baseline.is_none() {
+            if stall_ns < baseline_ns {
+                return Some(baseline_ns - stall_ns);
+            }
             self.baseline = Some(Collector::new(Live { pid }).sample(tid as i32));
         }
+        None
     }
 
     /// A hang was detected: take the episode's first snapshot now, so that

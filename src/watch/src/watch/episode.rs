@@ -18,6 +18,18 @@ pub struct Config {
     pub slow_ns: Option<u64>,
 }
 
+impl Config {
+    /// A stall this long takes the cause's baseline sample (see
+    /// [`crate::cause::LoopCause::observe`]): a quarter of the first
+    /// threshold the stall may cross, so the window before a hang or a
+    /// slow tick is three quarters of it.
+    pub fn baseline_ns(&self) -> u64 {
+        self.slow_ns
+            .map_or(self.interval_ns, |s| s.min(self.interval_ns))
+            / 4
+    }
+}
+
 /// One observation of a loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Observation {

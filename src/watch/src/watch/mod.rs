@@ -427,6 +427,7 @@ fn watch_start(ctx: &mut Ctx<'_>) -> LoopState {
         was_stopped: false,
         last_summary: started,
     };
+    ctx.workers.look_from_ns = st.cfg.baseline_ns();
     ctx.log.event(
         "started",
         json!({"pid": ctx.pid, "executable": ctx.exe, "interval_s": ctx.args.interval,
@@ -465,12 +466,14 @@ fn watch_step(ctx: &mut Ctx<'_>, target: &Target, st: &mut LoopState, stop: &Ato
             Ok(r) => r,
             Err(e) => return Step::Done(gone_or_error(ctx, &e)),
         };
-        // Every loop on time: the process runs (neither stopped nor a
-        // zombie), no need to read its state.
+        // Every loop on time, or late by less than what takes the cause's
+        // baseline (a healthy loop read just after its due time): the
+        // process runs (neither stopped nor a zombie), no need to read its
+        // state. A stall that can cross a threshold reads it first.
         let on_time = reading.loops().next().is_some()
             && reading
                 .loops()
-                .all(|l| reading.now_ns <= l.last_tick_ns.saturating_add(l.period_ns));
+                .all(|l| l.stall_ns(reading.now_ns) < cfg.baseline_ns());
         let state = match (on_time && !was_stopped)
             .then_some('R')
             .map_or_else(|| proc::read_stat(ctx.pid).map(|s| s.state), Ok)
@@ -552,9 +555,8 @@ fn watch_step(ctx: &mut Ctx<'_>, target: &Target, st: &mut LoopState, stop: &Ato
                     }
                 });
                 w.tid = lp.tid;
-                let mut st = lp.stats(reading.now_ns);
                 let base = region.addr.wrapping_add(reg.offset as u64);
-                st.stall_ns = workers::loop_stall(&ctx.view, base, lp, reading.now_ns);
+                let stall_ns = workers::loop_stall(&ctx.view, base, lp, reading.now_ns);
                 // Every tick's lag since the previous read, once.
                 let mut new_max = 0u64;
                 let mut fresh = 0u64;
@@ -580,12 +582,17 @@ fn watch_step(ctx: &mut Ctx<'_>, target: &Target, st: &mut LoopState, stop: &Ato
                 let covered = workers::covered_by_workers(&ctx.view, base, lp, &stuck_tids);
                 let obs = Observation {
                     now_ns: now,
-                    stall_ns: st.stall_ns,
+                    stall_ns,
                     ticked: advanced > 0,
                     new_max_lag_ns: new_max,
                     stopped: stopped || covered,
                 };
-                w.cause.observe(ctx.pid, w.tid, obs.stall_ns);
+                if let Some(ns) = w
+                    .cause
+                    .observe(ctx.pid, w.tid, obs.stall_ns, cfg.baseline_ns())
+                {
+                    deadline = deadline.min(now.saturating_add(ns));
+                }
                 for action in w.tracker.observe(obs) {
                     if let Some(code) = act(ctx, w, action, &reading) {
                         return Step::Done(finish(ctx, &mut loops, code));
@@ -595,7 +602,7 @@ fn watch_step(ctx: &mut Ctx<'_>, target: &Target, st: &mut LoopState, stop: &Ato
                     let periodic = now.saturating_sub(w.last_gauge_ns) >= 1_000_000_000
                         && !worker_hung.contains(&w.name);
                     if w.tracker.is_hung() || periodic {
-                        s.stall(&w.name, st.stall_ns);
+                        s.stall(&w.name, stall_ns);
                         w.last_gauge_ns = now;
                     }
                 }
@@ -733,13 +740,16 @@ fn watch_workers(
             new_max_lag_ns: finished_ns,
             stopped: quiet(w),
         };
-        w.cause.observe(ctx.pid, w.tid, obs.stall_ns);
+        let sample_in = w
+            .cause
+            .observe(ctx.pid, w.tid, obs.stall_ns, cfg.baseline_ns());
         for action in w.tracker.observe(obs) {
             if let Some(code) = act(ctx, w, action, reading) {
                 return Err(code);
             }
         }
-        if let Some(d) = w.tracker.next_deadline(&obs) {
+        let sample_at = sample_in.map(|ns| now.saturating_add(ns));
+        for d in w.tracker.next_deadline(&obs).into_iter().chain(sample_at) {
             deadline = Some(deadline.map_or(d, |x| x.min(d)));
         }
     }

@@ -417,7 +417,9 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
                 new_max_lag_ns: v.iteration_ns,
                 stopped,
             };
-            w.cause.observe(pid, w.tid, obs.stall_ns);
+            if let Some(ns) = w.cause.observe(pid, w.tid, obs.stall_ns, cfg.baseline_ns()) {
+                deadline = deadline.min(now.saturating_add(ns));
+            }
             for action in w.tracker.observe(obs) {
                 if let Some(code) = act(ctx, w, action, &reading) {
                     return finish(ctx, &mut threads, code);

@@ -226,6 +226,13 @@ pub struct Workers {
     snapshot_taken: bool,
     /// Threads waiting at the last look, while a monitor is in an idle gap.
     waiting: Vec<u32>,
+    /// The thread of a current_thread runtime is looked at only while its
+    /// loop is overdue by this much or more, or in an idle gap (0: always).
+    /// Only then can what the kernel says change a conclusion: that one
+    /// thread is what a hang marks, and nothing else is read from it; a
+    /// healthy loop's read then costs no `/proc` read (formatting the
+    /// `syscall` file was a tenth of `watch --all`'s CPU).
+    pub look_from_ns: u64,
 }
 
 /// The loop a board entry belongs to.
@@ -260,6 +267,12 @@ impl Workers {
         for (_, reg) in &reading.registries {
             for w in &reg.workers {
                 let Some(l) = owner(reg, w) else { continue };
+                let quiet = w.current_thread
+                    && l.next_due_ns.is_none()
+                    && l.stall_ns(now) < self.look_from_ns;
+                if quiet {
+                    continue;
+                }
                 wanted.extend(w.tid);
                 wanted.push(l.tid);
                 multi |= !w.current_thread;
@@ -531,7 +544,7 @@ impl Workers {
 /// monitor is held up in an idle gap while its thread has been busy since
 /// ([`View::loop_quiet_since`]).
 pub fn loop_stall(view: &View, base: u64, lp: &Loop, now_ns: u64) -> u64 {
-    let st = lp.stats(now_ns).stall_ns;
+    let st = lp.stall_ns(now_ns);
     match view.loop_quiet_since.get(&(base, lp.slot)) {
         Some(&q) => st.max(now_ns.saturating_sub(q)),
         None => st,
@@ -659,6 +672,8 @@ mod tests {
     struct Fake {
         states: HashMap<u32, ThreadState>,
         names: Vec<(u32, String)>,
+        /// Looks at a thread so far (`state` and `syscall`).
+        looks: u32,
     }
 
     impl Fake {
@@ -678,12 +693,14 @@ mod tests {
 
     impl ThreadView for Fake {
         fn state(&mut self, tid: u32) -> Option<ThreadState> {
+            self.looks += 1;
             self.states.get(&tid).copied()
         }
         fn threads(&mut self) -> Vec<(u32, String)> {
             self.names.clone()
         }
         fn syscall(&mut self, tid: u32) -> Option<Syscall> {
+            self.looks += 1;
             self.states.get(&tid).map(|s| s.syscall)
         }
     }
@@ -992,5 +1009,33 @@ mod tests {
         later.now_ns = 330 * MS;
         let v = ws.observe(&mut k, &later);
         assert_eq!(v.loop_quiet_since.get(&(0x1000, 0)), Some(&(150 * MS)));
+    }
+
+    #[test]
+    fn a_current_thread_loop_on_time_costs_no_look_and_an_overdue_one_is_marked() {
+        let mut k = Fake::default();
+        // Out of its wait (a task runs), as a hang would leave it.
+        k.set(7, Syscall::In(0), 2);
+        let mut ws = Workers {
+            look_from_ns: 50 * MS,
+            ..Workers::default()
+        };
+        let mut w = worker(0, Some(7), None, 0, 100 * MS);
+        w.current_thread = true;
+        w.workers = 1;
+        // Ticked at 100 ms, period 20 ms: due at 120 ms.
+        let on_time = reading(130 * MS, lp(7, 100 * MS, None), vec![w.clone()]);
+        let v = ws.observe(&mut k, &on_time);
+        assert_eq!(k.looks, 0, "a loop 10 ms late: the kernel is not asked");
+        assert!(v.busy_threads.get(&(0x1000, 0)).map_or(true, Vec::is_empty));
+        // 60 ms overdue: its thread is looked at and marked.
+        let overdue = reading(180 * MS, lp(7, 100 * MS, None), vec![w.clone()]);
+        let v = ws.observe(&mut k, &overdue);
+        assert_eq!(k.looks, 1);
+        assert_eq!(v.busy_threads[&(0x1000, 0)], vec![7]);
+        // An idle gap (the monitor said when it is due) is always looked at.
+        let gap = reading(130 * MS, lp(7, 100 * MS, Some(300 * MS)), vec![w]);
+        ws.observe(&mut k, &gap);
+        assert_eq!(k.looks, 2);
     }
 }
