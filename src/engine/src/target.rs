@@ -45,11 +45,11 @@ struct Copies {
 /// (and the worker board's header), nothing else — 1.5 KiB of the 86 KiB of
 /// a full copy for a tokio process with one loop (the whole 8 KiB poll
 /// board was most of what a sparse read copied and decoded). Each range
-/// costs the kernel a page walk and pinning, so free slots and entries are
-/// not looked at between full reads: a loop that registers, or a thread
-/// that claims a board entry (once, at its first poll), is seen at the next
-/// full read, at most [`FULL_READ_EVERY`] later. The plan is made at a full
-/// read and kept until the next.
+/// costs the kernel a page walk and pinning, so of the free slots and
+/// entries only the first of each table is looked at (a head of 16 bytes,
+/// see [`Plan::watch_free`]): a loop that registers, or a thread that claims
+/// a board entry (once, at its first poll), changes it and makes the read a
+/// full one. The plan is made at a full read and kept until the next.
 ///
 /// Still tear-free: every byte decoded was copied twice in this read (the
 /// kernel copies the first set of ranges before the second) and is trusted
@@ -57,13 +57,14 @@ struct Copies {
 /// from the last full read, which decodes as free (nothing is taken from
 /// it).
 ///
-/// The plan holds only while its live slots stay registered: their
-/// generation and in-use flag are compared with the plan's, and any change
-/// (or a failed read) makes this read a full one.
+/// The plan holds only while its live slots stay registered and the first
+/// free ones stay free: their generation and in-use flag are compared with
+/// the plan's, and any change (or a failed read) makes this read a full one.
 #[derive(Debug, Clone)]
 struct Plan {
     ranges: Vec<(usize, usize)>,
-    /// (offset in the region, generation and in-use bytes) of every slot.
+    /// (offset in the region, first bytes: generation, in-use or state) of
+    /// every live slot and of the first free slot and entry of each table.
     heads: Vec<(usize, [u8; HEAD])>,
     /// (offset, geometry bytes) of every registry header.
     headers: Vec<(usize, [u8; GEOMETRY])>,
@@ -72,8 +73,12 @@ struct Plan {
 
 /// Bytes of a slot that say whether it is live: `gen` (8), `in_use` (4), pad.
 const HEAD: usize = 16;
-/// Longest time between two full reads (new registrations are seen then).
-pub const FULL_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Longest time between two full reads of a sparse reader: what a writer
+/// that does not claim the lowest free slot or entry first waits to be
+/// seen (the companion's registrations are seen at the next read; see
+/// [`Plan`]). A full read copies the whole region twice (86 KiB each): at 1 s,
+/// a hundred processes' full reads cost more than all their sparse ones.
+pub const FULL_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// Bytes of a header that fix the geometry: magic to name capacity.
 const GEOMETRY: usize = 32;
 
@@ -105,16 +110,34 @@ fn owned_entries(
     size: usize,
     state: usize,
 ) -> Option<()> {
+    let mut sentinel = false;
     for i in 0..count {
         let at = start.checked_add(i.checked_mul(size)?)?;
         if le_u32(copy, at.checked_add(state)?)? != 0 {
             plan.ranges.push((at, size));
+        } else if !sentinel && size >= HEAD {
+            sentinel = true;
+            plan.watch_free(copy, at)?;
         }
     }
     Some(())
 }
 
 impl Plan {
+    /// Copies the first [`HEAD`] bytes of the free slot or entry at `at` at
+    /// every sparse read, and holds only while they stay as `copy` has them.
+    /// The companion claims the lowest free slot or entry, so a loop that
+    /// registers, or a thread that claims a board entry, changes exactly
+    /// this one (its state word is in those bytes) and the read becomes a
+    /// full one at once; a writer that claims out of order is seen at the
+    /// next full read, [`FULL_READ_EVERY`]. Usually next to a live range,
+    /// so merged into it: no extra range for the kernel.
+    fn watch_free(&mut self, copy: &[u8], at: usize) -> Option<()> {
+        self.heads.push((at, array_at(copy, at)?));
+        self.ranges.push((at, HEAD));
+        Some(())
+    }
+
     /// The plan for the registries of `scan`, from the later copy; `None`
     /// when anything does not fit (then every read stays a full one).
     fn for_scan(copy: &[u8], scan: &heartbeat::Scan) -> Option<Plan> {
@@ -138,6 +161,7 @@ impl Plan {
             }
             plan.headers.push((off, array_at(copy, off)?));
             plan.ranges.push((off, header_size));
+            let mut sentinel = false;
             for i in 0..slots {
                 let at = off
                     .checked_add(header_size)?
@@ -149,6 +173,9 @@ impl Plan {
                 if in_use != 0 || gen % 2 == 1 {
                     plan.heads.push((at, head));
                     plan.ranges.push((at, slot_size));
+                } else if !sentinel {
+                    sentinel = true;
+                    plan.watch_free(copy, at)?;
                 }
             }
             if reg.poll_entries > 0 {
@@ -454,10 +481,10 @@ mod tests {
             sparse += u32::from(n == 0);
         }
         assert!(sparse >= 15, "only {sparse} of 20 reads were sparse");
-        // A new registration: seen at the next full read, named right.
+        // A new registration takes the first free slot, which the plan
+        // watches: the next read is a full one and names it right.
         let other = aiodebug::Heartbeat::register("sparse-2");
         other.tick();
-        std::thread::sleep(FULL_READ_EVERY);
         let (n, r) = full(&target);
         assert!(n >= 1);
         assert!(r.loops().any(|l| l.name == "sparse-2"));
@@ -469,31 +496,33 @@ mod tests {
     }
 
     #[test]
-    fn frequent_sparse_reads_still_make_a_full_read_every_second() {
+    fn a_thread_claiming_a_poll_entry_is_seen_at_the_next_sparse_read() {
         let me = std::process::id() as i32;
-        let hb = aiodebug::Heartbeat::with_period("frequent", std::time::Duration::from_millis(5));
+        let hb = aiodebug::Heartbeat::with_period("claims", std::time::Duration::from_millis(5));
         hb.tick();
         let mut target = Target::open(me).expect("our own registry");
         target.read_sparsely();
-        let r = target.read().expect("first read");
-        assert!(r.loops().any(|l| l.name == "frequent"));
-        // Registered after the plan was made: only a full read sees it.
-        let late = aiodebug::Heartbeat::register("frequent-late");
-        late.tick();
-        let start = std::time::Instant::now();
-        let mut seen_after = None;
-        while start.elapsed() < FULL_READ_EVERY * 3 {
-            hb.tick();
-            let r = target.read().expect("read");
-            if r.loops().any(|l| l.name == "frequent-late") {
-                seen_after = Some(start.elapsed());
-                break;
-            }
-            // Reads far more often than FULL_READ_EVERY, as a watch does.
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let after = seen_after.expect("the late loop was never seen: no full read");
-        assert!(after <= FULL_READ_EVERY * 2, "seen only after {after:?}");
-        drop(late);
+        let polls = |t: &Target, tid: u32| {
+            let r = t.read().expect("read");
+            r.registries
+                .iter()
+                .flat_map(|(_, reg)| reg.polling.iter())
+                .any(|p| p.tid == tid)
+        };
+        assert!(!polls(&target, 0), "the plan is made");
+        // A thread's first poll claims the first free entry and stays in it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::spawn(move || {
+            let label = aiodebug::polling::Label::here("claims-poll");
+            let _poll = aiodebug::polling::enter(&label);
+            let _ = tx.send(nix::unistd::gettid().as_raw() as u32);
+            let _ = done_rx.recv();
+        });
+        let tid = rx.recv().expect("the thread's id");
+        let seen = polls(&target, tid);
+        let _ = done_tx.send(());
+        let _ = worker.join();
+        assert!(seen, "the poll of a newly claimed entry is seen at once");
     }
 }
