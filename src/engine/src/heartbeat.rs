@@ -607,6 +607,37 @@ fn decode_entry(e1: &[u8], e2: &[u8], index: u32) -> EntryRead {
 /// `copy1` must have been copied entirely before `copy2` was started. The
 /// section is scanned in steps of [`abi::ALIGN`] bytes for [`abi::MAGIC`].
 pub fn decode_section(copy1: &[u8], copy2: &[u8]) -> Scan {
+    decode_copied(copy1, copy2, Copied(None))
+}
+
+/// [`decode_section`] of copies of which only `ranges` (offset, length;
+/// sorted) were copied this time, the rest kept from a full copy in which
+/// every slot and board entry outside them was free: those are not looked
+/// at (they decode as free, as the kept bytes would). A sparse reader's
+/// decode then costs its ranges, not the ~200 slot and entry heads of the
+/// whole registry — cache misses, with a hundred targets' copies.
+pub fn decode_ranges(copy1: &[u8], copy2: &[u8], ranges: &[(usize, usize)]) -> Scan {
+    decode_copied(copy1, copy2, Copied(Some(ranges)))
+}
+
+/// Which bytes of the copies are fresh: all (`None`), or sorted ranges.
+#[derive(Clone, Copy)]
+struct Copied<'a>(Option<&'a [(usize, usize)]>);
+
+impl Copied<'_> {
+    /// Whether the slot or entry starting at `at` was copied (at least its
+    /// head, where its state is).
+    fn has(self, at: usize) -> bool {
+        let Some(ranges) = self.0 else { return true };
+        let i = ranges.partition_point(|&(o, _)| o <= at);
+        i > 0
+            && ranges
+                .get(i - 1)
+                .is_some_and(|&(o, l)| at < o.saturating_add(l))
+    }
+}
+
+fn decode_copied(copy1: &[u8], copy2: &[u8], copied: Copied<'_>) -> Scan {
     let len = copy1.len().min(copy2.len());
     let mut scan = Scan::default();
     let mut off = 0usize;
@@ -629,11 +660,11 @@ pub fn decode_section(copy1: &[u8], copy2: &[u8]) -> Scan {
             }
             Ok(g) => {
                 let board = validate_board(copy1, copy2, off, &g);
-                let (mut reg, gens) = decode_registry(copy1, copy2, off, &g);
+                let (mut reg, gens) = decode_registry(copy1, copy2, off, &g, copied);
                 let has_board = matches!(board, Ok(Some(_)));
                 let mut end = match board {
                     Ok(Some(b)) => {
-                        decode_board(copy1, copy2, off, &b, &mut reg, &gens);
+                        decode_board(copy1, copy2, off, &b, &mut reg, (&gens, copied));
                         b.start + b.count as usize * b.entry_size
                     }
                     Ok(None) => g.total,
@@ -645,7 +676,7 @@ pub fn decode_section(copy1: &[u8], copy2: &[u8]) -> Scan {
                 if has_board && g.minor >= 2 {
                     match validate_workers(copy1, copy2, off, end) {
                         Ok(Some(w)) => {
-                            decode_workers(copy1, copy2, off, &w, &mut reg, &gens);
+                            decode_workers(copy1, copy2, off, &w, &mut reg, (&gens, copied));
                             end = w.start + w.count as usize * w.entry_size;
                         }
                         Ok(None) => {}
@@ -661,7 +692,13 @@ pub fn decode_section(copy1: &[u8], copy2: &[u8]) -> Scan {
 }
 
 /// The registry and, per loop, its slot's generation.
-fn decode_registry(c1: &[u8], c2: &[u8], off: usize, g: &Geometry) -> (Registry, Vec<u64>) {
+fn decode_registry(
+    c1: &[u8],
+    c2: &[u8],
+    off: usize,
+    g: &Geometry,
+    copied: Copied<'_>,
+) -> (Registry, Vec<u64>) {
     let version_at = off + abi::header::CRATE_VERSION;
     let crate_version = sanitize_name(
         c2.get(version_at..version_at + abi::header::CRATE_VERSION_LEN)
@@ -689,6 +726,9 @@ fn decode_registry(c1: &[u8], c2: &[u8], off: usize, g: &Geometry) -> (Registry,
     let mut gens = Vec::new();
     for i in 0..g.slot_count {
         let start = off + g.header_size + i as usize * g.slot_size;
+        if !copied.has(start) {
+            continue;
+        }
         let range = start..start + g.slot_size;
         let (Some(s1), Some(s2)) = (c1.get(range.clone()), c2.get(range)) else {
             break;
@@ -706,11 +746,21 @@ fn decode_registry(c1: &[u8], c2: &[u8], off: usize, g: &Geometry) -> (Registry,
 }
 
 /// Reads the poll board into `reg` and attributes each poll to its loop.
-fn decode_board(c1: &[u8], c2: &[u8], off: usize, b: &Board, reg: &mut Registry, gens: &[u64]) {
+fn decode_board(
+    c1: &[u8],
+    c2: &[u8],
+    off: usize,
+    b: &Board,
+    reg: &mut Registry,
+    (gens, copied): (&[u64], Copied<'_>),
+) {
     reg.poll_entries = b.count;
     reg.poll_refused = u32_at(c2, off + abi::header::POLL_REFUSED).unwrap_or(0);
     for i in 0..b.count {
         let start = off + b.start + i as usize * b.entry_size;
+        if !copied.has(start) {
+            continue;
+        }
         let range = start..start + b.entry_size;
         let (Some(e1), Some(e2)) = (c1.get(range.clone()), c2.get(range)) else {
             break;
@@ -792,13 +842,23 @@ fn validate_workers(
 }
 
 /// Reads the worker board into `reg`.
-fn decode_workers(c1: &[u8], c2: &[u8], off: usize, b: &Board, reg: &mut Registry, gens: &[u64]) {
+fn decode_workers(
+    c1: &[u8],
+    c2: &[u8],
+    off: usize,
+    b: &Board,
+    reg: &mut Registry,
+    (gens, copied): (&[u64], Copied<'_>),
+) {
     use abi::worker as w;
     reg.worker_entries = b.count;
     let header = off + b.start - abi::WORKER_BOARD_HEADER;
     reg.worker_refused = u32_at(c2, header + abi::worker_board::REFUSED).unwrap_or(0);
     for i in 0..b.count {
         let start = off + b.start + i as usize * b.entry_size;
+        if !copied.has(start) {
+            continue;
+        }
         let known = start..start + abi::WORKER_ENTRY_SIZE;
         let (Some(e1), Some(e2)) = (c1.get(known.clone()), c2.get(known)) else {
             break;
@@ -989,6 +1049,42 @@ mod tests {
             }
             self
         }
+    }
+
+    #[test]
+    fn a_decode_of_ranges_looks_only_inside_them() {
+        let mut img = Image::new();
+        img.live(0, b"main", 5);
+        img.polling(0, 4242, b"task", b"src/a.rs", 7, 900, 0, 2);
+        // Live too, but outside the ranges: a sparse decode does not look.
+        img.live(3, b"other", 1);
+        img.polling(5, 77, b"hidden", b"src/b.rs", 9, 900, u32::MAX, 0);
+        let slot1 = Image::slot(1);
+        let ranges = [
+            (0, slot1 + 16),
+            (Image::entry(0), abi::POLL_ENTRY_SIZE + 16),
+        ];
+        let sparse = decode_ranges(&img.0, &img.0, &ranges);
+        let full = decode_section(&img.0, &img.0);
+        let names = |s: &Scan| -> Vec<String> {
+            s.registries[0]
+                .loops
+                .iter()
+                .map(|l| l.name.clone())
+                .collect()
+        };
+        assert_eq!(names(&full), ["main", "other"]);
+        assert_eq!(names(&sparse), ["main"]);
+        let tids =
+            |s: &Scan| -> Vec<u32> { s.registries[0].polling.iter().map(|p| p.tid).collect() };
+        assert_eq!(tids(&full), [4242, 77]);
+        assert_eq!(tids(&sparse), [4242]);
+        // What it does see, it decodes as a full decode does.
+        assert_eq!(sparse.registries[0].loops[0], full.registries[0].loops[0]);
+        assert_eq!(
+            sparse.registries[0].polling[0],
+            full.registries[0].polling[0]
+        );
     }
 
     #[test]

@@ -371,7 +371,12 @@ impl Target {
         let mem = ProcessMemory { pid: self.pid };
         for (region, copies) in self.regions.iter().zip(buffers.iter_mut()) {
             let full = copies.read(&mem, region)?;
-            let mut scan = heartbeat::decode_section(&copies.first, &copies.second);
+            let mut scan = match (&copies.plan, full) {
+                (Some(plan), false) => {
+                    heartbeat::decode_ranges(&copies.first, &copies.second, &plan.ranges)
+                }
+                _ => heartbeat::decode_section(&copies.first, &copies.second),
+            };
             // The plan is made at a full read and kept until the next one
             // (made again at every read, it never aged: a sparse watch made
             // no full read at all while its live slots held, and never saw
