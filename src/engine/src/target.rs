@@ -41,10 +41,11 @@ struct Copies {
 }
 
 /// A sparse read of a region whose registries were decoded before: every
-/// header, every live slot, every owned entry of the poll and worker boards
-/// (and the worker board's header), nothing else — 1.5 KiB of the 86 KiB of
-/// a full copy for a tokio process with one loop (the whole 8 KiB poll
-/// board was most of what a sparse read copied and decoded). Each range
+/// header, every live slot, every owned entry of the poll board, the worker
+/// board (its header and owned entries) when a multi-thread runtime has
+/// entries in it, nothing else — 1.2 KiB of the 86 KiB of a full copy for a
+/// current_thread tokio process with one loop (the whole 8 KiB poll board
+/// was most of what a sparse read copied and decoded). Each range
 /// costs the kernel a page walk and pinning, so of the free slots and
 /// entries only the first of each table is looked at (a head of 16 bytes,
 /// see [`Plan::watch_free`]): a loop that registers, or a thread that claims
@@ -185,7 +186,11 @@ impl Plan {
                 let entry = le_u16(copy, off + abi::header::POLL_ENTRY_SIZE)?;
                 let count = reg.poll_entries as usize;
                 owned_entries(&mut plan, copy, start, count, entry, abi::poll::STATE)?;
-                if reg.worker_entries > 0 {
+                // A current_thread runtime's worker entry says nothing its
+                // loop's slot does not (its one worker runs the monitor):
+                // the board is copied when a multi-thread runtime has one.
+                let multi = reg.workers.iter().any(|w| !w.current_thread);
+                if reg.worker_entries > 0 && multi {
                     // The worker board follows the poll board, aligned.
                     let end = start.checked_add(count.checked_mul(entry)?)?;
                     let board = end.div_ceil(abi::ALIGN).checked_mul(abi::ALIGN)?;
@@ -335,13 +340,25 @@ impl Target {
     }
 
     /// Makes later reads sparse: between full reads (at most
-    /// [`FULL_READ_EVERY`] apart, and whenever a live loop unregisters) only
-    /// headers, live slots and poll boards are copied. A loop that registers
-    /// is then seen up to [`FULL_READ_EVERY`] late, and one that lives
-    /// shorter than that may not be seen at all; `watch --all` accepts that
-    /// for a read several times cheaper.
+    /// [`FULL_READ_EVERY`] apart, whenever a live loop unregisters or the
+    /// first free slot or entry is claimed, and after
+    /// [`Target::read_fully_next`]) only headers, live slots, owned poll
+    /// board entries and, with a multi-thread runtime, the worker board are
+    /// copied (see [`Plan`]). A writer that claims slots out of order is
+    /// seen up to [`FULL_READ_EVERY`] late, and so are the worker entries of
+    /// a multi-thread runtime started after the last full read; `watch
+    /// --all` accepts that for a read several times cheaper.
     pub fn read_sparsely(&mut self) {
         self.sparse = true;
+    }
+
+    /// Makes the next read a full one (a watch that sees a loop late wants
+    /// every board entry for the hang it may report).
+    pub fn read_fully_next(&self) {
+        let mut buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        for copies in buffers.iter_mut() {
+            copies.plan = None;
+        }
     }
 
     /// Whether the target lives in another PID namespace than ours (its

@@ -474,6 +474,14 @@ fn watch_step(ctx: &mut Ctx<'_>, target: &Target, st: &mut LoopState, stop: &Ato
             && reading
                 .loops()
                 .all(|l| l.stall_ns(reading.now_ns) < cfg.baseline_ns());
+        if reading
+            .loops()
+            .any(|l| l.stall_ns(reading.now_ns) >= cfg.baseline_ns())
+        {
+            // A stall that may become a hang: the next read is a full one,
+            // with every board entry for what the hang's report says.
+            target.read_fully_next();
+        }
         let state = match (on_time && !was_stopped)
             .then_some('R')
             .map_or_else(|| proc::read_stat(ctx.pid).map(|s| s.state), Ok)
@@ -606,8 +614,19 @@ fn watch_step(ctx: &mut Ctx<'_>, target: &Target, st: &mut LoopState, stop: &Ato
                         w.last_gauge_ns = now;
                     }
                 }
+                // A loop not due yet cannot cross a threshold before it is
+                // due: the tracker counts from now, the stall from its due
+                // time (up to a period later; one read in twenty fewer at a
+                // 20 ms period and a 0.25 s interval).
+                let not_due_for = if stall_ns == 0 && !w.tracker.in_episode() {
+                    lp.next_due_ns
+                        .unwrap_or_else(|| lp.last_tick_ns.saturating_add(lp.period_ns))
+                        .saturating_sub(reading.now_ns)
+                } else {
+                    0
+                };
                 if let Some(d) = w.tracker.next_deadline(&obs) {
-                    deadline = deadline.min(d);
+                    deadline = deadline.min(d.saturating_add(not_due_for));
                 }
                 // Read again before the lag ring (64 ticks) can wrap.
                 deadline = deadline.min(now.saturating_add(w.tick_rate_ns.saturating_mul(32)));
