@@ -20,7 +20,7 @@
 
 use super::files::{Outcome, OutputDir};
 use super::{exit, new_ctx, watch_start, watch_step, Ctx, Log, LoopState, Parts, Stats, Step};
-use crate::cli::WatchArgs;
+use crate::config::WatchConfig;
 use aiodebug_engine::cgroup::{self, CgroupIds};
 use aiodebug_engine::dump::{Dump, Dumper};
 use aiodebug_engine::elf::ModuleCache;
@@ -331,7 +331,7 @@ struct NotWatched {
 
 /// The supervisor's state.
 struct Fleet<'a> {
-    args: &'a WatchArgs,
+    args: &'a WatchConfig,
     log: Log,
     root: PathBuf,
     budget: Arc<Budget>,
@@ -531,7 +531,7 @@ struct Running<'a> {
 }
 
 impl<'a> Running<'a> {
-    fn new(args: &'a WatchArgs, w: NewWatch) -> Running<'a> {
+    fn new(args: &'a WatchConfig, w: NewWatch) -> Running<'a> {
         let parts = Parts {
             pid: w.pid,
             target: w.target,
@@ -594,7 +594,7 @@ fn batch(due: &[u64], now: u64, stopping: bool, out: &mut Vec<usize>) {
 /// on the one dumper. Returns when `stop` is set and every watch took its
 /// last step, or when the supervisor is gone and no watch is left.
 fn multiplex(
-    args: &WatchArgs,
+    args: &WatchConfig,
     new: Receiver<NewWatch>,
     ended: Sender<(i32, u8)>,
     stop: &AtomicBool,
@@ -671,7 +671,7 @@ fn multiplex(
 }
 
 /// Runs `watch --all`; returns the exit code.
-pub fn run(args: &WatchArgs) -> u8 {
+pub fn run(args: &WatchConfig) -> u8 {
     // The root must be writable now, not at the first hang.
     if let Err(e) = OutputDir::open(&args.output_dir, args.max_dump_bytes, args.follow_symlinks) {
         crate::errln!("aiodebug-watch: {e}");

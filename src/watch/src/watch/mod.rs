@@ -16,7 +16,7 @@ pub mod statsd;
 pub mod syscall_loop;
 pub mod workers;
 
-use crate::cli::WatchArgs;
+use crate::config::WatchConfig;
 use crate::exit;
 use crate::status::{human, secs_to_ns};
 use aiodebug_engine::dump::Dumper;
@@ -176,7 +176,7 @@ struct Watched {
 
 /// Everything a watch run needs besides the loop state.
 struct Ctx<'a> {
-    args: &'a WatchArgs,
+    args: &'a WatchConfig,
     pid: i32,
     exe: String,
     log: Log,
@@ -208,12 +208,7 @@ pub struct Summary {
 }
 
 /// Runs `watch` (`--all`: every heartbeat process of the host, see [`fleet`]).
-pub fn run(args: &WatchArgs) -> ExitCode {
-    // clap's `requires` does not see a flag that defaults to false.
-    if args.match_comm.is_some() && !args.all {
-        crate::errln!("aiodebug-watch: --match needs --all");
-        return ExitCode::from(exit::USAGE);
-    }
+pub fn run(args: &WatchConfig) -> ExitCode {
     if args.all {
         return ExitCode::from(fleet::run(args));
     }
@@ -236,7 +231,7 @@ pub(crate) struct Parts {
 }
 
 /// The dumper's options from the arguments (`--stacks`).
-pub(crate) fn dump_options(args: &WatchArgs) -> aiodebug_engine::dump::DumpOptions {
+pub(crate) fn dump_options(args: &WatchConfig) -> aiodebug_engine::dump::DumpOptions {
     aiodebug_engine::dump::DumpOptions {
         stacks: args.stacks.into(),
         ..crate::dump::debug_options(&args.debug_dirs)
@@ -244,7 +239,7 @@ pub(crate) fn dump_options(args: &WatchArgs) -> aiodebug_engine::dump::DumpOptio
 }
 
 /// Connects to `--statsd`, if given; a failure is a warning.
-pub(crate) fn connect_stats(args: &WatchArgs, log: &Log) -> Option<Stats> {
+pub(crate) fn connect_stats(args: &WatchConfig, log: &Log) -> Option<Stats> {
     args.statsd.as_deref().and_then(
         |addr| match Stats::connect(addr, &args.prefix, &args.tags) {
             Ok(s) => Some(s),
@@ -272,11 +267,7 @@ pub(crate) fn stop_flag() -> Arc<AtomicBool> {
 }
 
 /// Runs a watch; returns its exit code and what it did.
-pub fn watch(args: &WatchArgs) -> (u8, Summary) {
-    if let Err(e) = crate::cli::check_watch(args) {
-        crate::errln!("aiodebug-watch: {e}");
-        return (exit::USAGE, Summary::default());
-    }
+pub fn watch(args: &WatchConfig) -> (u8, Summary) {
     let out = match OutputDir::open(&args.output_dir, args.max_dump_bytes, args.follow_symlinks) {
         Ok(o) => o,
         Err(e) => {
@@ -284,7 +275,7 @@ pub fn watch(args: &WatchArgs) -> (u8, Summary) {
             return (exit::OTHER, Summary::default());
         }
     };
-    // clap requires a PID unless --all.
+    // The CLI requires a PID unless --all.
     let pid = args.pid.unwrap_or(0);
     // No heartbeat, or threads named: watch the loops by their wait calls.
     if !args.loop_threads.is_empty() {
@@ -318,7 +309,7 @@ pub fn watch(args: &WatchArgs) -> (u8, Summary) {
 
 /// Watches one opened target until it exits, a signal, `--duration` or
 /// `--exit-on-hang`.
-pub(crate) fn watch_target(args: &WatchArgs, parts: Parts, stop: &AtomicBool) -> (u8, Summary) {
+pub(crate) fn watch_target(args: &WatchConfig, parts: Parts, stop: &AtomicBool) -> (u8, Summary) {
     let (mut ctx, target) = new_ctx(args, parts);
     let code = watch_loop(&mut ctx, &target, stop);
     ctx.log.finish();
@@ -331,7 +322,7 @@ pub(crate) fn watch_target(args: &WatchArgs, parts: Parts, stop: &AtomicBool) ->
 
 /// A watch's context from its parts (symbols loaded first if `preload`),
 /// and its target.
-fn new_ctx(args: &WatchArgs, parts: Parts) -> (Ctx<'_>, Target) {
+fn new_ctx(args: &WatchConfig, parts: Parts) -> (Ctx<'_>, Target) {
     let exe = proc::read_exe(parts.pid)
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "?".into());
@@ -371,7 +362,7 @@ fn new_ctx(args: &WatchArgs, parts: Parts) -> (Ctx<'_>, Target) {
     (ctx, parts.target)
 }
 
-fn episode_config(args: &WatchArgs) -> Config {
+fn episode_config(args: &WatchConfig) -> Config {
     Config {
         interval_ns: secs_to_ns(args.interval),
         dumps: args.dumps,

@@ -23,7 +23,7 @@ use super::{
     act, connect_stats, dump_options, episode_config, gone_or_error, Ctx, Log, Summary, Watched,
     MAX_SLEEP_NS,
 };
-use crate::cli::WatchArgs;
+use crate::config::WatchConfig;
 use crate::exit;
 use crate::status::human;
 use aiodebug_engine::cause::parse::{parse_proc_syscall, ProcSyscall};
@@ -168,7 +168,7 @@ fn new_watched(name: String, tid: u32, cfg: super::episode::Config, now: u64) ->
 
 /// Runs `watch PID` on a process with no heartbeat (or with `--loop-thread`).
 /// `why` says why this mode was chosen, for the first line.
-pub(crate) fn watch(args: &WatchArgs, pid: i32, out: OutputDir, why: &str) -> (u8, Summary) {
+pub(crate) fn watch(args: &WatchConfig, pid: i32, out: OutputDir, why: &str) -> (u8, Summary) {
     let tps = match WaitTracepoints::find() {
         Ok(t) => t,
         Err(Error::PermissionDenied { hint, .. }) => {
