@@ -9,6 +9,7 @@
 //! target costs a few reads a second.
 
 pub mod episode;
+pub mod event;
 pub mod files;
 pub mod fleet;
 pub mod render;
@@ -24,12 +25,14 @@ use aiodebug_engine::heartbeat::{percentile, Loop};
 use aiodebug_engine::target::{monotonic_ns, Reading, Target};
 use aiodebug_engine::{proc, ErrorKind};
 use episode::{Action, Config, Observation, Tracker};
+use event::{Event, Hang, Subject, Warning};
 use files::{Outcome, OutputDir};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{json, Value};
+use serde_json::Value;
 use statsd::Stats;
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -43,12 +46,16 @@ const MIN_SLEEP_NS: u64 = 1_000_000;
 const SUMMARY_EVERY_NS: u64 = 10_000_000_000;
 
 /// Where events go: a live status line on a terminal, plain lines otherwise,
-/// or one JSON object per line.
+/// or one JSON object per line; written to `out` (stdout unless a test
+/// gives a buffer).
 pub struct Log {
     json: bool,
     bar: Option<ProgressBar>,
     /// Under `--all`: the process every event is about (pid, comm).
     who: Option<(i32, String)>,
+    /// Where the lines go. A `RefCell`: events are emitted through `&Log`
+    /// from everywhere a context is borrowed, and a watch is one thread.
+    out: RefCell<Box<dyn Write + Send>>,
 }
 
 impl Log {
@@ -63,47 +70,64 @@ impl Log {
             bar
         });
         Log {
-            json,
             bar,
-            who: None,
+            ..Log::plain(json, None)
         }
     }
 
-    /// Reports one event.
-    pub fn event(&self, kind: &str, mut fields: Value, text: String) {
-        if self.json {
+    /// Plain lines (or JSON) on stdout, no status line; under `--all`,
+    /// `who` is the process every event is about.
+    pub fn plain(json: bool, who: Option<(i32, String)>) -> Log {
+        Log::to_writer(json, who, Box::new(crate::out::Stdout))
+    }
+
+    /// Plain lines (or JSON) into `out`.
+    pub fn to_writer(json: bool, who: Option<(i32, String)>, out: Box<dyn Write + Send>) -> Log {
+        Log {
+            json,
+            bar: None,
+            who,
+            out: RefCell::new(out),
+        }
+    }
+
+    /// Reports one event, built once, in the form chosen.
+    pub fn emit(&self, event: &Event<'_>) {
+        let line = if self.json {
+            let mut fields = event.fields();
             if let Value::Object(m) = &mut fields {
                 if let Some((pid, comm)) = &self.who {
                     m.entry("pid").or_insert((*pid).into());
                     m.insert("comm".into(), comm.as_str().into());
                 }
-                m.insert("event".into(), kind.into());
+                m.insert("event".into(), event.kind().into());
                 m.insert("time".into(), chrono::Local::now().to_rfc3339().into());
             }
-            crate::outln!("{fields}");
-        } else {
+            fields.to_string()
+        } else if event.has_text() {
             let who = match &self.who {
                 Some((pid, comm)) => format!("[{comm}-{pid}] "),
                 None => String::new(),
             };
             let line = format!(
-                "{} {who}{text}",
+                "{} {who}{event}",
                 chrono::Local::now().format("%H:%M:%S%.3f")
             );
-            match &self.bar {
-                Some(bar) => bar.println(line),
-                None => crate::outln!("{line}"),
+            if let Some(bar) = &self.bar {
+                bar.println(line);
+                return;
             }
-        }
-    }
-
-    /// Reports one event; without `--json`, only when `text` is some (a
-    /// line that would repeat the previous one is left out).
-    pub fn event_json_or(&self, kind: &str, fields: Value, text: Option<String>) {
-        match text {
-            Some(t) => self.event(kind, fields, t),
-            None if self.json => self.event(kind, fields, String::new()),
-            None => {}
+            line
+        } else {
+            return;
+        };
+        if let Ok(mut out) = self.out.try_borrow_mut() {
+            // One write per line, newline included: under `--all` two
+            // threads log to stdout, and `out::Stdout` locks it per write.
+            // A lost line is said by `out` (stdout) or is the test's to see.
+            let _ = out
+                .write_all(format!("{line}\n").as_bytes())
+                .and_then(|()| out.flush());
         }
     }
 
@@ -244,11 +268,7 @@ pub(crate) fn connect_stats(args: &WatchConfig, log: &Log) -> Option<Stats> {
         |addr| match Stats::connect(addr, &args.prefix, &args.tags) {
             Ok(s) => Some(s),
             Err(e) => {
-                log.event(
-                    "warning",
-                    json!({"message": e}),
-                    format!("WARNING {e}; watching without StatsD"),
-                );
+                log.emit(&Event::Warning(Warning::NoStatsd(e)));
                 None
             }
         },
@@ -353,11 +373,10 @@ fn new_ctx(args: &WatchConfig, parts: Parts) -> (Ctx<'_>, Target) {
         Ok(0)
     };
     if let Err(e) = prepared {
-        ctx.log.event(
-            "warning",
-            json!({"message": e.to_string()}),
-            format!("WARNING cannot preload symbols of PID {}: {e}", ctx.pid),
-        );
+        ctx.log.emit(&Event::Warning(Warning::NoPreload {
+            pid: ctx.pid,
+            error: e.to_string(),
+        }));
     }
     (ctx, parts.target)
 }
@@ -418,20 +437,14 @@ fn watch_start(ctx: &mut Ctx<'_>) -> LoopState {
         was_stopped: false,
         last_summary: started,
     };
-    ctx.log.event(
-        "started",
-        json!({"pid": ctx.pid, "executable": ctx.exe, "interval_s": ctx.args.interval,
-               "output_dir": ctx.out.path().display().to_string()}),
-        format!(
-            "watching PID {} ({}): hang past {:.3} s → {} snapshots {:.1} s apart into {}",
-            ctx.pid,
-            ctx.exe,
-            ctx.args.interval,
-            ctx.args.dumps,
-            ctx.args.dump_gap,
-            ctx.out.path().display()
-        ),
-    );
+    ctx.log.emit(&Event::Started {
+        pid: ctx.pid,
+        exe: &ctx.exe,
+        interval: ctx.args.interval,
+        dumps: ctx.args.dumps,
+        dump_gap: ctx.args.dump_gap,
+        output_dir: ctx.out.path(),
+    });
     st
 }
 
@@ -445,11 +458,7 @@ fn watch_step(ctx: &mut Ctx<'_>, target: &Target, st: &mut LoopState, stop: &Ato
     let (mut was_stopped, mut last_summary) = (st.was_stopped, st.last_summary);
     {
         if stop.load(Ordering::Relaxed) {
-            ctx.log.event(
-                "stopped",
-                json!({"reason": "signal"}),
-                "stopping (signal)".into(),
-            );
+            ctx.log.emit(&Event::Stopped);
             return Step::Done(finish(ctx, &mut loops, exit::OK));
         }
         let reading = match target.read() {
@@ -478,24 +487,12 @@ fn watch_step(ctx: &mut Ctx<'_>, target: &Target, st: &mut LoopState, stop: &Ato
         let stopped = crate::status::is_stopped(state);
         if stopped != was_stopped {
             was_stopped = stopped;
-            let text = if stopped {
-                if loops.values().any(|w| w.tracker.is_hung()) {
-                    format!("PID {} is stopped (state {state}: job control or a debugger); the hang's remaining snapshots wait until it runs again", ctx.pid)
-                } else {
-                    format!("PID {} is stopped (state {state}: job control or a debugger); not a hang, no dumps", ctx.pid)
-                }
-            } else {
-                format!("PID {} runs again", ctx.pid)
-            };
-            ctx.log.event(
-                if stopped {
-                    "process_stopped"
-                } else {
-                    "process_continued"
-                },
-                json!({"pid": ctx.pid, "state": state.to_string()}),
-                text,
-            );
+            ctx.log.emit(&Event::ProcessState {
+                pid: ctx.pid,
+                state,
+                stopped,
+                hang_waits: loops.values().any(|w| w.tracker.is_hung()),
+            });
         }
         ctx.view = ctx.workers.observe(&mut ctx.threads, &reading);
         let now = monotonic_ns();
@@ -519,11 +516,11 @@ fn watch_step(ctx: &mut Ctx<'_>, target: &Target, st: &mut LoopState, stop: &Ato
                 let k = key(region.addr, lp);
                 seen.push(k);
                 let w = loops.entry(k).or_insert_with(|| {
-                    ctx.log.event(
-                        "loop_found",
-                        json!({"loop": lp.name, "tid": lp.tid, "period_ms": lp.period_ns as f64 / 1e6}),
-                        format!("loop '{}' on thread {} (period {})", lp.name, lp.tid, human(lp.period_ns)),
-                    );
+                    ctx.log.emit(&Event::LoopFound {
+                        name: &lp.name,
+                        tid: lp.tid,
+                        period_ns: lp.period_ns,
+                    });
                     Watched {
                         name: lp.name.clone(),
                         tid: lp.tid,
@@ -600,11 +597,7 @@ fn watch_step(ctx: &mut Ctx<'_>, target: &Target, st: &mut LoopState, stop: &Ato
         loops.retain(|k, w| {
             let keep = seen.contains(k);
             if !keep {
-                ctx.log.event(
-                    "loop_gone",
-                    json!({"loop": w.name}),
-                    format!("loop '{}' unregistered", w.name),
-                );
+                ctx.log.emit(&Event::LoopGone { name: &w.name });
             }
             keep
         });
@@ -796,75 +789,50 @@ fn summarize(ctx: &Ctx<'_>, loops: &mut HashMap<LoopKey, Watched>) {
             percentile(&lags, 99),
             lags.last().copied(),
         );
-        ctx.log.event(
-            "lag_summary",
-            json!({"loop": w.name, "ticks": lags.len(), "lost": w.lost,
-                   "p50_ms": p50.map(|v| v as f64 / 1e6), "p99_ms": p99.map(|v| v as f64 / 1e6),
-                   "max_ms": max.map(|v| v as f64 / 1e6)}),
-            format!(
-                "loop '{}': {} ticks, lag p50 {} p99 {} max {}{}",
-                w.name,
-                lags.len(),
-                p50.map(human).unwrap_or_else(|| "-".into()),
-                p99.map(human).unwrap_or_else(|| "-".into()),
-                max.map(human).unwrap_or_else(|| "-".into()),
-                if w.lost > 0 {
-                    format!(" ({} lags not read in time)", w.lost)
-                } else {
-                    String::new()
-                }
-            ),
-        );
+        ctx.log.emit(&Event::LagSummary {
+            name: &w.name,
+            ticks: lags.len(),
+            lost: w.lost,
+            p50,
+            p99,
+            max,
+        });
         w.lost = 0;
     }
 }
 
 fn finish(ctx: &mut Ctx<'_>, loops: &mut HashMap<LoopKey, Watched>, code: u8) -> u8 {
     summarize(ctx, loops);
-    ctx.log.event(
-        "finished",
-        json!({"hangs": ctx.hangs, "files": ctx.files, "bytes": ctx.out.used(), "exit_code": code,
-               "statsd_errors": ctx.stats.as_ref().map(Stats::errors)}),
-        format!(
-            "done: {} hangs caught, {} files written ({} bytes){}",
-            ctx.hangs,
-            ctx.files,
-            ctx.out.used(),
-            match ctx.stats.as_ref().map(Stats::errors) {
-                Some(n) if n > 0 => format!("; {n} StatsD sends failed"),
-                _ => String::new(),
-            }
-        ),
-    );
+    ctx.log.emit(&Event::Finished {
+        hangs: ctx.hangs,
+        files: ctx.files,
+        bytes: ctx.out.used(),
+        exit_code: code,
+        statsd_errors: ctx.stats.as_ref().map(Stats::errors),
+    });
     code
 }
 
 fn gone_or_error(ctx: &mut Ctx<'_>, e: &aiodebug_engine::Error) -> u8 {
     let code = exit::code_for(e);
-    let text = if e.kind() == ErrorKind::Gone {
-        format!("PID {} exited; the watch ends", ctx.pid)
-    } else {
-        format!("cannot read PID {}: {e}", ctx.pid)
+    let event = Event::TargetGone {
+        pid: ctx.pid,
+        message: e.to_string(),
+        exited: e.kind() == ErrorKind::Gone,
     };
-    ctx.log.event(
-        "target_gone",
-        json!({"pid": ctx.pid, "message": e.to_string()}),
-        text.clone(),
-    );
+    ctx.log.emit(&event);
     if !ctx.args.json && !ctx.args.all {
-        crate::errln!("aiodebug-watch: {text}");
+        crate::errln!("aiodebug-watch: {event}");
     }
     code
 }
 
-/// The `scope` of an episode's events: `"loop"` (the loop is overdue) or
-/// `"worker"` (one worker thread of its runtime is stuck in one poll while
-/// the loop keeps ticking).
-fn scope(w: &Watched) -> &'static str {
-    if w.stuck_poll.is_some() {
-        "worker"
-    } else {
-        "loop"
+/// What the episode events of `w` are about.
+fn subject(w: &Watched) -> Subject<'_> {
+    Subject {
+        name: &w.name,
+        tid: w.tid,
+        stuck_poll: w.stuck_poll.as_deref(),
     }
 }
 
@@ -877,34 +845,15 @@ fn act(ctx: &mut Ctx<'_>, w: &mut Watched, action: Action, reading: &Reading) ->
             w.episode_prev_cpu.clear();
             let blocking =
                 workers::marked_threads(&ctx.view, reading, &w.name, w.tid, w.stuck_poll.is_some());
-            // One worker of a runtime stuck in one poll is the same episode
-            // as a loop's hang (same event, counters, files, recovery line),
-            // told apart by `scope` and by the words "worker thread": an
-            // on-call engineer greps one word, a consumer counts one event.
-            let text = match &w.stuck_poll {
-                None => format!(
-                    "HANG: loop '{}' on thread {} is {} overdue (interval {:.3} s){}",
-                    w.name,
-                    w.tid,
-                    human(stall_ns),
-                    ctx.args.interval,
-                    workers::blocked_by(&blocking, w.tid)
-                ),
-                Some(poll) => format!(
-                    "HANG: loop '{}' on worker thread {} is stuck {} in one poll of {poll} (interval {:.3} s; one worker of its runtime, the loop keeps ticking)",
-                    w.name,
-                    w.tid,
-                    human(stall_ns),
-                    ctx.args.interval
-                ),
-            };
-            let mut fields = json!({"loop": w.name, "tid": w.tid, "scope": scope(w),
-                   "stall_ms": stall_ns as f64 / 1e6,
-                   "polling": w.stuck_poll, "blocking_tids": blocking});
             // Said at decision time, with what is known then: the first
             // snapshot and its symbolization take 10-80 ms (more on a cold
             // cache), which a pager waiting for the HANG line should not wait.
-            ctx.log.event("hang_detected", fields.clone(), text);
+            ctx.log.emit(&Event::HangDetected(Hang {
+                who: subject(w),
+                stall_ns,
+                interval: ctx.args.interval,
+                blocking: &blocking,
+            }));
             // The episode's first snapshot, taken now: `hang_started` and the
             // counter carry its cause (the file is written by Dump 0, whose
             // `dump_written` names the culprit).
@@ -918,41 +867,21 @@ fn act(ctx: &mut Ctx<'_>, w: &mut Watched, action: Action, reading: &Reading) ->
             if let Some(s) = &ctx.stats {
                 s.hang(&w.name, cause.as_ref().map(|c| c.kind.as_str()));
             }
-            if let Value::Object(m) = &mut fields {
-                m.insert("cause".into(), crate::cause::json_or_null(cause.as_ref()));
-            }
-            let who = match &w.stuck_poll {
-                None => format!("loop '{}'", w.name),
-                Some(_) => format!("loop '{}' worker thread {}", w.name, w.tid),
+            let hang = Hang {
+                who: subject(w),
+                stall_ns,
+                interval: ctx.args.interval,
+                blocking: &blocking,
             };
-            ctx.log.event_json_or(
-                "hang_started",
-                fields,
-                cause.map(|c| format!("HANG cause: {who}: {}", c.line())),
-            );
+            ctx.log.emit(&Event::HangStarted(hang, cause.as_ref()));
         }
         Action::Dump { index, stall_ns } => return dump_now(ctx, w, index, stall_ns, reading),
         Action::Recovered { hang_ns } => {
             w.recovered_after_ns = Some(hang_ns);
-            let text = match &w.stuck_poll {
-                None => format!(
-                    "recovered: loop '{}' ticks again after hanging {}",
-                    w.name,
-                    human(hang_ns)
-                ),
-                Some(poll) => format!(
-                    "recovered: loop '{}' worker thread {} polls again after hanging {} (in one poll of {poll})",
-                    w.name,
-                    w.tid,
-                    human(hang_ns)
-                ),
-            };
-            ctx.log.event(
-                "recovered",
-                json!({"loop": w.name, "tid": w.tid, "scope": scope(w),
-                       "hang_ms": hang_ns as f64 / 1e6}),
-                text,
-            );
+            ctx.log.emit(&Event::Recovered {
+                who: subject(w),
+                hang_ns,
+            });
         }
         Action::SlowStarted => {
             w.slow_frames = snapshot_loop_thread(ctx, w.tid, &mut w.cause);
@@ -962,20 +891,14 @@ fn act(ctx: &mut Ctx<'_>, w: &mut Watched, action: Action, reading: &Reading) ->
                 .slow_frames
                 .take()
                 .unwrap_or_else(|| "(no frames captured)".into());
-            let first = frames.lines().next().unwrap_or_default().to_string();
             let cause = w.cause.slow.take();
-            ctx.log.event(
-                "slow_tick",
-                json!({"loop": w.name, "tid": w.tid, "blocked_ms": blocked_ns as f64 / 1e6, "frames": frames,
-                       "cause": crate::cause::json_or_null(cause.as_ref())}),
-                format!(
-                    "WARNING loop '{}' blocked {:.3} s in {first}{}\n{}",
-                    w.name,
-                    blocked_ns as f64 / 1e9,
-                    cause.map(|c| format!(": {}", c.line())).unwrap_or_default(),
-                    frames.lines().skip(1).map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
-                ),
-            );
+            ctx.log.emit(&Event::SlowTick {
+                name: &w.name,
+                tid: w.tid,
+                blocked_ns,
+                frames: &frames,
+                cause: cause.as_ref(),
+            });
         }
         Action::SlowAbandoned => {
             w.slow_frames = None;
@@ -1030,15 +953,11 @@ fn dump_now(
         Err(e) if e.kind() == ErrorKind::Permission && ctx.trace_warned => return None,
         Err(e) => {
             ctx.trace_warned |= e.kind() == ErrorKind::Permission;
-            ctx.log.event(
-                "warning",
-                json!({"message": e.to_string()}),
-                format!(
-                    "WARNING snapshot {} of loop '{}' failed: {e}",
-                    index + 1,
-                    w.name
-                ),
-            );
+            ctx.log.emit(&Event::Warning(Warning::SnapshotFailed {
+                index,
+                loop_name: &w.name,
+                error: e.to_string(),
+            }));
             return None;
         }
     };
@@ -1085,49 +1004,27 @@ fn dump_now(
             if let Some(s) = &ctx.stats {
                 s.dump(&w.name);
             }
-            ctx.log.event(
-                "dump_written",
-                json!({"loop": w.name, "path": path.display().to_string(), "index": index,
-                       "of": ctx.args.dumps, "bytes": bytes, "culprit": culprit,
-                       "freeze_ms": dump.timings.freeze.as_secs_f64() * 1e3,
-                       "threads": dump.threads.len(),
-                       "cause": crate::cause::json_or_null(cause.as_ref())}),
-                format!(
-                    "wrote {} (snapshot {} of {}, {} threads, froze {:.2} ms){}",
-                    path.display(),
-                    index + 1,
-                    ctx.args.dumps,
-                    dump.threads.len(),
-                    dump.timings.freeze.as_secs_f64() * 1e3,
-                    culprit
-                        .map(|c| match w.stuck_poll {
-                            None => format!("; loop '{}' blocked in {c}", w.name),
-                            Some(_) => {
-                                format!(
-                                    "; loop '{}' worker thread {} blocked in {c}",
-                                    w.name, w.tid
-                                )
-                            }
-                        })
-                        .unwrap_or_default()
-                ) + &cause_line
-                    .map(|c| format!("; cause: {c}"))
-                    .unwrap_or_default(),
-            );
+            ctx.log.emit(&Event::DumpWritten {
+                who: subject(w),
+                path: &path,
+                index,
+                of: ctx.args.dumps,
+                bytes,
+                culprit: culprit.as_deref(),
+                freeze_ms: dump.timings.freeze.as_secs_f64() * 1e3,
+                threads: dump.threads.len(),
+                cause: cause.as_ref(),
+            });
         }
         Outcome::OverBudget { used, budget } => {
             if !ctx.budget_warned {
                 ctx.budget_warned = true;
-                ctx.log.event(
-                    "warning",
-                    json!({"message": "dump budget spent", "used": used, "budget": budget}),
-                    format!("WARNING {used} bytes of dumps written (budget {budget}): skipping new dumps, deleting nothing"),
-                );
+                ctx.log
+                    .emit(&Event::Warning(Warning::BudgetSpent { used, budget }));
             }
         }
         Outcome::Failed(why) => {
-            ctx.log
-                .event("warning", json!({"message": why}), format!("WARNING {why}"));
+            ctx.log.emit(&Event::Warning(Warning::FileFailed(why)));
         }
         Outcome::Off => {}
     }
