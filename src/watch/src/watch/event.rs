@@ -112,39 +112,40 @@ pub struct Hang<'a> {
     pub blocking: &'a [u32],
 }
 
+/// What the start of `watch PID` says, in either mode.
+#[derive(Debug, Clone, Copy)]
+pub struct Start<'a> {
+    /// The target.
+    pub pid: i32,
+    /// Its executable.
+    pub exe: &'a str,
+    /// `--interval`.
+    pub interval: f64,
+    /// `--dumps`.
+    pub dumps: u32,
+    /// `--dump-gap`.
+    pub dump_gap: f64,
+    /// Where the files go.
+    pub output_dir: &'a Path,
+}
+
+impl Start<'_> {
+    fn fields(&self) -> Value {
+        json!({"pid": self.pid, "executable": self.exe, "interval_s": self.interval,
+               "output_dir": self.output_dir.display().to_string()})
+    }
+}
+
 /// One event of a watch.
 #[derive(Debug, Clone)]
 pub enum Event<'a> {
     /// `watch PID` began.
-    Started {
-        /// The target.
-        pid: i32,
-        /// Its executable.
-        exe: &'a str,
-        /// `--interval`.
-        interval: f64,
-        /// `--dumps`.
-        dumps: u32,
-        /// `--dump-gap`.
-        dump_gap: f64,
-        /// Where the files go.
-        output_dir: &'a Path,
-    },
+    Started(Start<'a>),
     /// `watch PID` of a process without heartbeat began: its loops are
     /// watched by their wait system calls.
     StartedSyscalls {
-        /// The target.
-        pid: i32,
-        /// Its executable.
-        exe: &'a str,
-        /// `--interval`.
-        interval: f64,
-        /// `--dumps`.
-        dumps: u32,
-        /// `--dump-gap`.
-        dump_gap: f64,
-        /// Where the files go.
-        output_dir: &'a Path,
+        /// What every start says.
+        start: Start<'a>,
         /// Why this mode.
         why: &'a str,
         /// The wait calls counted.
@@ -437,7 +438,7 @@ impl Event<'_> {
     /// The `event` field of the JSON form.
     pub fn kind(&self) -> &'static str {
         match self {
-            Event::Started { .. } | Event::StartedSyscalls { .. } | Event::StartedFleet { .. } => {
+            Event::Started(_) | Event::StartedSyscalls { .. } | Event::StartedFleet { .. } => {
                 "started"
             }
             Event::Stopped => "stopped",
@@ -471,27 +472,22 @@ impl Event<'_> {
     /// (`event`, `time`, and the process under `--all`).
     pub fn fields(&self) -> Value {
         match self {
-            Event::Started {
-                pid,
-                exe,
-                interval,
-                output_dir,
-                ..
-            } => json!({"pid": pid, "executable": exe, "interval_s": interval,
-                        "output_dir": output_dir.display().to_string()}),
+            Event::Started(start) => start.fields(),
             Event::StartedSyscalls {
-                pid,
-                exe,
-                interval,
-                output_dir,
+                start,
                 why,
                 calls,
                 loop_threads,
-                ..
-            } => json!({"pid": pid, "executable": exe, "interval_s": interval,
-                        "output_dir": output_dir.display().to_string(),
-                        "mode": "syscalls", "why": why, "wait_calls": calls,
-                        "loop_threads": loop_threads}),
+            } => {
+                let mut v = start.fields();
+                if let Value::Object(m) = &mut v {
+                    m.insert("mode".into(), "syscalls".into());
+                    m.insert("why".into(), (*why).into());
+                    m.insert("wait_calls".into(), json!(calls));
+                    m.insert("loop_threads".into(), json!(loop_threads));
+                }
+                v
+            }
             Event::StartedFleet {
                 match_comm,
                 interval,
@@ -617,33 +613,31 @@ impl Event<'_> {
 impl fmt::Display for Event<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Event::Started {
-                pid,
-                exe,
-                interval,
-                dumps,
-                dump_gap,
-                output_dir,
-            } => write!(
+            Event::Started(s) => write!(
                 f,
-                "watching PID {pid} ({exe}): hang past {interval:.3} s → {dumps} snapshots {dump_gap:.1} s apart into {}",
-                output_dir.display()
+                "watching PID {} ({}): hang past {:.3} s → {} snapshots {:.1} s apart into {}",
+                s.pid,
+                s.exe,
+                s.interval,
+                s.dumps,
+                s.dump_gap,
+                s.output_dir.display()
             ),
             Event::StartedSyscalls {
-                pid,
-                exe,
-                interval,
-                dumps,
-                dump_gap,
-                output_dir,
+                start: s,
                 why,
                 calls,
                 ..
             } => write!(
                 f,
-                "watching PID {pid} ({exe}) by its threads' wait calls ({why}): a loop thread out of {} for over {interval:.3} s → {dumps} snapshots {dump_gap:.1} s apart into {}",
+                "watching PID {} ({}) by its threads' wait calls ({why}): a loop thread out of {} for over {:.3} s → {} snapshots {:.1} s apart into {}",
+                s.pid,
+                s.exe,
                 calls.join("/"),
-                output_dir.display()
+                s.interval,
+                s.dumps,
+                s.dump_gap,
+                s.output_dir.display()
             ),
             Event::StartedFleet {
                 match_comm,

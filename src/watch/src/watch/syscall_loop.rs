@@ -17,7 +17,7 @@
 //! `/proc/PID/task/TID/syscall` for a thread whose count did not move. The
 //! target is never stopped except for the episode's snapshots.
 
-use super::episode::{Observation, Tracker};
+use super::episode::Observation;
 use super::event::{Event, Warning};
 use super::files::OutputDir;
 use super::{
@@ -139,26 +139,6 @@ fn parked_event(ctx: &Ctx<'_>, tid: i32, t: &Thread) {
     ctx.log.emit(&Event::LoopParked { name: &w.name, tid });
 }
 
-fn new_watched(name: String, tid: u32, cfg: super::episode::Config, now: u64) -> Watched {
-    Watched {
-        name,
-        tid,
-        stuck_poll: None,
-        poll_since_ns: 0,
-        tracker: Tracker::new(cfg),
-        last_ticks: 0,
-        window: Vec::new(),
-        lost: 0,
-        episode_prev_cpu: HashMap::new(),
-        recovered_after_ns: None,
-        slow_frames: None,
-        last_gauge_ns: 0,
-        last_read_ns: now,
-        tick_rate_ns: 0,
-        cause: Default::default(),
-    }
-}
-
 /// Runs `watch PID` on a process with no heartbeat (or with `--loop-thread`).
 /// `why` says why this mode was chosen, for the first line.
 pub(crate) fn watch(args: &WatchConfig, pid: i32, out: OutputDir, why: &str) -> (u8, Summary) {
@@ -228,12 +208,7 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
     let calls: Vec<&str> = tps.calls.iter().map(|(c, _)| *c).collect();
     let forced: Vec<i32> = ctx.args.loop_threads.clone();
     ctx.log.emit(&Event::StartedSyscalls {
-        pid,
-        exe: &ctx.exe,
-        interval: ctx.args.interval,
-        dumps: ctx.args.dumps,
-        dump_gap: ctx.args.dump_gap,
-        output_dir: ctx.out.path(),
+        start: ctx.start(),
         why,
         calls: &calls,
         loop_threads: &forced,
@@ -363,7 +338,7 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
             if v.became_loop || (v.is_loop && t.watched.is_none()) {
                 announce(ctx, tid, t, tps, now);
                 let name = loop_name(pid, tid);
-                t.watched = Some(new_watched(name, tid as u32, cfg, now));
+                t.watched = Some(Watched::new(name, tid as u32, cfg, now));
             }
             let Some(w) = t.watched.as_mut() else {
                 continue;
