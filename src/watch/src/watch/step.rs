@@ -50,7 +50,7 @@ pub(super) fn watch_start(ctx: &mut Ctx<'_>) -> LoopState {
 
 /// One read of the target and what follows from it: how long until the
 /// next read, or the exit code. `watch PID` sleeps between steps, the fleet
-/// interleaves the steps of every process on one thread (see [`fleet`]).
+/// interleaves the steps of every process on one thread (see [`super::fleet`]).
 pub(super) fn watch_step(
     ctx: &mut Ctx<'_>,
     target: &Target,
