@@ -463,6 +463,44 @@ mod tests {
         }
     }
 
+    /// `watch`'s arguments as parsed, or clap's error as text.
+    fn watch_config(argv: &[&str]) -> Result<WatchConfig, String> {
+        let cli = Cli::try_parse_from(["aiodebug-watch", "watch"].iter().chain(argv))
+            .map_err(|e| e.to_string())?;
+        match &cli.command {
+            Command::Watch(a) => WatchConfig::try_from(a),
+            other => Err(format!("not watch: {other:?}")),
+        }
+    }
+
+    #[test]
+    fn the_demos_defaults_are_the_command_lines() {
+        // `demo` builds its watch with `for_pid`: it must mean what
+        // `watch PID` means.
+        let parsed = watch_config(&["42"]).map(|c| format!("{c:?}"));
+        assert_eq!(parsed, Ok(format!("{:?}", WatchConfig::for_pid(42))));
+    }
+
+    #[test]
+    fn checks_across_arguments_are_usage_errors() {
+        let ok = watch_config(&["7", "--interval", "0.5", "--slow", "0.1", "--tag", "k:v"]);
+        let ok = ok.map(|c| (c.pid, c.interval, c.slow, c.tags));
+        assert_eq!(
+            ok,
+            Ok((Some(7), 0.5, Some(0.1), vec![("k".into(), "v".into())]))
+        );
+        let slow = watch_config(&["7", "--interval", "0.25", "--slow", "0.5"]);
+        assert!(slow.is_err_and(|e| e.contains("--slow 0.5 must be less than --interval")));
+        let matched = watch_config(&["7", "--match", "svc"]);
+        assert_eq!(matched.map(|c| c.pid), Err("--match needs --all".into()));
+        let tags: Vec<String> = (0..=MAX_TAGS).map(|i| format!("k{i}:v")).collect();
+        let mut argv = vec!["7"];
+        for t in &tags {
+            argv.extend(["--tag", t.as_str()]);
+        }
+        assert!(watch_config(&argv).is_err_and(|e| e.contains("tags given")));
+    }
+
     #[test]
     fn seconds_are_validated() {
         assert_eq!(parse_secs("0.25"), Ok(0.25));
