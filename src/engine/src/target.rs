@@ -477,13 +477,19 @@ mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
 
+    /// A loop `name` of ours, ticked once, and our own registry read
+    /// sparsely.
+    fn sparse_self(name: &str) -> (aiodebug::Heartbeat, Target) {
+        let hb = aiodebug::Heartbeat::with_period(name, std::time::Duration::from_millis(5));
+        hb.tick();
+        let mut target = Target::open(std::process::id() as i32).expect("our own registry");
+        target.read_sparsely();
+        (hb, target)
+    }
+
     #[test]
     fn reads_after_the_first_are_sparse_until_a_slot_changes_hands() {
-        let me = std::process::id() as i32;
-        let hb = aiodebug::Heartbeat::with_period("sparse", std::time::Duration::from_millis(5));
-        hb.tick();
-        let mut target = Target::open(me).expect("our own registry");
-        target.read_sparsely();
+        let (hb, target) = sparse_self("sparse");
         let full = |t: &Target| {
             let before = FULL_READS.load(Ordering::Relaxed);
             let r = t.read().expect("read");
@@ -519,11 +525,7 @@ mod tests {
 
     #[test]
     fn a_thread_claiming_a_poll_entry_is_seen_at_the_next_sparse_read() {
-        let me = std::process::id() as i32;
-        let hb = aiodebug::Heartbeat::with_period("claims", std::time::Duration::from_millis(5));
-        hb.tick();
-        let mut target = Target::open(me).expect("our own registry");
-        target.read_sparsely();
+        let (_hb, target) = sparse_self("claims");
         let polls = |t: &Target, tid: u32| {
             let r = t.read().expect("read");
             r.registries
