@@ -38,8 +38,8 @@ pub struct DumpOptions {
     /// `DEBUGINFOD_URLS`: [`Debuginfod::from_env`]; default: none). Each dump
     /// gets its time budget afresh.
     pub debuginfod: Option<Arc<Debuginfod>>,
-    /// Keep the snapshot of each dump for [`Dumper::take_snapshot`]
-    /// (default: no; it holds every copied stack).
+    /// Keep the snapshot of each dump in [`Dump::snapshot`] (default: no;
+    /// it holds every copied stack), for a minidump to be written of it.
     pub keep_snapshot: bool,
 }
 
@@ -156,6 +156,9 @@ pub struct Dump {
     pub python: Option<PythonProcess>,
     /// Where the time went.
     pub timings: Timings,
+    /// The snapshot the dump was made of, when [`DumpOptions::keep_snapshot`]
+    /// is set (live dumps only).
+    pub snapshot: Option<Arc<ProcessSnapshot>>,
 }
 
 impl Dump {
@@ -174,8 +177,6 @@ pub struct Dumper {
     python: PythonReader,
     /// Facts of module files, shared with the capture thread.
     modules: Arc<Mutex<ModuleCache>>,
-    /// The last snapshot, kept when [`DumpOptions::keep_snapshot`] is set.
-    last_snapshot: Option<ProcessSnapshot>,
 }
 
 impl Dumper {
@@ -194,7 +195,6 @@ impl Dumper {
             unwinder,
             python: PythonReader::new(),
             modules: Arc::default(),
-            last_snapshot: None,
         }
     }
 
@@ -246,14 +246,10 @@ impl Dumper {
             self.python.after(&mut dump, mode);
         }
         dump.timings.total = start.elapsed();
-        self.last_snapshot = self.options.keep_snapshot.then_some(snap);
+        if self.options.keep_snapshot {
+            dump.snapshot = Some(Arc::new(snap));
+        }
         Ok(dump)
-    }
-
-    /// The snapshot of the last dump, when [`DumpOptions::keep_snapshot`]
-    /// is set (for `dump --save`: a minidump is written from it).
-    pub fn take_snapshot(&mut self) -> Option<ProcessSnapshot> {
-        self.last_snapshot.take()
     }
 
     /// Loads every module `pid` maps, with its symbols and debug info, into
@@ -421,6 +417,7 @@ impl Dumper {
                 symbolize: total.saturating_sub(unwind_time),
                 total: snap.capture + total,
             },
+            snapshot: None,
         }
     }
 }

@@ -12,7 +12,8 @@ Exit codes (the same for every subcommand):
   3  the target exports no aiodebug heartbeat (link the `aiodebug` crate; `dump` works on any process)
   4  permission denied or cannot attach (needs the same user or CAP_SYS_PTRACE; see kernel.yama.ptrace_scope; or the process is already traced)
   5  no such process, or it exited
-  6  any other error (e.g. output not writable)";
+  6  any other error (e.g. output not writable)
+  7  symbolize: the file is missing, unreadable, or not a usable minidump (truncated, corrupt, not x86_64)";
 
 /// Watch event loops of a running process from outside: loop lag, hangs while
 /// they last, and stack dumps of every thread.
@@ -40,6 +41,10 @@ pub enum Command {
     /// Print the stacks of every thread of a process (any process, heartbeat or not).
     #[command(after_help = EXIT_CODES)]
     Dump(crate::dump::DumpArgs),
+    /// Render a minidump saved by `dump --save` or `watch --save-minidumps` as `dump`
+    /// does, from the file alone (on any host; module files by build-id).
+    #[command(after_help = EXIT_CODES)]
+    Symbolize(crate::symbolize::SymbolizeArgs),
     /// Run the bundled demo: a service whose loop hangs, watched live.
     #[command(after_help = EXIT_CODES)]
     Demo(DemoArgs),

@@ -9,6 +9,7 @@ mod generate;
 mod out;
 mod pyview;
 mod status;
+mod symbolize;
 mod watch;
 
 use clap::Parser as _;
@@ -62,6 +63,7 @@ fn run(cli: &cli::Cli) -> ExitCode {
         cli::Command::List(a) => status::list(a),
         cli::Command::Watch(a) => watch::run(a),
         cli::Command::Dump(a) => dump::run(a),
+        cli::Command::Symbolize(a) => symbolize::run(a),
         cli::Command::Demo(a) => demo::run(a),
         cli::Command::DemoTarget => demo::target(),
         cli::Command::Generate(a) => {

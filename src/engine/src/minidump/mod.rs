@@ -66,7 +66,7 @@ pub const MAX_STREAMS: usize = 256;
 /// Most threads read from a file.
 pub const MAX_THREADS: usize = 1 << 16;
 /// Largest `.dmp` file read (a sanity cap: the file is read whole).
-pub const MAX_FILE: u64 = 1 << 32;
+pub const MAX_FILE: u64 = 1 << 30;
 
 /// Standard stream types.
 pub(crate) mod kind {
