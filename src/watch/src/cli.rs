@@ -147,6 +147,10 @@ pub struct WatchArgs {
     /// (`.build-id/xx/rest.debug`) or flat by debug-link name (repeatable).
     #[arg(long = "debug-dir", value_name = "DIR")]
     pub debug_dirs: Vec<std::path::PathBuf>,
+    /// Also save each snapshot as a minidump beside its text file (same name, `.dmp`;
+    /// counted in --max-dump-bytes); `aiodebug-watch symbolize FILE.dmp` renders one.
+    #[arg(long)]
+    pub save_minidumps: bool,
 }
 
 /// Most `--tag`s.

@@ -90,6 +90,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         stacks: Default::default(),
         loop_threads: Vec::new(),
         debug_dirs: Vec::new(),
+        save_minidumps: false,
     };
     let (code, summary) = crate::watch::watch(&watch_args);
     drop(service);

@@ -100,7 +100,12 @@ pub fn run_with_loops(args: &DumpArgs, loops: Option<&HashMap<i32, String>>) -> 
     let mut sink = Sink::new(args.output.clone(), args.force);
     // The minidump is written like --output, never replacing a file.
     let mut save = Sink::new(args.save.clone(), false);
-    if let Err(e) = sink.check().and_then(|()| save.check()) {
+    // --force is for --output only: a minidump is never replaced.
+    let save_check = || {
+        save.check()
+            .map_err(|e| e.replace(" (pass --force to replace it)", ""))
+    };
+    if let Err(e) = sink.check().and_then(|()| save_check()) {
         crate::errln!("aiodebug-watch: {e}");
         return ExitCode::from(exit::OTHER);
     }

@@ -239,6 +239,7 @@ pub(crate) struct Parts {
 pub(crate) fn dump_options(args: &WatchArgs) -> aiodebug_engine::dump::DumpOptions {
     aiodebug_engine::dump::DumpOptions {
         stacks: args.stacks.into(),
+        keep_snapshot: args.save_minidumps,
         ..crate::dump::debug_options(&args.debug_dirs)
     }
 }
@@ -1016,6 +1017,55 @@ fn snapshot_loop_thread(
     Some(format!("{culprit}\n{}", top.join("\n")))
 }
 
+/// Says once that the dump budget is spent.
+fn warn_budget(ctx: &mut Ctx<'_>, used: u64, budget: u64) {
+    if !ctx.budget_warned {
+        ctx.budget_warned = true;
+        ctx.log.event(
+            "warning",
+            json!({"message": "dump budget spent", "used": used, "budget": budget}),
+            format!("WARNING {used} bytes of dumps written (budget {budget}): skipping new dumps, deleting nothing"),
+        );
+    }
+}
+
+/// Writes the minidump of `dump` beside its text file `text` (same stem,
+/// `.dmp`), within the same byte budget; a failure is a warning.
+fn save_minidump(
+    ctx: &mut Ctx<'_>,
+    text: &std::path::Path,
+    dump: &aiodebug_engine::dump::Dump,
+    tid: u32,
+    cause: Option<&crate::cause::Cause>,
+) {
+    let causes: HashMap<i32, crate::cause::Cause> =
+        cause.map(|c| (tid as i32, c.clone())).into_iter().collect();
+    let Some(bytes) = crate::symbolize::minidump_of(dump, &crate::dump::cause_views(&causes))
+    else {
+        return;
+    };
+    let Some(name) = text
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| format!("{}.dmp", n.strip_suffix(".txt").unwrap_or(n)))
+    else {
+        return;
+    };
+    match ctx.out.write(&name, &bytes) {
+        Outcome::Written(path, bytes) => ctx.log.event(
+            "minidump_written",
+            json!({"path": path.display().to_string(), "bytes": bytes}),
+            format!("wrote {}", path.display()),
+        ),
+        Outcome::Failed(why) => {
+            ctx.log
+                .event("warning", json!({"message": why}), format!("WARNING {why}"))
+        }
+        Outcome::OverBudget { used, budget } => warn_budget(ctx, used, budget),
+        Outcome::Off => {}
+    }
+}
+
 fn dump_now(
     ctx: &mut Ctx<'_>,
     w: &mut Watched,
@@ -1094,6 +1144,9 @@ fn dump_now(
             if let Some(s) = &ctx.stats {
                 s.dump(&w.name);
             }
+            if ctx.args.save_minidumps {
+                save_minidump(ctx, &path, &dump, w.tid, cause.as_ref());
+            }
             ctx.log.event(
                 "dump_written",
                 json!({"loop": w.name, "path": path.display().to_string(), "index": index,
@@ -1124,16 +1177,7 @@ fn dump_now(
                     .unwrap_or_default(),
             );
         }
-        Outcome::OverBudget { used, budget } => {
-            if !ctx.budget_warned {
-                ctx.budget_warned = true;
-                ctx.log.event(
-                    "warning",
-                    json!({"message": "dump budget spent", "used": used, "budget": budget}),
-                    format!("WARNING {used} bytes of dumps written (budget {budget}): skipping new dumps, deleting nothing"),
-                );
-            }
-        }
+        Outcome::OverBudget { used, budget } => warn_budget(ctx, used, budget),
         Outcome::Failed(why) => {
             ctx.log
                 .event("warning", json!({"message": why}), format!("WARNING {why}"));
