@@ -365,9 +365,15 @@ pub fn cause_views(causes: &HashMap<i32, crate::cause::Cause>) -> HashMap<i32, C
 
 /// Adds `"cause"` to every thread object of a `dump --json` object.
 pub fn add_causes_json(v: &mut serde_json::Value, causes: &HashMap<i32, CauseView>) {
-    if let Some(threads) = v.get_mut("threads").and_then(serde_json::Value::as_array_mut) {
+    if let Some(threads) = v
+        .get_mut("threads")
+        .and_then(serde_json::Value::as_array_mut)
+    {
         for t in threads {
-            let tid = t.get("tid").and_then(serde_json::Value::as_i64).unwrap_or(-1) as i32;
+            let tid = t
+                .get("tid")
+                .and_then(serde_json::Value::as_i64)
+                .unwrap_or(-1) as i32;
             if let serde_json::Value::Object(m) = t {
                 let c = causes.get(&tid).map(|c| c.json.clone());
                 m.insert("cause".into(), c.unwrap_or(serde_json::Value::Null));

@@ -131,7 +131,15 @@ fn a_stripped_build_saved_then_symbolized_elsewhere_matches_the_unstripped_live_
         .iter()
         .zip(stripped_live["threads"].as_array().unwrap())
     {
-        for k in ["tid", "name", "state", "stop", "cause", "end", "stack_bytes"] {
+        for k in [
+            "tid",
+            "name",
+            "state",
+            "stop",
+            "cause",
+            "end",
+            "stack_bytes",
+        ] {
             assert_eq!(a[k], b[k], "{k} of thread {}", b["tid"]);
         }
     }
@@ -200,7 +208,10 @@ fn missing_corrupt_and_truncated_files_exit_7_with_a_reason() {
     let bad = dir.join("bad.dmp");
     let mut cases: Vec<(Vec<u8>, &str)> = vec![
         (Vec::new(), "shorter than a minidump header"),
-        (b"not a minidump at all, just text, long enough".to_vec(), "no MDMP signature"),
+        (
+            b"not a minidump at all, just text, long enough".to_vec(),
+            "no MDMP signature",
+        ),
     ];
     for cut in [31, 32, 100, bytes.len() / 2, bytes.len() - 1] {
         cases.push((bytes[..cut].to_vec(), "not a usable minidump"));
@@ -212,7 +223,11 @@ fn missing_corrupt_and_truncated_files_exit_7_with_a_reason() {
         std::fs::write(&bad, &content).unwrap();
         let (code, err) = symbolize_fails(&bad);
         assert_eq!(code, Some(7), "{} bytes: {err}", content.len());
-        assert!(err.contains(want), "{} bytes: want {want:?}: {err}", content.len());
+        assert!(
+            err.contains(want),
+            "{} bytes: want {want:?}: {err}",
+            content.len()
+        );
         assert!(!err.contains("panicked"), "{err}");
     }
 }
@@ -223,7 +238,14 @@ fn watch_save_minidumps_writes_one_beside_each_text_file() {
     let dir = TempDir::new("minidump-watch");
     let pid = fx.pid.to_string();
     let mut child = Command::new(watch_bin())
-        .args(["watch", &pid, "--json", "--exit-on-hang", "--dump-gap", "0.3"])
+        .args([
+            "watch",
+            &pid,
+            "--json",
+            "--exit-on-hang",
+            "--dump-gap",
+            "0.3",
+        ])
         .arg("--save-minidumps")
         .arg("--output-dir")
         .arg(dir.path())

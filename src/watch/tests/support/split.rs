@@ -89,4 +89,3 @@ pub fn place_by_build_id(dir: &Path, debug: &Path, id: &str) {
     std::fs::create_dir_all(&at).expect("create the build-id directory");
     std::fs::copy(debug, at.join(format!("{}.debug", &id[2..]))).expect("copy the debug file");
 }
-
