@@ -151,11 +151,30 @@ fn a_stripped_build_saved_then_symbolized_elsewhere_matches_the_unstripped_live_
     assert_eq!(want.len(), 4, "main, deep, inline, sighand");
     assert_eq!(frames(&symbolize(&dmp, Some(&by_id))), want);
 
+    // The same file without our stream (what another writer gives): the
+    // threads are unwound again offline, from the saved registers and
+    // stacks with the modules' CFI, to the same frames.
+    let foreign = dir.join("foreign.dmp");
+    std::fs::write(&foreign, without_our_stream(&std::fs::read(&dmp).unwrap())).unwrap();
+    assert_eq!(frames(&symbolize(&foreign, Some(&by_id))), want);
+
     // Another host: the binary is gone, only the .debug file is left (its
     // .eh_frame is NOBITS: the recorded unwinding carries the frames).
     std::fs::remove_file(&s.stripped).expect("remove the stripped binary");
     std::fs::remove_file(&s.debug).expect("remove the loose debug file");
     assert_eq!(frames(&symbolize(&dmp, Some(&by_id))), want);
+}
+
+/// `file` with the aiodebug stream (the last, as we write it) dropped
+/// from the stream directory.
+fn without_our_stream(file: &[u8]) -> Vec<u8> {
+    let mut v = file.to_vec();
+    let n = u32::from_le_bytes(v[8..12].try_into().unwrap());
+    let dir = u32::from_le_bytes(v[12..16].try_into().unwrap()) as usize;
+    let last = dir + 12 * (n as usize - 1);
+    assert_eq!(&v[last..last + 4], &0x4149_4401u32.to_le_bytes());
+    v[8..12].copy_from_slice(&(n - 1).to_le_bytes());
+    v
 }
 
 #[test]
