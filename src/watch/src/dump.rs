@@ -447,16 +447,6 @@ pub fn render_text(d: &Dump, causes: &HashMap<i32, CauseView>, out: &mut Vec<u8>
 // ---------------------------------------------------------------------------
 // JSON (schema: README.md, "dump --json schema")
 
-fn kind_str(k: FrameKind) -> &'static str {
-    match k {
-        FrameKind::Pc => "pc",
-        FrameKind::Return => "return",
-        FrameKind::SignalTrampoline => "signal-trampoline",
-        FrameKind::Interrupted => "signal-interrupted",
-        FrameKind::Python => "python",
-    }
-}
-
 fn end_json(e: &StackEnd) -> serde_json::Value {
     let address = match e {
         StackEnd::NoUnwindInfo(a) | StackEnd::OutsideCode(a) | StackEnd::UnreadableStack(a) => {
@@ -486,7 +476,7 @@ fn frame_json(n: usize, f: &Frame) -> serde_json::Value {
     json!({
         "index": n,
         "address": format!("0x{:x}", f.address),
-        "kind": kind_str(f.kind),
+        "kind": f.kind.code(),
         "function": f.function,
         "inlined": f.inlined,
         "file": f.file,

@@ -251,51 +251,54 @@ fn missing_corrupt_and_truncated_files_exit_7_with_a_reason() {
     }
 }
 
+/// A child process killed and reaped when dropped (also when a test fails).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn watch_save_minidumps_writes_one_beside_each_text_file() {
     let mut fx = Fixture::spawn("fx-thread-loop", Variant::Pie, &[]);
     let dir = TempDir::new("minidump-watch");
     let pid = fx.pid.to_string();
-    let mut child = Command::new(watch_bin())
-        .args([
-            "watch",
-            &pid,
-            "--json",
-            "--exit-on-hang",
-            "--dump-gap",
-            "0.3",
-        ])
-        .arg("--save-minidumps")
-        .arg("--output-dir")
-        .arg(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start watch");
-    let events = support::json_events(child.stdout.take().expect("stdout"));
+    let mut child = Reaped(
+        Command::new(watch_bin())
+            .args([
+                "watch",
+                &pid,
+                "--json",
+                "--exit-on-hang",
+                "--dump-gap",
+                "0.3",
+            ])
+            .arg("--save-minidumps")
+            .arg("--output-dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start watch"),
+    );
+    let events = support::json_events(child.0.stdout.take().expect("stdout"));
     let mut seen = Vec::new();
-    let mut wait_for = |kind: &str| loop {
+    loop {
         match events.recv_timeout(Duration::from_secs(20)) {
-            Ok(v) if v["event"] == kind => break,
+            Ok(v) if v["event"] == "loop_found" => break,
             Ok(v) => seen.push(v),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("no {kind} event; seen {seen:#?}");
-            }
+            Err(_) => panic!("no loop_found event; seen {seen:#?}"),
         }
-    };
-    wait_for("loop_found");
+    }
     fx.ok("block ticker 2000");
     let end = Instant::now() + Duration::from_secs(20);
     let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
+        if let Some(st) = child.0.try_wait().expect("wait") {
             break st;
         }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("watch did not exit on the hang");
-        }
+        assert!(Instant::now() < end, "watch did not exit on the hang");
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(1));

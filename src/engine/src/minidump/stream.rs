@@ -42,27 +42,6 @@ fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-fn kind_code(k: FrameKind) -> &'static str {
-    match k {
-        FrameKind::Pc => "pc",
-        FrameKind::Return => "return",
-        FrameKind::SignalTrampoline => "signal-trampoline",
-        FrameKind::Interrupted => "signal-interrupted",
-        FrameKind::Python => "python",
-    }
-}
-
-fn kind_of(s: &str) -> Option<FrameKind> {
-    Some(match s {
-        "pc" => FrameKind::Pc,
-        "return" => FrameKind::Return,
-        "signal-trampoline" => FrameKind::SignalTrampoline,
-        "signal-interrupted" => FrameKind::Interrupted,
-        "python" => FrameKind::Python,
-        _ => return None,
-    })
-}
-
 fn end_json(e: &StackEnd) -> Value {
     let (address, count) = match e {
         StackEnd::NoUnwindInfo(a) | StackEnd::OutsideCode(a) | StackEnd::UnreadableStack(a) => {
@@ -132,7 +111,7 @@ pub fn encode(snap: &ProcessSnapshot, extra: &Extra<'_>) -> Value {
                 .and_then(|d| d.threads.iter().find(|d| d.tid == t.tid))
                 .map(|d| {
                     json!({
-                        "frames": d.unwound.iter().map(|f| json!([f.address, kind_code(f.kind)])).collect::<Vec<_>>(),
+                        "frames": d.unwound.iter().map(|f| json!([f.address, f.kind.code()])).collect::<Vec<_>>(),
                         "end": end_json(&d.end),
                     })
                 });
@@ -298,7 +277,7 @@ pub fn apply(
                 .filter_map(|f| {
                     Some(RawFrame {
                         address: f[0].as_u64()?,
-                        kind: kind_of(f[1].as_str()?)?,
+                        kind: FrameKind::from_code(f[1].as_str()?)?,
                     })
                 })
                 .collect();
