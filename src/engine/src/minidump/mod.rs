@@ -2,7 +2,7 @@
 //! rust-minidump, Sentry and Breakpad's tools read (pure: nothing here
 //! touches a process).
 //!
-//! [`write`] turns a [`ProcessSnapshot`] (and the [`Dump`] made of it) into
+//! [`write()`] turns a [`ProcessSnapshot`] (and the [`Dump`] made of it) into
 //! the bytes of a `.dmp` file:
 //!
 //! | stream | type | holds |
@@ -24,7 +24,7 @@
 //! identity, code ranges and problem, the capture's times, and the caller's
 //! annotations (loop names, causes, Python frames: an opaque JSON value).
 //!
-//! [`read`] turns such bytes back into a [`Saved`] snapshot. Every count and
+//! [`read()`] turns such bytes back into a [`Saved`] snapshot. Every count and
 //! size read from the file is checked against the file's length and capped
 //! ([`MAX_STREAMS`], [`MAX_THREADS`], [`crate::module::MAX_MODULES`]); a
 //! corrupt or truncated file is a [`ReadError`], never a panic or an
@@ -108,7 +108,7 @@ pub struct Saved {
     pub foreign: bool,
 }
 
-/// What [`write`] adds to the snapshot.
+/// What [`write()`] adds to the snapshot.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Extra<'a> {
     /// The dump made of the snapshot: its unwinding is recorded.
