@@ -123,7 +123,7 @@ pub fn run_with_loops(args: &DumpArgs, loops: Option<&HashMap<i32, String>>) -> 
         let cause_start = std::time::Instant::now();
         let causes = crate::cause::for_dump(args.pid, &dump);
         let cause_time = cause_start.elapsed();
-        let causes = cause_views(&causes);
+        let causes = cause_views(&causes, args.json || args.save.is_some());
         if i == 0 && args.save.is_some() {
             if let Some(bytes) = crate::symbolize::minidump_of(&dump, &causes) {
                 save.set(bytes);
@@ -347,8 +347,12 @@ pub struct CauseView {
     pub json: serde_json::Value,
 }
 
-/// The views of `causes`.
-pub fn cause_views(causes: &HashMap<i32, crate::cause::Cause>) -> HashMap<i32, CauseView> {
+/// The views of `causes`; their JSON only `with_json` (`null` otherwise:
+/// a text dump does not pay for it).
+pub fn cause_views(
+    causes: &HashMap<i32, crate::cause::Cause>,
+    with_json: bool,
+) -> HashMap<i32, CauseView> {
     causes
         .iter()
         .map(|(tid, c)| {
@@ -356,7 +360,11 @@ pub fn cause_views(causes: &HashMap<i32, crate::cause::Cause>) -> HashMap<i32, C
                 *tid,
                 CauseView {
                     line: c.line(),
-                    json: crate::cause::json(c),
+                    json: if with_json {
+                        crate::cause::json(c)
+                    } else {
+                        serde_json::Value::Null
+                    },
                 },
             )
         })

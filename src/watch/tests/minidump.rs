@@ -342,3 +342,110 @@ fn watch_save_minidumps_writes_one_beside_each_text_file() {
         assert!(lp["cause"].is_object(), "the loop's cause is kept: {lp}");
     }
 }
+
+/// rust-minidump's `minidump-stackwalk`, installed once under
+/// `target/tools` (kept there: the next run finds it).
+fn stackwalk() -> PathBuf {
+    let root = support::workspace_root().join("target/tools");
+    let bin = root.join("bin/minidump-stackwalk");
+    if !bin.exists() {
+        let start = Instant::now();
+        let out = Command::new(support::cbuild::cargo())
+            .args(["install", "minidump-stackwalk", "--locked", "--root"])
+            .arg(&root)
+            .output()
+            .expect("run cargo install");
+        assert!(
+            out.status.success(),
+            "cargo install minidump-stackwalk failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("installed minidump-stackwalk in {:?}", start.elapsed());
+    }
+    bin
+}
+
+/// The thread ids of a minidump's ThreadList, in its order.
+fn thread_list(file: &[u8]) -> Vec<i64> {
+    let u32_at = |at: usize| u32::from_le_bytes(file[at..at + 4].try_into().unwrap()) as usize;
+    let (n, dir) = (u32_at(8), u32_at(12));
+    let list = (0..n)
+        .map(|i| dir + 12 * i)
+        .find(|&e| u32_at(e) == 3)
+        .map(|e| u32_at(e + 8))
+        .expect("a ThreadList");
+    (0..u32_at(list))
+        .map(|i| u32_at(list + 4 + 48 * i) as i64)
+        .collect()
+}
+
+#[test]
+fn minidump_stackwalk_reads_our_file_and_unwinds_every_thread_as_we_do() {
+    let tool = stackwalk();
+    let dir = TempDir::new("minidump-stackwalk");
+    let (_s, full) = split_keeping_full(&dir, &[]);
+    let dmp = dir.join("full.dmp");
+    let ours = {
+        let fx = spawn(&full);
+        dump(fx.pid, Some(&dmp))
+    };
+    let out = Command::new(&tool)
+        .arg("--json")
+        .arg("--use-local-debuginfo")
+        .arg(&dmp)
+        .output()
+        .expect("run minidump-stackwalk");
+    assert!(
+        out.status.success(),
+        "minidump-stackwalk refused our file: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs: Value = serde_json::from_slice(&out.stdout).expect("its JSON");
+    let tids = thread_list(&std::fs::read(&dmp).unwrap());
+    let their_threads = theirs["threads"].as_array().expect("threads");
+    assert_eq!(their_threads.len(), tids.len(), "{theirs}");
+    for (tid, t) in tids.iter().zip(their_threads) {
+        let mine = ours["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["tid"] == *tid)
+            .expect("the thread in our dump");
+        // Our unwinding: one address per native frame (inlined frames
+        // share the address of the frame they are inlined into).
+        let want: Vec<(u64, String)> = mine["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["inlined"] == false)
+            .map(|f| {
+                let a = f["address"].as_str().unwrap().trim_start_matches("0x");
+                (
+                    u64::from_str_radix(a, 16).unwrap(),
+                    f["function"].as_str().unwrap_or("?").to_string(),
+                )
+            })
+            .collect();
+        let got: Vec<u64> = t["frames"]
+            .as_array()
+            .expect("frames")
+            .iter()
+            .map(|f| {
+                let a = f["offset"].as_str().expect("offset");
+                u64::from_str_radix(a.trim_start_matches("0x"), 16).unwrap()
+            })
+            .collect();
+        // Caller frames: rust-minidump gives an address inside the call
+        // (the return address − 1), we give the return address.
+        let same = got.len() == want.len()
+            && got
+                .iter()
+                .zip(&want)
+                .all(|(g, (w, _))| *g == *w || *g + 1 == *w);
+        assert!(
+            same,
+            "thread {tid}: ours {want:x?}\ntheirs {got:x?}\n{}",
+            t["frames"]
+        );
+    }
+}

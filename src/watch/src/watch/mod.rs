@@ -1040,7 +1040,7 @@ fn save_minidump(
 ) {
     let causes: HashMap<i32, crate::cause::Cause> =
         cause.map(|c| (tid as i32, c.clone())).into_iter().collect();
-    let Some(bytes) = crate::symbolize::minidump_of(dump, &crate::dump::cause_views(&causes))
+    let Some(bytes) = crate::symbolize::minidump_of(dump, &crate::dump::cause_views(&causes, true))
     else {
         return;
     };
