@@ -166,6 +166,9 @@ fn read_threads(f: &In<'_>, s: &Streams<'_>) -> Result<Vec<ThreadSnapshot>, Read
     let (n, rest) = list(body, 48, MAX_THREADS, "the ThreadList stream")?;
     let r = In { data: rest };
     let mut out = Vec::with_capacity(n);
+    // Stacks are copied out: their sum may not exceed the file (threads
+    // pointing at one region many times would multiply an allocation).
+    let mut copied = 0u64;
     for i in 0..n as u64 {
         let at = 48 * i;
         let w = "the ThreadList stream";
@@ -176,6 +179,12 @@ fn read_threads(f: &In<'_>, s: &Streams<'_>) -> Result<Vec<ThreadSnapshot>, Read
         let stack_rva = r.u32(at + 36, w)?;
         let ctx_size = r.u32(at + 40, w)?;
         let ctx_rva = r.u32(at + 44, w)?;
+        copied += u64::from(stack_size);
+        if copied > f.data.len() as u64 {
+            return err(format!(
+                "the thread stacks add up to more bytes than the file holds ({copied} at thread {tid})"
+            ));
+        }
         let stack = f
             .slice(
                 u64::from(stack_rva),
@@ -294,6 +303,8 @@ fn read_modules(
     let (n, rest) = list(body, 108, MAX_MODULES, w)?;
     let r = In { data: rest };
     let mut out = Modules::default();
+    // One vDSO image is copied out, no more (see the stacks' budget).
+    let mut images = 0;
     for i in 0..n as u64 {
         let at = 108 * i;
         let start = r.u64(at, w)?;
@@ -314,7 +325,8 @@ fn read_modules(
             None
         };
         let vdso = name == "[vdso]" || name.ends_with("linux-gate.so");
-        let image = if vdso {
+        let image = if vdso && images == 0 {
+            images += 1;
             memory
                 .iter()
                 .find(|(a, b)| *a == start && b.len() as u64 <= MAX_VDSO)

@@ -227,11 +227,18 @@ pub fn apply(
         .collect();
     snap.exited = v["exited"].as_bool().unwrap_or(false);
     let mut unwound = std::collections::HashMap::new();
+    // Indexes, not searches: the lists are long in a hostile file.
+    let by_tid: std::collections::HashMap<i32, usize> = snap
+        .threads
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.tid, i))
+        .collect();
     for tv in list(&v["threads"], MAX_THREADS) {
         let Some(tid) = tv["tid"].as_i64().and_then(|t| i32::try_from(t).ok()) else {
             continue;
         };
-        let Some(t) = snap.threads.iter_mut().find(|t| t.tid == tid) else {
+        let Some(t) = by_tid.get(&tid).and_then(|&i| snap.threads.get_mut(i)) else {
             continue;
         };
         if let Some(n) = tv["name"].as_str() {
@@ -290,11 +297,21 @@ pub fn apply(
             );
         }
     }
+    let by_start: std::collections::HashMap<u64, usize> = snap
+        .modules
+        .modules
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.start, i))
+        .collect();
     for mv in list(&v["modules"], crate::module::MAX_MODULES) {
         let Some(start) = mv["start"].as_u64() else {
             continue;
         };
-        let Some(m) = snap.modules.modules.iter_mut().find(|m| m.start == start) else {
+        let Some(m) = by_start
+            .get(&start)
+            .and_then(|&i| snap.modules.modules.get_mut(i))
+        else {
             continue;
         };
         if let Some(b) = mv["bias"].as_u64() {

@@ -442,3 +442,38 @@ fn a_file_of_another_writer_reads_from_its_standard_streams() {
     assert_eq!(exe.code, snap.modules.modules[0].code, "from LinuxMaps");
     assert!(s.modules.modules[2].image.is_some(), "the vDSO from memory");
 }
+
+#[test]
+fn stacks_pointing_at_one_region_cannot_multiply_an_allocation() {
+    // Every thread's stack descriptor points at the main thread's stack:
+    // the copies would add up to more than the file.
+    let mut many = sample();
+    let main = many.threads[0].clone();
+    many.threads = (0..64)
+        .map(|i| ThreadSnapshot {
+            tid: 5000 + i,
+            ..main.clone()
+        })
+        .collect();
+    let mut bytes = write(&many, &Extra::default());
+    let f = super::bytes::In { data: &bytes };
+    let dir = f.u32(12, "").unwrap() as usize;
+    let n = f.u32(8, "").unwrap() as usize;
+    let tl = (0..n)
+        .find(|i| f.u32((dir + 12 * i) as u64, "").unwrap() == kind::THREAD_LIST)
+        .unwrap();
+    let rva = f.u32((dir + 12 * tl + 8) as u64, "").unwrap() as usize;
+    let first = rva + 4;
+    let (size, at) = (
+        f.u32(first as u64 + 32, "").unwrap(),
+        f.u32(first as u64 + 36, "").unwrap(),
+    );
+    let len = (size * 40).min(bytes.len() as u32 - at);
+    for i in 0..64 {
+        let e = first + 48 * i;
+        bytes[e + 32..e + 36].copy_from_slice(&len.to_le_bytes());
+        bytes[e + 36..e + 40].copy_from_slice(&at.to_le_bytes());
+    }
+    let e = read(&bytes).expect_err("refused").0;
+    assert!(e.contains("more bytes than the file holds"), "{e}");
+}
