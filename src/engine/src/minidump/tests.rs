@@ -209,6 +209,17 @@ fn sample() -> ProcessSnapshot {
     }
 }
 
+/// Where the stream of type `ty` of `file` starts.
+fn stream_rva(file: &[u8], ty: u32) -> usize {
+    let f = super::bytes::In { data: file };
+    let dir = f.u32(12, "").unwrap() as usize;
+    let n = f.u32(8, "").unwrap() as usize;
+    let i = (0..n)
+        .find(|i| f.u32((dir + 12 * i) as u64, "").unwrap() == ty)
+        .expect("the stream");
+    f.u32((dir + 12 * i + 8) as u64, "").unwrap() as usize
+}
+
 fn annotations() -> serde_json::Value {
     serde_json::json!({"loops": {"4241": "main"}})
 }
@@ -379,13 +390,7 @@ fn corrupt_fields_are_errors_with_reasons() {
     v[12..16].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
     assert!(e(&v).contains("past the end"));
     // A thread list claiming 2^31 threads: refused before any allocation.
-    let f = super::bytes::In { data: &good };
-    let dir = f.u32(12, "").unwrap() as usize;
-    let n = f.u32(8, "").unwrap() as usize;
-    let tl = (0..n)
-        .find(|i| f.u32((dir + 12 * i) as u64, "").unwrap() == kind::THREAD_LIST)
-        .unwrap();
-    let rva = f.u32((dir + 12 * tl + 8) as u64, "").unwrap() as usize;
+    let rva = stream_rva(&good, kind::THREAD_LIST);
     let mut v = good.clone();
     v[rva..rva + 4].copy_from_slice(&0x8000_0000u32.to_le_bytes());
     assert!(e(&v).contains("entries"), "{}", e(&v));
@@ -393,10 +398,7 @@ fn corrupt_fields_are_errors_with_reasons() {
     v[rva..rva + 4].copy_from_slice(&1000u32.to_le_bytes());
     assert!(e(&v).contains("do not fit"), "{}", e(&v));
     // Not AMD64.
-    let si = (0..n)
-        .find(|i| f.u32((dir + 12 * i) as u64, "").unwrap() == kind::SYSTEM_INFO)
-        .unwrap();
-    let rva = f.u32((dir + 12 * si + 8) as u64, "").unwrap() as usize;
+    let rva = stream_rva(&good, kind::SYSTEM_INFO);
     let mut v = good.clone();
     v[rva] = 12;
     assert!(e(&v).contains("architecture 12"));
@@ -456,13 +458,8 @@ fn stacks_pointing_at_one_region_cannot_multiply_an_allocation() {
         })
         .collect();
     let mut bytes = write(&many, &Extra::default());
+    let rva = stream_rva(&bytes, kind::THREAD_LIST);
     let f = super::bytes::In { data: &bytes };
-    let dir = f.u32(12, "").unwrap() as usize;
-    let n = f.u32(8, "").unwrap() as usize;
-    let tl = (0..n)
-        .find(|i| f.u32((dir + 12 * i) as u64, "").unwrap() == kind::THREAD_LIST)
-        .unwrap();
-    let rva = f.u32((dir + 12 * tl + 8) as u64, "").unwrap() as usize;
     let first = rva + 4;
     let (size, at) = (
         f.u32(first as u64 + 32, "").unwrap(),
