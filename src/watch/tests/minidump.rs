@@ -344,14 +344,22 @@ fn watch_save_minidumps_writes_one_beside_each_text_file() {
 }
 
 /// rust-minidump's `minidump-stackwalk`, installed once under
-/// `target/tools` (kept there: the next run finds it).
+/// `target/tools` (kept there: the next run finds it; scripts/test installs
+/// the same version before the tests).
 fn stackwalk() -> PathBuf {
     let root = support::workspace_root().join("target/tools");
     let bin = root.join("bin/minidump-stackwalk");
     if !bin.exists() {
         let start = Instant::now();
         let out = Command::new(support::cbuild::cargo())
-            .args(["install", "minidump-stackwalk", "--locked", "--root"])
+            .args([
+                "install",
+                "minidump-stackwalk",
+                "--version",
+                "0.27.0",
+                "--locked",
+                "--root",
+            ])
             .arg(&root)
             .output()
             .expect("run cargo install");
