@@ -89,6 +89,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         json: false,
         stacks: Default::default(),
         loop_threads: Vec::new(),
+        busy_sample: 0.1,
         debug_dirs: Vec::new(),
     };
     let (code, summary) = crate::watch::watch(&watch_args);
