@@ -8,6 +8,7 @@ mod exit;
 mod generate;
 mod out;
 mod pyview;
+mod loopstatus;
 mod status;
 mod watch;
 

@@ -160,7 +160,7 @@ struct Thread {
 }
 
 /// The thread's name (`comm`), or `thread TID`.
-fn thread_comm(pid: i32, tid: i32) -> String {
+pub(crate) fn thread_comm(pid: i32, tid: i32) -> String {
     std::fs::read(format!("/proc/{pid}/task/{tid}/comm"))
         .ok()
         .map(|b| {
@@ -172,7 +172,7 @@ fn thread_comm(pid: i32, tid: i32) -> String {
 }
 
 /// The threads of `pid`, by tid, at most `MAX_THREADS` (and whether more).
-fn list_threads(pid: i32) -> Result<(Vec<i32>, bool), Error> {
+pub(crate) fn list_threads(pid: i32) -> Result<(Vec<i32>, bool), Error> {
     let rd = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::Exited { pid }
@@ -193,7 +193,7 @@ fn list_threads(pid: i32) -> Result<(Vec<i32>, bool), Error> {
 /// `restart_syscall` (a wait or a sleep our snapshot interrupted resumes as
 /// that call: it is still in whatever it was in before) or the file cannot be
 /// read.
-fn place_now(file: Option<&std::fs::File>, prev: Place) -> Place {
+pub(crate) fn place_now(file: Option<&std::fs::File>, prev: Place) -> Place {
     let Some(f) = file else { return prev };
     let mut buf = [0u8; 256];
     match f.read_at(&mut buf, 0) {
