@@ -15,92 +15,10 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::watcher::{Kid, Watch};
 use support::{watch_bin, workspace_root, Fixture, TempDir};
-
-/// A child process killed (and reaped) on drop, also when the test fails.
-struct Kid(Child);
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `aiodebug-watch watch PID --json`, its events on a channel.
-struct Watch {
-    child: Kid,
-    events: mpsc::Receiver<Value>,
-    seen: Vec<Value>,
-}
-
-impl Watch {
-    fn start(pid: i32, dir: &Path, extra: &[&str]) -> Watch {
-        let mut child = Command::new(watch_bin())
-            .args(["watch", &pid.to_string(), "--json", "--output-dir"])
-            .arg(dir)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start watch");
-        let out = child.stdout.take().expect("stdout");
-        Watch {
-            child: Kid(child),
-            events: support::json_events(out),
-            seen: Vec::new(),
-        }
-    }
-
-    /// The next event of `kind` within `timeout` (panics with every event
-    /// seen otherwise).
-    fn wait_for(&mut self, kind: &str, timeout: Duration) -> Value {
-        let end = Instant::now() + timeout;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(v) => {
-                    self.seen.push(v.clone());
-                    if v["event"] == kind {
-                        return v;
-                    }
-                }
-                Err(_) => panic!(
-                    "no {kind:?} event within {timeout:?}; seen: {:#?}",
-                    self.seen
-                ),
-            }
-        }
-    }
-
-    /// Every event for `d`.
-    fn collect_for(&mut self, d: Duration) {
-        let end = Instant::now() + d;
-        while let Ok(v) = self
-            .events
-            .recv_timeout(end.saturating_duration_since(Instant::now()))
-        {
-            self.seen.push(v);
-        }
-    }
-
-    fn count(&self, kind: &str) -> usize {
-        self.seen.iter().filter(|v| v["event"] == kind).count()
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        // SIGTERM first: the watch ends cleanly; Kid kills it anyway.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.0.id() as i32),
-            nix::sys::signal::SIGTERM,
-        );
-    }
-}
 
 /// Debian's interpreter, as its users have it.
 fn debian_python() -> PathBuf {

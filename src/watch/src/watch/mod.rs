@@ -174,6 +174,29 @@ struct Watched {
     cause: crate::cause::LoopCause,
 }
 
+impl Watched {
+    /// A loop (or worker) first seen at `now`, with no history yet.
+    fn new(name: String, tid: u32, cfg: episode::Config, now: u64) -> Watched {
+        Watched {
+            name,
+            tid,
+            stuck_poll: None,
+            poll_since_ns: 0,
+            tracker: Tracker::new(cfg),
+            last_ticks: 0,
+            window: Vec::new(),
+            lost: 0,
+            episode_prev_cpu: HashMap::new(),
+            recovered_after_ns: None,
+            slow_frames: None,
+            last_gauge_ns: 0,
+            last_read_ns: now,
+            tick_rate_ns: 0,
+            cause: Default::default(),
+        }
+    }
+}
+
 /// Everything a watch run needs besides the loop state.
 struct Ctx<'a> {
     args: &'a WatchArgs,
@@ -534,21 +557,9 @@ fn watch_step(ctx: &mut Ctx<'_>, target: &Target, st: &mut LoopState, stop: &Ato
                         format!("loop '{}' on thread {} (period {})", lp.name, lp.tid, human(lp.period_ns)),
                     );
                     Watched {
-                        name: lp.name.clone(),
-                        tid: lp.tid,
-                        stuck_poll: None,
-                        poll_since_ns: 0,
-                        tracker: Tracker::new(cfg),
                         last_ticks: lp.ticks,
-                        window: Vec::new(),
-                        lost: 0,
-                        episode_prev_cpu: HashMap::new(),
-                        recovered_after_ns: None,
-                        slow_frames: None,
-                        last_gauge_ns: 0,
-                        last_read_ns: now,
                         tick_rate_ns: lp.period_ns.max(1_000_000),
-                        cause: Default::default(),
+                        ..Watched::new(lp.name.clone(), lp.tid, cfg, now)
                     }
                 });
                 w.tid = lp.tid;
@@ -688,21 +699,9 @@ fn watch_workers(
         let k = p.key;
         active.push(k);
         let w = workers.entry(k).or_insert_with(|| Watched {
-            name: p.owner.clone(),
-            tid: p.tid,
             stuck_poll: Some(p.what.clone()),
             poll_since_ns: p.since_ns,
-            tracker: Tracker::new(cfg),
-            last_ticks: 0,
-            window: Vec::new(),
-            lost: 0,
-            episode_prev_cpu: HashMap::new(),
-            recovered_after_ns: None,
-            slow_frames: None,
-            last_gauge_ns: 0,
-            last_read_ns: now,
-            tick_rate_ns: 0,
-            cause: Default::default(),
+            ..Watched::new(p.owner.clone(), p.tid, cfg, now)
         });
         if w.tid == 0 {
             w.tid = p.tid;

@@ -17,7 +17,7 @@
 //! `/proc/PID/task/TID/syscall` for a thread whose count did not move. The
 //! target is never stopped except for the episode's snapshots.
 
-use super::episode::{Observation, Tracker};
+use super::episode::Observation;
 use super::files::OutputDir;
 use super::{
     act, connect_stats, dump_options, episode_config, gone_or_error, Ctx, Log, Summary, Watched,
@@ -227,26 +227,6 @@ fn parked_event(ctx: &Ctx<'_>, tid: i32, t: &Thread) {
             w.name
         ),
     );
-}
-
-fn new_watched(name: String, tid: u32, cfg: super::episode::Config, now: u64) -> Watched {
-    Watched {
-        name,
-        tid,
-        stuck_poll: None,
-        poll_since_ns: 0,
-        tracker: Tracker::new(cfg),
-        last_ticks: 0,
-        window: Vec::new(),
-        lost: 0,
-        episode_prev_cpu: HashMap::new(),
-        recovered_after_ns: None,
-        slow_frames: None,
-        last_gauge_ns: 0,
-        last_read_ns: now,
-        tick_rate_ns: 0,
-        cause: Default::default(),
-    }
 }
 
 /// Runs `watch PID` on a process with no heartbeat (or with `--loop-thread`).
@@ -474,7 +454,7 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
             if v.became_loop || (v.is_loop && t.watched.is_none()) {
                 announce(ctx, tid, t, tps, now);
                 let name = loop_name(pid, tid);
-                t.watched = Some(new_watched(name, tid as u32, cfg, now));
+                t.watched = Some(Watched::new(name, tid as u32, cfg, now));
                 if windows.fraction() > 0.0 {
                     t.sampling = open_sampling(ctx, tid, t, tps, &mut sample_warned);
                 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cbuild;
+pub mod watcher;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
