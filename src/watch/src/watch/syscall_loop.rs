@@ -108,9 +108,11 @@ impl Windows {
 /// The sampling rate of a window's timings: the fraction of time sampled,
 /// times the fraction of the iterations that ended in the window that were
 /// timed (`entries` counted in it: the first one closes an iteration begun
-/// before the window; lost samples and the cap lower it). 4 decimals.
-pub(crate) fn window_rate(fraction: f64, timed: usize, entries: u64) -> f64 {
-    let ended = entries.saturating_sub(1).max(1) as f64;
+/// before the window; lost samples and the cap lower it). `long`: the
+/// window's iterations of a look or more, left to the counters (timed there,
+/// every one): not among those the rate is of. 4 decimals.
+pub(crate) fn window_rate(fraction: f64, timed: usize, entries: u64, long: u64) -> f64 {
+    let ended = entries.saturating_sub(1).saturating_sub(long).max(1) as f64;
     let r = fraction * (timed as f64 / ended).min(1.0);
     ((r * 1e4).round() / 1e4).max(1e-4)
 }
@@ -124,6 +126,8 @@ struct Sampling {
     /// Busy times (ns) of this window's iterations shorter than a look, at
     /// most [`MAX_TIMED_PER_WINDOW`].
     timed: Vec<u64>,
+    /// This window's iterations of a look or more (not kept here).
+    long: u64,
 }
 
 /// One thread of the target, counted.
@@ -677,6 +681,7 @@ fn open_sampling(
             pairs: BusyPairs::default(),
             entries0: None,
             timed: Vec::new(),
+            long: 0,
         }),
         Err(e) => {
             if !std::mem::replace(warned, true) {
@@ -723,12 +728,18 @@ fn step_window(
     }
     if was_on && (!phase.on || phase.new_cycle) {
         if let (Some(e0), Some(s)) = (sm.entries0.take(), &ctx.stats) {
-            let rate = window_rate(fraction, sm.timed.len(), entries.saturating_sub(e0));
+            let rate = window_rate(
+                fraction,
+                sm.timed.len(),
+                entries.saturating_sub(e0),
+                sm.long,
+            );
             for &b in &sm.timed {
                 s.busy(name, b, rate);
             }
         }
         sm.timed.clear();
+        sm.long = 0;
         sm.pairs.gap();
     }
     if phase.on && (!was_on || phase.new_cycle) {
@@ -763,6 +774,7 @@ fn drain(ctx: &Ctx<'_>, tid: i32, name: &str, sm: &mut Sampling, busy: &mut Vec<
             continue;
         };
         if b >= lim.look_ns {
+            sm.long += 1;
             continue;
         }
         if sm.timed.len() < MAX_TIMED_PER_WINDOW {
@@ -884,12 +896,14 @@ mod tests {
     #[test]
     fn a_window_rate_counts_what_was_not_timed() {
         // 11 entries: 10 iterations ended in the window, all timed.
-        assert_eq!(window_rate(0.1, 10, 11), 0.1);
+        assert_eq!(window_rate(0.1, 10, 11, 0), 0.1);
         // Half of them lost (or past the cap): half the rate.
-        assert_eq!(window_rate(0.1, 5, 11), 0.05);
+        assert_eq!(window_rate(0.1, 5, 11, 0), 0.05);
+        // Five were a look long or more: the counters' (every one sent).
+        assert_eq!(window_rate(0.1, 5, 11, 5), 0.1);
         // More timed than counted (the counters were read a bit earlier).
-        assert_eq!(window_rate(0.1, 12, 11), 0.1);
-        assert_eq!(window_rate(1.0, 0, 0), 1e-4);
+        assert_eq!(window_rate(0.1, 12, 11, 0), 0.1);
+        assert_eq!(window_rate(1.0, 0, 0, 0), 1e-4);
     }
 
     #[test]
