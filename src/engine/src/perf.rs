@@ -401,10 +401,12 @@ pub fn parse_ring(data: &[u8]) -> Vec<RingRecord> {
             break;
         }
         let rec = match kind {
-            PERF_RECORD_SAMPLE if size >= 32 => match (u64_at(at + 8), u32_at(at + 20), u64_at(at + 24)) {
-                (Some(id), Some(tid), Some(time_ns)) => RingRecord::Sample { id, tid, time_ns },
-                _ => RingRecord::Other,
-            },
+            PERF_RECORD_SAMPLE if size >= 32 => {
+                match (u64_at(at + 8), u32_at(at + 20), u64_at(at + 24)) {
+                    (Some(id), Some(tid), Some(time_ns)) => RingRecord::Sample { id, tid, time_ns },
+                    _ => RingRecord::Other,
+                }
+            }
             PERF_RECORD_LOST if size >= 24 => RingRecord::Lost(u64_at(at + 16).unwrap_or(0)),
             _ => RingRecord::Other,
         };
@@ -431,10 +433,7 @@ impl BusyPairs {
                 self.returned_ns = Some(time_ns);
                 None
             }
-            Edge::Enter => self
-                .returned_ns
-                .take()
-                .map(|r| time_ns.saturating_sub(r)),
+            Edge::Enter => self.returned_ns.take().map(|r| time_ns.saturating_sub(r)),
         }
     }
 
@@ -662,7 +661,10 @@ impl WaitSampler {
             bytes.extend_from_slice(std::slice::from_raw_parts(data.add(start), first));
             bytes.extend_from_slice(std::slice::from_raw_parts(data, len - first));
         }
-        tail_w.store(tail.wrapping_add(len as u64), std::sync::atomic::Ordering::Release);
+        tail_w.store(
+            tail.wrapping_add(len as u64),
+            std::sync::atomic::Ordering::Release,
+        );
         parse_ring(&bytes)
     }
 }
@@ -741,7 +743,11 @@ mod tests {
         assert_eq!(
             parse_ring(&d),
             vec![
-                RingRecord::Sample { id: 7, tid: 10001, time_ns: 10_000_000_000 },
+                RingRecord::Sample {
+                    id: 7,
+                    tid: 10001,
+                    time_ns: 10_000_000_000
+                },
                 RingRecord::Lost(5),
                 RingRecord::Other,
             ]

@@ -165,9 +165,7 @@ pub struct WatchArgs {
 
 /// Parses a fraction between 0 and 1.
 pub fn parse_fraction(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("`{s}` is not a number"))?;
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
     if !v.is_finite() || !(0.0..=1.0).contains(&v) {
         return Err(format!("`{s}` is not a fraction between 0 and 1"));
     }

@@ -236,7 +236,11 @@ pub fn status(args: &StatusArgs, no_hb: &Error) -> ExitCode {
                 r.busy.len(),
                 p(50),
                 p(99),
-                r.busy.last().copied().map(human).unwrap_or_else(|| "-".into()),
+                r.busy
+                    .last()
+                    .copied()
+                    .map(human)
+                    .unwrap_or_else(|| "-".into()),
                 now,
                 if stalled(r) { "  STALLED" } else { "" }
             );
@@ -261,7 +265,9 @@ fn refused(pid: i32, e: Error) -> ExitCode {
         Error::PermissionDenied { hint, .. } => Error::PermissionDenied { pid, hint },
         e => e,
     };
-    crate::errln!("aiodebug-watch: PID {pid} has no heartbeat and its wait calls cannot be sampled: {e}");
+    crate::errln!(
+        "aiodebug-watch: PID {pid} has no heartbeat and its wait calls cannot be sampled: {e}"
+    );
     ExitCode::from(exit::code_for(&e))
 }
 
@@ -311,7 +317,11 @@ fn row(pid: i32, t: &mut Counted, secs: f64, now: u64) -> Option<LoopRow> {
         name: thread_comm(pid, t.tid),
         call: main_call(&named).map(|(c, _)| c),
         iterations,
-        per_s: if secs > 0.0 { iterations as f64 / secs } else { 0.0 },
+        per_s: if secs > 0.0 {
+            iterations as f64 / secs
+        } else {
+            0.0
+        },
         busy: std::mem::take(&mut t.busy),
         sampled: t.sampler.is_some(),
         waiting,

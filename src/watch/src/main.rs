@@ -6,9 +6,9 @@ mod demo;
 mod dump;
 mod exit;
 mod generate;
+mod loopstatus;
 mod out;
 mod pyview;
-mod loopstatus;
 mod status;
 mod watch;
 

@@ -587,13 +587,13 @@ fn status_without_a_heartbeat_gives_the_busy_percentiles_of_a_python_loop() {
     assert_eq!(lp["sampled"], true, "{lp}");
     let f = |k: &str| lp[k].as_f64().unwrap_or_else(|| panic!("{k}: {lp}"));
     // 2 s of 50 ms iterations: at most 40 (plus the one in progress).
-    assert!(
-        (10.0..=21.0).contains(&f("iterations_per_s")),
-        "{lp}"
-    );
+    assert!((10.0..=21.0).contains(&f("iterations_per_s")), "{lp}");
     assert!(lp["timed"].as_u64().unwrap_or(0) >= 10, "{lp}");
     let p50 = f("p50_ms");
-    assert!((48.0..=90.0).contains(&p50), "p50 {p50} ms for 50 ms iterations: {lp}");
+    assert!(
+        (48.0..=90.0).contains(&p50),
+        "p50 {p50} ms for 50 ms iterations: {lp}"
+    );
     assert!(f("max_ms") >= p50 && f("p99_ms") >= p50, "{lp}");
     let process = lines.last().expect("a process line");
     assert_eq!(process["event"], "process", "{process}");
@@ -605,7 +605,10 @@ fn status_without_a_heartbeat_gives_the_busy_percentiles_of_a_python_loop() {
         .expect("status");
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(text.contains("no heartbeat; loop threads by their wait calls"), "{text}");
+    assert!(
+        text.contains("no heartbeat; loop threads by their wait calls"),
+        "{text}"
+    );
     let row = text
         .lines()
         .find(|l| l.starts_with("python3 ") && l.contains(&format!(" {} ", fx.pid)))
@@ -651,7 +654,11 @@ fn loop_busy_of_short_iterations_reaches_a_udp_listener_with_the_sampling_rate()
     let mut buf = [0u8; 65536];
     let mut got = Vec::new();
     while let Ok(n) = statsd.recv(&mut buf) {
-        got.extend(String::from_utf8_lossy(&buf[..n]).lines().map(str::to_string));
+        got.extend(
+            String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .map(str::to_string),
+        );
     }
     let all = busy_timings(&got);
     // Iterations a look long or more (a loaded machine preempts the loop)
@@ -662,18 +669,30 @@ fn loop_busy_of_short_iterations_reaches_a_udp_listener_with_the_sampling_rate()
     assert!(busy.len() >= 5, "{got:#?}");
     for &(ms, rate) in &busy {
         assert!(rate > 0.0 && rate <= 0.2, "rate {rate}: {got:#?}");
-        assert!(ms < 25, "a sampled iteration is shorter than a look: {ms} ms");
+        assert!(
+            ms < 25,
+            "a sampled iteration is shorter than a look: {ms} ms"
+        );
     }
     for &(ms, _) in all.iter().filter(|&&(_, r)| r == 1.0) {
-        assert!(ms >= 25, "an unsampled timing is a look long or more: {ms} ms");
+        assert!(
+            ms >= 25,
+            "an unsampled timing is a look long or more: {ms} ms"
+        );
     }
     assert!(busy.iter().any(|&(_, r)| r >= 0.19), "{busy:?}");
     let mut ms: Vec<u64> = busy.iter().map(|&(m, _)| m).collect();
     ms.sort_unstable();
     let p50 = ms[ms.len() / 2];
-    assert!((7..=24).contains(&p50), "p50 {p50} ms of 8 ms iterations: {ms:?}");
+    assert!(
+        (7..=24).contains(&p50),
+        "p50 {p50} ms of 8 ms iterations: {ms:?}"
+    );
     let summary = w.first("busy_summary", Duration::from_secs(1));
-    assert!(summary["iterations"].as_u64().unwrap_or(0) >= 10, "{summary}");
+    assert!(
+        summary["iterations"].as_u64().unwrap_or(0) >= 10,
+        "{summary}"
+    );
 }
 
 #[test]
@@ -690,14 +709,21 @@ fn slow_iterations_shorter_than_a_look_are_warned() {
     );
     w.wait_for("loop_found", Duration::from_secs(30));
     w.collect_for(Duration::from_secs(4));
-    let slow: Vec<&Value> = w.seen.iter().filter(|v| v["event"] == "slow_tick").collect();
+    let slow: Vec<&Value> = w
+        .seen
+        .iter()
+        .filter(|v| v["event"] == "slow_tick")
+        .collect();
     assert!(slow.len() >= 3, "{:#?}", w.seen);
     for s in &slow {
         let b = s["blocked_ms"].as_f64().unwrap_or(0.0);
         assert!(b >= 20.0, "{s}");
     }
     let framed = slow.iter().any(|s| {
-        s["frames"].as_str().unwrap_or_default().contains("busy_iteration")
+        s["frames"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("busy_iteration")
     });
     let sampled = slow.iter().filter(|s| s["source"] == "sampled").count();
     assert!(framed || sampled > 0, "{slow:#?}");

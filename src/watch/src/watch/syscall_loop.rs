@@ -30,7 +30,9 @@ use aiodebug_engine::cause::parse::{parse_proc_syscall, ProcSyscall};
 use aiodebug_engine::cause::syscalls;
 use aiodebug_engine::dump::Dumper;
 use aiodebug_engine::loops::{self, Look, Peer, Place, ThreadTrack, NATIVE};
-use aiodebug_engine::perf::{BusyPairs, RingRecord, WaitCounters, WaitSampler, WaitTracepoints, WAIT_CALLS};
+use aiodebug_engine::perf::{
+    BusyPairs, RingRecord, WaitCounters, WaitSampler, WaitTracepoints, WAIT_CALLS,
+};
 use aiodebug_engine::target::{monotonic_ns, Reading};
 use aiodebug_engine::{proc, Error, ErrorKind};
 use serde_json::json;
@@ -519,7 +521,21 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
             let (Some(w), Some(sm)) = (&t.watched, t.sampling.as_mut()) else {
                 continue;
             };
-            step_window(ctx, tid, &w.name, sm, phase, &mut t.busy, t.track.total(), windows.fraction(), Limits { look_ns, slow_ns, slow_seen_ns: t.slow_seen_ns });
+            step_window(
+                ctx,
+                tid,
+                &w.name,
+                sm,
+                phase,
+                &mut t.busy,
+                t.track.total(),
+                windows.fraction(),
+                Limits {
+                    look_ns,
+                    slow_ns,
+                    slow_seen_ns: t.slow_seen_ns,
+                },
+            );
         }
         if phase.on {
             deadline = deadline.min(now.saturating_add(DRAIN_NS));
@@ -674,7 +690,11 @@ fn open_sampling(
         .filter(|(_, &n)| n > 0)
         .map(|(c, _)| *c)
         .collect();
-    let calls = if used.is_empty() { WAIT_CALLS } else { &used[..] };
+    let calls = if used.is_empty() {
+        WAIT_CALLS
+    } else {
+        &used[..]
+    };
     match WaitSampler::open(ctx.pid, tid, tps, calls) {
         Ok(sampler) => Some(Sampling {
             sampler,
@@ -878,19 +898,43 @@ mod tests {
     fn windows_are_a_duty_cycle() {
         const MS: u64 = 1_000_000;
         let mut w = Windows::new(0.1, 0);
-        assert_eq!(w.at(0), Phase { on: true, new_cycle: false });
+        assert_eq!(
+            w.at(0),
+            Phase {
+                on: true,
+                new_cycle: false
+            }
+        );
         assert!(w.at(99 * MS).on);
         assert!(!w.at(100 * MS).on);
         assert!(!w.at(999 * MS).on);
-        assert_eq!(w.at(1000 * MS), Phase { on: true, new_cycle: true });
+        assert_eq!(
+            w.at(1000 * MS),
+            Phase {
+                on: true,
+                new_cycle: true
+            }
+        );
         // A late look begins the cycle where it is.
-        assert_eq!(w.at(3500 * MS), Phase { on: true, new_cycle: true });
+        assert_eq!(
+            w.at(3500 * MS),
+            Phase {
+                on: true,
+                new_cycle: true
+            }
+        );
         assert!(!w.at(3600 * MS).on);
         let mut off = Windows::new(0.0, 0);
         assert!(!off.at(0).on);
         let mut all = Windows::new(1.0, 0);
         assert!(all.at(999 * MS).on);
-        assert_eq!(all.at(1000 * MS), Phase { on: true, new_cycle: true });
+        assert_eq!(
+            all.at(1000 * MS),
+            Phase {
+                on: true,
+                new_cycle: true
+            }
+        );
     }
 
     #[test]
