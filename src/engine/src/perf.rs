@@ -210,14 +210,26 @@ fn open_one(tid: i32, id: u64, group: Option<&File>) -> std::io::Result<OwnedFd>
         flags: 0,
         ..Default::default()
     };
+    perf_event_open(&attr, tid, group)
+}
+
+/// The attribute structs `perf_event_open` is given: `#[repr(C)]` images of
+/// `struct perf_event_attr` whose `size` field says their own size.
+trait Attr: Copy {}
+impl Attr for PerfEventAttr {}
+impl Attr for PerfEventAttrV3 {}
+
+/// `perf_event_open(attr, tid, cpu -1, group, CLOEXEC)`: one event on one
+/// thread, any CPU.
+fn perf_event_open<A: Attr>(attr: &A, tid: i32, group: Option<&File>) -> std::io::Result<OwnedFd> {
     let group_fd = group.map_or(-1, |g| g.as_raw_fd());
-    // SAFETY: `attr` is a valid, initialized perf_event_attr of the size it
-    // declares and lives across the call; the other arguments are plain
-    // integers. The kernel only reads `attr`.
+    // SAFETY: `attr` is a valid, initialized perf_event_attr (an `Attr`:
+    // repr(C), `size` its own size) that lives across the call; the other
+    // arguments are plain integers. The kernel only reads `attr`.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_perf_event_open,
-            &attr as *const PerfEventAttr,
+            attr as *const A,
             tid as libc::pid_t,
             -1 as libc::c_int,
             group_fd as libc::c_int,
@@ -490,26 +502,7 @@ fn open_sampling(tid: i32, id: u64, group: Option<&File>) -> std::io::Result<Own
         clockid: libc::CLOCK_MONOTONIC,
         ..Default::default()
     };
-    let group_fd = group.map_or(-1, |g| g.as_raw_fd());
-    // SAFETY: `attr` is a valid, initialized perf_event_attr of the size it
-    // declares (VER3, 96 bytes) and lives across the call; the kernel only
-    // reads it.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_perf_event_open,
-            &attr as *const PerfEventAttrV3,
-            tid as libc::pid_t,
-            -1 as libc::c_int,
-            group_fd as libc::c_int,
-            PERF_FLAG_FD_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let fd = libc::c_int::try_from(fd).map_err(|_| std::io::Error::other("bad fd"))?;
-    // SAFETY: a new descriptor the kernel just returned, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    perf_event_open(&attr, tid, group)
 }
 
 fn ioctl_arg(fd: &File, req: libc::c_ulong, arg: libc::c_ulong) -> std::io::Result<()> {

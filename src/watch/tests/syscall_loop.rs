@@ -20,6 +20,17 @@ use std::time::{Duration, Instant};
 use support::watcher::{Kid, Watch};
 use support::{watch_bin, workspace_root, Fixture, TempDir};
 
+/// A StatsD listener on a free local UDP port (reads time out after 200 ms)
+/// and its address.
+fn statsd_listener() -> (std::net::UdpSocket, String) {
+    let statsd = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    statsd
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let addr = statsd.local_addr().expect("addr").to_string();
+    (statsd, addr)
+}
+
 /// Debian's interpreter, as its users have it.
 fn debian_python() -> PathBuf {
     let p = PathBuf::from("/usr/bin/python3");
@@ -266,11 +277,7 @@ fn node_busy_timer_callback_is_caught() {
 #[test]
 fn a_slow_iteration_is_warned_with_its_frame_and_sent_as_loop_busy() {
     let dir = TempDir::new("sl-slow");
-    let statsd = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
-    statsd
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
-    let addr = statsd.local_addr().expect("addr").to_string();
+    let (statsd, addr) = statsd_listener();
     let script = workspace_root().join("fixtures/python/syscall_loop.py");
     let mut fx = Fixture::spawn_path(&debian_python(), &[script.to_string_lossy().into_owned()]);
     let mut w = Watch::start(
@@ -637,11 +644,7 @@ fn busy_timings(lines: &[String]) -> Vec<(u64, f64)> {
 #[test]
 fn loop_busy_of_short_iterations_reaches_a_udp_listener_with_the_sampling_rate() {
     let dir = TempDir::new("sl-busy");
-    let statsd = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
-    statsd
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
-    let addr = statsd.local_addr().expect("addr").to_string();
+    let (statsd, addr) = statsd_listener();
     // 8 ms iterations, far shorter than a look (25 ms at --interval 0.25):
     // only the sampling windows can time them.
     let fx = burning_python(8);
