@@ -10,7 +10,7 @@
 //! sampled for the whole `--sample` (counters staying on for the rate). The
 //! target is never stopped; it pays a sampled wait call's cost for that long.
 
-use crate::cli::StatusArgs;
+use crate::config::StatusConfig;
 use crate::exit;
 use crate::status::{human, is_stopped, ms, secs_to_ns};
 use crate::watch::syscall_loop::{list_threads, place_now, thread_comm};
@@ -77,7 +77,7 @@ pub struct LoopRow {
 
 /// `status PID` on a process with no heartbeat; `no_hb` is the error that
 /// said so (printed when no loop thread is found either: exit 3).
-pub fn status(args: &StatusArgs, no_hb: &Error) -> ExitCode {
+pub fn status(args: &StatusConfig, no_hb: &Error) -> ExitCode {
     let pid = args.pid;
     let tps = match WaitTracepoints::find() {
         Ok(t) => t,

@@ -18,14 +18,14 @@
 //! target is never stopped except for the episode's snapshots.
 
 use super::episode::Observation;
+use super::event::{Event, Warning};
 use super::files::OutputDir;
 use super::{
     act, connect_stats, dump_options, episode_config, gone_or_error, Ctx, Log, Summary, Watched,
     MAX_SLEEP_NS,
 };
-use crate::cli::WatchArgs;
+use crate::config::WatchConfig;
 use crate::exit;
-use crate::status::human;
 use aiodebug_engine::cause::parse::{parse_proc_syscall, ProcSyscall};
 use aiodebug_engine::cause::syscalls;
 use aiodebug_engine::dump::Dumper;
@@ -35,7 +35,7 @@ use aiodebug_engine::perf::{
 };
 use aiodebug_engine::target::{monotonic_ns, Reading};
 use aiodebug_engine::{proc, Error, ErrorKind};
-use serde_json::json;
+
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -225,19 +225,12 @@ fn place_in_line(data: &[u8], prev: Place) -> Place {
 /// on: a parked pool thread, not a hang (a `loop_parked` event).
 fn parked_event(ctx: &Ctx<'_>, tid: i32, t: &Thread) {
     let Some(w) = &t.watched else { return };
-    ctx.log.event(
-        "loop_parked",
-        json!({"loop": w.name, "tid": tid, "source": "syscalls"}),
-        format!(
-            "loop '{}' thread {tid} sleeps in a futex while another loop thread carries on: parked (a pool thread), not hung",
-            w.name
-        ),
-    );
+    ctx.log.emit(&Event::LoopParked { name: &w.name, tid });
 }
 
 /// Runs `watch PID` on a process with no heartbeat (or with `--loop-thread`).
 /// `why` says why this mode was chosen, for the first line.
-pub(crate) fn watch(args: &WatchArgs, pid: i32, out: OutputDir, why: &str) -> (u8, Summary) {
+pub(crate) fn watch(args: &WatchConfig, pid: i32, out: OutputDir, why: &str) -> (u8, Summary) {
     let tps = match WaitTracepoints::find() {
         Ok(t) => t,
         Err(Error::PermissionDenied { hint, .. }) => {
@@ -276,11 +269,10 @@ pub(crate) fn watch(args: &WatchArgs, pid: i32, out: OutputDir, why: &str) -> (u
         view: super::workers::View::default(),
     };
     if let Err(e) = ctx.dumper.prepare(pid) {
-        ctx.log.event(
-            "warning",
-            json!({"message": e.to_string()}),
-            format!("WARNING cannot preload symbols of PID {pid}: {e}"),
-        );
+        ctx.log.emit(&Event::Warning(Warning::NoPreload {
+            pid,
+            error: e.to_string(),
+        }));
     }
     let code = run(&mut ctx, &tps, why, &stop);
     ctx.log.finish();
@@ -304,22 +296,12 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
     let look_ns = (cfg.interval_ns / 10).clamp(2_000_000, 50_000_000);
     let calls: Vec<&str> = tps.calls.iter().map(|(c, _)| *c).collect();
     let forced: Vec<i32> = ctx.args.loop_threads.clone();
-    ctx.log.event(
-        "started",
-        json!({"pid": pid, "executable": ctx.exe, "interval_s": ctx.args.interval,
-               "output_dir": ctx.out.path().display().to_string(),
-               "mode": "syscalls", "why": why, "wait_calls": calls,
-               "loop_threads": forced}),
-        format!(
-            "watching PID {pid} ({}) by its threads' wait calls ({why}): a loop thread out of {} for over {:.3} s → {} snapshots {:.1} s apart into {}",
-            ctx.exe,
-            calls.join("/"),
-            ctx.args.interval,
-            ctx.args.dumps,
-            ctx.args.dump_gap,
-            ctx.out.path().display()
-        ),
-    );
+    ctx.log.emit(&Event::StartedSyscalls {
+        start: ctx.start(),
+        why,
+        calls: &calls,
+        loop_threads: &forced,
+    });
     let mut threads: BTreeMap<i32, Thread> = BTreeMap::new();
     let mut last_scan = 0u64;
     let mut warned_many = false;
@@ -331,11 +313,7 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
     let slow_ns = cfg.slow_ns;
     loop {
         if stop.load(Ordering::Relaxed) {
-            ctx.log.event(
-                "stopped",
-                json!({"reason": "signal"}),
-                "stopping (signal)".into(),
-            );
+            ctx.log.emit(&Event::Stopped);
             return finish(ctx, &mut threads, exit::OK);
         }
         let state = match proc::read_stat(pid) {
@@ -348,19 +326,12 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
         let stopped = crate::status::is_stopped(state);
         if stopped != was_stopped {
             was_stopped = stopped;
-            ctx.log.event(
-                if stopped {
-                    "process_stopped"
-                } else {
-                    "process_continued"
-                },
-                json!({"pid": pid, "state": state.to_string()}),
-                if stopped {
-                    format!("PID {pid} is stopped (state {state}: job control or a debugger); not a hang, no dumps")
-                } else {
-                    format!("PID {pid} runs again")
-                },
-            );
+            ctx.log.emit(&Event::ProcessState {
+                pid,
+                state,
+                stopped,
+                hang_waits: false,
+            });
         }
         let now = monotonic_ns();
         if last_scan == 0 || now.saturating_sub(last_scan) >= RESCAN_NS {
@@ -371,11 +342,10 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
             };
             if more && !warned_many {
                 warned_many = true;
-                ctx.log.event(
-                    "warning",
-                    json!({"message": "too many threads", "watched": MAX_THREADS}),
-                    format!("WARNING PID {pid} has more than {MAX_THREADS} threads: only the first {MAX_THREADS} are counted"),
-                );
+                ctx.log.emit(&Event::Warning(Warning::TooManyThreads {
+                    pid,
+                    max: MAX_THREADS,
+                }));
             }
             if let Some(code) = rescan(ctx, &mut threads, tps, &tids, &forced, now) {
                 return finish(ctx, &mut threads, code);
@@ -599,13 +569,14 @@ fn announce(ctx: &Ctx<'_>, tid: i32, t: &Thread, tps: &WaitTracepoints, now: u64
             t.track.total()
         )
     };
-    ctx.log.event(
-        "loop_found",
-        json!({"loop": name, "tid": tid, "source": "syscalls", "why": why,
-               "call": main.map(|(c, _)| c), "entries": t.track.total(),
-               "forced": t.forced}),
-        format!("loop '{name}' on thread {tid}: watching its wait calls ({why})"),
-    );
+    ctx.log.emit(&Event::LoopFoundSyscalls {
+        name: &name,
+        tid,
+        why: &why,
+        call: main.map(|(c, _)| c),
+        entries: t.track.total(),
+        forced: t.forced,
+    });
 }
 
 /// Opens counters on threads that appeared, drops threads that left.
@@ -623,11 +594,10 @@ fn rescan(
         let keep = tids.contains(tid);
         if !keep {
             if let Some(w) = &t.watched {
-                ctx.log.event(
-                    "loop_gone",
-                    json!({"loop": w.name, "tid": tid}),
-                    format!("loop '{}' thread {tid} exited", w.name),
-                );
+                ctx.log.emit(&Event::LoopThreadExited {
+                    name: &w.name,
+                    tid: *tid,
+                });
             }
         }
         keep
@@ -642,11 +612,10 @@ fn rescan(
             Err(e) if e.kind() == ErrorKind::Gone => continue,
             Err(e) => {
                 crate::errln!("aiodebug-watch: cannot count the wait calls of PID {pid}: {e}");
-                ctx.log.event(
-                    "target_gone",
-                    json!({"pid": pid, "message": e.to_string()}),
-                    format!("cannot count the wait calls of PID {pid}: {e}"),
-                );
+                ctx.log.emit(&Event::CannotCount {
+                    pid,
+                    message: e.to_string(),
+                });
                 return Some(exit::code_for(&e));
             }
         };
@@ -705,11 +674,10 @@ fn open_sampling(
         }),
         Err(e) => {
             if !std::mem::replace(warned, true) {
-                ctx.log.event(
-                    "warning",
-                    json!({"message": format!("no busy-time sampling: {e}"), "tid": tid}),
-                    format!("WARNING cannot sample the wait calls of thread {tid} (loop_busy only for iterations longer than a look): {e}"),
-                );
+                ctx.log.emit(&Event::Warning(Warning::NoSampling {
+                    tid,
+                    error: e.to_string(),
+                }));
             }
             None
         }
@@ -804,15 +772,11 @@ fn drain(ctx: &Ctx<'_>, tid: i32, name: &str, sm: &mut Sampling, busy: &mut Vec<
             }
         }
         if lim.slow_ns.is_some_and(|s| b > s) && returned > lim.slow_seen_ns {
-            ctx.log.event(
-                "slow_tick",
-                json!({"loop": name, "tid": tid, "blocked_ms": b as f64 / 1e6,
-                       "source": "sampled", "frames": null, "cause": null}),
-                format!(
-                    "WARNING loop '{name}' thread {tid} busy {:.3} s in one iteration (timed by sampling its wait calls; it ended between two looks, so no frame was captured)",
-                    b as f64 / 1e9
-                ),
-            );
+            ctx.log.emit(&Event::SampledSlow {
+                name,
+                tid,
+                blocked_ns: b,
+            });
         }
     }
 }
@@ -833,21 +797,14 @@ fn summarize(ctx: &Ctx<'_>, threads: &mut BTreeMap<i32, Thread>) {
         let Some(w) = &t.watched else { continue };
         let mut v = std::mem::take(&mut t.busy);
         let (p50, p99, max) = busy_percentiles(&mut v);
-        let ms = |x: Option<u64>| x.map(|v| v as f64 / 1e6);
-        let h = |x: Option<u64>| x.map(human).unwrap_or_else(|| "-".into());
-        ctx.log.event(
-            "busy_summary",
-            json!({"loop": w.name, "tid": tid, "iterations": v.len(),
-                   "p50_ms": ms(p50), "p99_ms": ms(p99), "max_ms": ms(max)}),
-            format!(
-                "loop '{}' thread {tid}: {} iterations timed (sampled windows, and every one longer than a look), busy p50 {} p99 {} max {}",
-                w.name,
-                v.len(),
-                h(p50),
-                h(p99),
-                h(max)
-            ),
-        );
+        ctx.log.emit(&Event::BusySummary {
+            name: &w.name,
+            tid: *tid,
+            iterations: v.len(),
+            p50,
+            p99,
+            max,
+        });
     }
 }
 
