@@ -19,7 +19,7 @@ use crate::module::{DebugSource, ModuleCache, TargetFiles};
 use crate::python::{PythonProcess, PythonReader, PythonThread, StackMode};
 use crate::snapshot::{ProcessSnapshot, StopKind};
 use crate::symbols::Symbolizer;
-use crate::unwind::{FrameKind, StackEnd, StackUnwinder, DEFAULT_MAX_FRAMES};
+use crate::unwind::{FrameKind, RawFrame, StackEnd, StackUnwinder, Unwound, DEFAULT_MAX_FRAMES};
 
 /// Options of a [`Dumper`].
 #[derive(Debug, Clone)]
@@ -38,6 +38,9 @@ pub struct DumpOptions {
     /// `DEBUGINFOD_URLS`: [`Debuginfod::from_env`]; default: none). Each dump
     /// gets its time budget afresh.
     pub debuginfod: Option<Arc<Debuginfod>>,
+    /// Keep the snapshot of each dump in [`Dump::snapshot`] (default: no;
+    /// it holds every copied stack), for a minidump to be written of it.
+    pub keep_snapshot: bool,
 }
 
 impl Default for DumpOptions {
@@ -48,6 +51,7 @@ impl Default for DumpOptions {
             stacks: StackMode::default(),
             debug_dirs: Vec::new(),
             debuginfod: None,
+            keep_snapshot: false,
         }
     }
 }
@@ -104,6 +108,9 @@ pub struct ThreadDump {
     pub regs: Option<crate::snapshot::Registers>,
     /// Its Python state, for a thread of a CPython process.
     pub python: Option<PythonThread>,
+    /// The native frames as the unwinder gave them (before symbolization
+    /// and the Python merge): what a minidump records of the live unwinding.
+    pub unwound: Vec<RawFrame>,
 }
 
 /// Where the time of one dump went.
@@ -149,6 +156,9 @@ pub struct Dump {
     pub python: Option<PythonProcess>,
     /// Where the time went.
     pub timings: Timings,
+    /// The snapshot the dump was made of, when [`DumpOptions::keep_snapshot`]
+    /// is set (live dumps only).
+    pub snapshot: Option<Arc<ProcessSnapshot>>,
 }
 
 impl Dump {
@@ -236,6 +246,9 @@ impl Dumper {
             self.python.after(&mut dump, mode);
         }
         dump.timings.total = start.elapsed();
+        if self.options.keep_snapshot {
+            dump.snapshot = Some(Arc::new(snap));
+        }
         Ok(dump)
     }
 
@@ -300,6 +313,20 @@ impl Dumper {
         loops: Option<&HashMap<i32, String>>,
         source: &dyn DebugSource,
     ) -> Dump {
+        self.process_recorded(snap, loops, source, &HashMap::new())
+    }
+
+    /// As [`Dumper::process_with`], but a thread whose unwinding is in
+    /// `recorded` (by tid: a minidump's record of the live unwinding) keeps
+    /// those frames instead of being unwound again: offline, a module may
+    /// have only its `.debug` file, whose `.eh_frame` is empty (`NOBITS`).
+    pub fn process_recorded(
+        &mut self,
+        snap: &ProcessSnapshot,
+        loops: Option<&HashMap<i32, String>>,
+        source: &dyn DebugSource,
+        recorded: &HashMap<i32, Unwound>,
+    ) -> Dump {
         let t0 = Instant::now();
         if let Some(d) = source.debuginfod() {
             d.begin();
@@ -314,7 +341,10 @@ impl Dumper {
         let mut threads = Vec::with_capacity(snap.threads.len());
         for t in &snap.threads {
             let u0 = Instant::now();
-            let unwound = self.unwinder.unwind(&space, t);
+            let unwound = match recorded.get(&t.tid) {
+                Some(u) => u.clone(),
+                None => self.unwinder.unwind(&space, t),
+            };
             unwind_time += u0.elapsed();
             let mut frames = Vec::with_capacity(unwound.frames.len());
             for raw in &unwound.frames {
@@ -362,6 +392,7 @@ impl Dumper {
                 kernel_wait: t.kernel_wait.clone(),
                 regs: t.regs,
                 python: None,
+                unwound: unwound.frames,
             });
         }
         let debug_notes = debug_notes(&space, &threads);
@@ -386,6 +417,7 @@ impl Dumper {
                 symbolize: total.saturating_sub(unwind_time),
                 total: snap.capture + total,
             },
+            snapshot: None,
         }
     }
 }

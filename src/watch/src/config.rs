@@ -54,6 +54,8 @@ pub struct WatchConfig {
     /// Fraction of each second a loop watched by its wait calls is sampled
     /// for its busy times (0: never, 1: always).
     pub busy_sample: f64,
+    /// Also save each snapshot as a minidump beside its text file.
+    pub save_minidumps: bool,
 }
 
 impl WatchConfig {
@@ -81,6 +83,7 @@ impl WatchConfig {
             loop_threads: Vec::new(),
             debug_dirs: Vec::new(),
             busy_sample: 0.1,
+            save_minidumps: false,
         }
     }
 }
@@ -106,6 +109,21 @@ pub struct DumpConfig {
     pub stacks: Stacks,
     /// Directories of separate debug files.
     pub debug_dirs: Vec<PathBuf>,
+    /// Also save the first snapshot as a minidump in this file.
+    pub save: Option<PathBuf>,
+}
+
+/// What `symbolize` does.
+#[derive(Debug, Clone)]
+pub struct SymbolizeConfig {
+    /// The minidump to render.
+    pub file: PathBuf,
+    /// Directories of module and debug files.
+    pub debug_dirs: Vec<PathBuf>,
+    /// One JSON object, as `dump --json`.
+    pub json: bool,
+    /// Frames of a Python process.
+    pub stacks: Stacks,
 }
 
 /// What `status` does.

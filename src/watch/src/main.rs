@@ -11,6 +11,7 @@ mod loopstatus;
 mod out;
 mod pyview;
 mod status;
+mod symbolize;
 mod watch;
 
 use clap::Parser as _;
@@ -70,6 +71,7 @@ fn run(cli: &cli::Cli) -> ExitCode {
             }
         },
         cli::Command::Dump(a) => dump::run(&a.into()),
+        cli::Command::Symbolize(a) => symbolize::run(&a.into()),
         cli::Command::Demo(a) => demo::run(&a.into()),
         cli::Command::DemoTarget => demo::target(),
         cli::Command::Generate(a) => {

@@ -21,6 +21,7 @@ use std::time::Duration;
 pub(crate) fn dump_options(args: &WatchConfig) -> aiodebug_engine::dump::DumpOptions {
     aiodebug_engine::dump::DumpOptions {
         stacks: args.stacks.into(),
+        keep_snapshot: args.save_minidumps,
         ..crate::dump::debug_options(&args.debug_dirs)
     }
 }

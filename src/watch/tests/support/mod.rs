@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cbuild;
+pub mod split;
 pub mod watcher;
 
 use std::collections::HashMap;
