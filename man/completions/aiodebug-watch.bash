@@ -349,13 +349,17 @@ _aiodebug__watch() {
             return 0
             ;;
         aiodebug__subcmd__watch__subcmd__status)
-            opts="-h --threshold --json --help"
+            opts="-h --threshold --json --sample --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --threshold)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --sample)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -389,7 +393,7 @@ _aiodebug__watch() {
             return 0
             ;;
         aiodebug__subcmd__watch__subcmd__watch)
-            opts="-h --all --match --interval --output-dir --follow-symlinks --dumps --dump-gap --max-dump-bytes --statsd --prefix --tag --slow --exit-on-hang --duration --json --stacks --loop-thread --debug-dir --save-minidumps --help"
+            opts="-h --all --match --interval --output-dir --follow-symlinks --dumps --dump-gap --max-dump-bytes --statsd --prefix --tag --slow --exit-on-hang --duration --json --stacks --loop-thread --debug-dir --busy-sample --save-minidumps --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -448,6 +452,10 @@ _aiodebug__watch() {
                     return 0
                     ;;
                 --debug-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --busy-sample)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

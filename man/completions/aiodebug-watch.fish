@@ -36,6 +36,7 @@ complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "gener
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "demo-target" -d 'The bundled demo service (started by `demo`)'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand status" -l threshold -d 'A loop whose next tick is overdue by more than this many seconds is stalled (exit 1; at least 0.001)' -r
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand status" -l sample -d 'For a process with no heartbeat: how many seconds its loop threads\' wait calls are sampled for iterations/s and busy-time percentiles' -r
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand status" -l json -d 'One JSON object per line on stdout'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand status" -s h -l help -d 'Print help'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand list" -l threshold -d 'A loop overdue by more than this many seconds is shown as stalled (at least 0.001)' -r
@@ -57,6 +58,7 @@ python\t'Python frames only'
 native\t'Native frames only (Python\'s state is not read)'"
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l loop-thread -d 'Watch this thread as an event loop by its wait system calls (repeatable); without it, a process with no heartbeat has its loop threads found by themselves (see README, "A loop that links nothing")' -r
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l debug-dir -d 'A directory of separate debug files for the dumps, laid out as /usr/lib/debug (`.build-id/xx/rest.debug`) or flat by debug-link name (repeatable)' -r -F
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l busy-sample -d 'For a loop watched by its wait calls: the fraction of each second its wait calls\' returns and entries are sampled, timing every iteration then (StatsD `loop_busy` with this sampling rate); 0 turns sampling off, 1 samples all the time (see README, "A loop that links nothing")' -r
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l all -d 'Watch every process on this host that exports a heartbeat, each with its own episodes; files go to OUTPUT_DIR/COMM-PID/, one byte budget for all'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l follow-symlinks -d 'Accept an --output-dir that is a symbolic link (refused by default: a link can redirect dumps written as root)'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l exit-on-hang -d 'Exit 1 once the first hang episode\'s files are written'

@@ -72,6 +72,19 @@ pub struct StatusArgs {
     /// One JSON object per line on stdout.
     #[arg(long)]
     pub json: bool,
+    /// For a process with no heartbeat: how many seconds its loop threads' wait calls are sampled
+    /// for iterations/s and busy-time percentiles.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = parse_sample)]
+    pub sample: f64,
+}
+
+/// `--sample`: 0.05 s to 60 s (the target pays for every sampled iteration).
+pub fn parse_sample(s: &str) -> Result<f64, String> {
+    let v = secs_at_least(s, 0.05)?;
+    if v > 60.0 {
+        return Err(format!("`{s}` is longer than 60 s"));
+    }
+    Ok(v)
 }
 
 /// Arguments of `list`.
@@ -151,10 +164,25 @@ pub struct WatchArgs {
     /// (`.build-id/xx/rest.debug`) or flat by debug-link name (repeatable).
     #[arg(long = "debug-dir", value_name = "DIR")]
     pub debug_dirs: Vec<std::path::PathBuf>,
+    /// For a loop watched by its wait calls: the fraction of each second its wait calls' returns
+    /// and entries are sampled, timing every iteration then (StatsD `loop_busy` with this
+    /// sampling rate); 0 turns sampling off, 1 samples all the time (see README, "A loop that
+    /// links nothing").
+    #[arg(long = "busy-sample", value_name = "FRACTION", default_value_t = 0.1, value_parser = parse_fraction)]
+    pub busy_sample: f64,
     /// Also save each snapshot as a minidump beside its text file (same name, `.dmp`;
     /// counted in --max-dump-bytes); `aiodebug-watch symbolize FILE.dmp` renders one.
     #[arg(long)]
     pub save_minidumps: bool,
+}
+
+/// Parses a fraction between 0 and 1.
+pub fn parse_fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if !v.is_finite() || !(0.0..=1.0).contains(&v) {
+        return Err(format!("`{s}` is not a fraction between 0 and 1"));
+    }
+    Ok(v)
 }
 
 /// Most `--tag`s.
@@ -415,6 +443,7 @@ impl TryFrom<&WatchArgs> for WatchConfig {
             stacks: a.stacks,
             loop_threads: a.loop_threads.clone(),
             debug_dirs: a.debug_dirs.clone(),
+            busy_sample: a.busy_sample,
             save_minidumps: a.save_minidumps,
         })
     }
@@ -454,6 +483,7 @@ impl From<&StatusArgs> for StatusConfig {
             pid: a.pid,
             threshold: a.threshold,
             json: a.json,
+            sample: a.sample,
         }
     }
 }

@@ -51,6 +51,9 @@ pub struct WatchConfig {
     pub loop_threads: Vec<i32>,
     /// Directories of separate debug files.
     pub debug_dirs: Vec<PathBuf>,
+    /// Fraction of each second a loop watched by its wait calls is sampled
+    /// for its busy times (0: never, 1: always).
+    pub busy_sample: f64,
     /// Also save each snapshot as a minidump beside its text file.
     pub save_minidumps: bool,
 }
@@ -79,6 +82,7 @@ impl WatchConfig {
             stacks: Stacks::default(),
             loop_threads: Vec::new(),
             debug_dirs: Vec::new(),
+            busy_sample: 0.1,
             save_minidumps: false,
         }
     }
@@ -131,6 +135,8 @@ pub struct StatusConfig {
     pub threshold: f64,
     /// One JSON object per line on stdout.
     pub json: bool,
+    /// Seconds a process with no heartbeat has its loop threads sampled.
+    pub sample: f64,
 }
 
 /// What `list` does.

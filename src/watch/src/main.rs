@@ -7,6 +7,7 @@ mod demo;
 mod dump;
 mod exit;
 mod generate;
+mod loopstatus;
 mod out;
 mod pyview;
 mod status;

@@ -119,6 +119,8 @@ pub fn status(args: &StatusConfig) -> ExitCode {
     let threshold = secs_to_ns(args.threshold);
     let target = match Target::open(args.pid) {
         Ok(t) => t,
+        // No heartbeat: its loop threads by their wait calls, if any.
+        Err(e) if e.kind() == ErrorKind::NoHeartbeat => return crate::loopstatus::status(args, &e),
         Err(e) => return exit::report(&e),
     };
     let reading = match target.read() {

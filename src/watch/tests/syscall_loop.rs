@@ -15,91 +15,20 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::watcher::{Kid, Watch};
 use support::{watch_bin, workspace_root, Fixture, TempDir};
 
-/// A child process killed (and reaped) on drop, also when the test fails.
-struct Kid(Child);
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `aiodebug-watch watch PID --json`, its events on a channel.
-struct Watch {
-    child: Kid,
-    events: mpsc::Receiver<Value>,
-    seen: Vec<Value>,
-}
-
-impl Watch {
-    fn start(pid: i32, dir: &Path, extra: &[&str]) -> Watch {
-        let mut child = Command::new(watch_bin())
-            .args(["watch", &pid.to_string(), "--json", "--output-dir"])
-            .arg(dir)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start watch");
-        let out = child.stdout.take().expect("stdout");
-        Watch {
-            child: Kid(child),
-            events: support::json_events(out),
-            seen: Vec::new(),
-        }
-    }
-
-    /// The next event of `kind` within `timeout` (panics with every event
-    /// seen otherwise).
-    fn wait_for(&mut self, kind: &str, timeout: Duration) -> Value {
-        let end = Instant::now() + timeout;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(v) => {
-                    self.seen.push(v.clone());
-                    if v["event"] == kind {
-                        return v;
-                    }
-                }
-                Err(_) => panic!(
-                    "no {kind:?} event within {timeout:?}; seen: {:#?}",
-                    self.seen
-                ),
-            }
-        }
-    }
-
-    /// Every event for `d`.
-    fn collect_for(&mut self, d: Duration) {
-        let end = Instant::now() + d;
-        while let Ok(v) = self
-            .events
-            .recv_timeout(end.saturating_duration_since(Instant::now()))
-        {
-            self.seen.push(v);
-        }
-    }
-
-    fn count(&self, kind: &str) -> usize {
-        self.seen.iter().filter(|v| v["event"] == kind).count()
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        // SIGTERM first: the watch ends cleanly; Kid kills it anyway.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.0.id() as i32),
-            nix::sys::signal::SIGTERM,
-        );
-    }
+/// A StatsD listener on a free local UDP port (reads time out after 200 ms)
+/// and its address.
+fn statsd_listener() -> (std::net::UdpSocket, String) {
+    let statsd = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    statsd
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let addr = statsd.local_addr().expect("addr").to_string();
+    (statsd, addr)
 }
 
 /// Debian's interpreter, as its users have it.
@@ -348,11 +277,7 @@ fn node_busy_timer_callback_is_caught() {
 #[test]
 fn a_slow_iteration_is_warned_with_its_frame_and_sent_as_loop_busy() {
     let dir = TempDir::new("sl-slow");
-    let statsd = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
-    statsd
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
-    let addr = statsd.local_addr().expect("addr").to_string();
+    let (statsd, addr) = statsd_listener();
     let script = workspace_root().join("fixtures/python/syscall_loop.py");
     let mut fx = Fixture::spawn_path(&debian_python(), &[script.to_string_lossy().into_owned()]);
     let mut w = Watch::start(
@@ -441,6 +366,12 @@ fn without_privileges_the_error_names_perf_event_paranoid_and_dump_still_works()
     assert!(err.contains("perf_event_paranoid"), "{err}");
     assert!(err.contains("CAP_PERFMON"), "{err}");
     assert!(err.contains("`dump` still works"), "{err}");
+    // `status` of a process with no heartbeat samples its wait calls: the
+    // same refusal, the same exit code.
+    let out = run(&["status", &pid, "--sample", "0.1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("perf_event_paranoid"), "{err}");
     let out = run(&["dump", &pid]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -615,4 +546,189 @@ fn python_executor_threads_after_getaddrinfo_are_parked_and_the_main_loop_hang_i
     one_episode(&mut w, fx.pid, "blocking_sleep");
     w.collect_for(Duration::from_millis(500));
     assert_eq!(w.count("hang_started"), 1, "{:#?}", w.seen);
+}
+
+/// The asyncio fixture with no ticker, every iteration made busy for `ms`
+/// ms (`burnloop`): a loop whose busy time is known.
+fn burning_python(ms: u32) -> Fixture {
+    let script = workspace_root().join("fixtures/python/syscall_loop.py");
+    let mut fx = Fixture::spawn_path(
+        &debian_python(),
+        &[script.to_string_lossy().into_owned(), "idle".into()],
+    );
+    fx.ok(&format!("burnloop {ms}"));
+    fx
+}
+
+/// `status PID --json` (extra arguments after), its JSON lines.
+fn status_json(pid: i32, extra: &[&str]) -> (Option<i32>, Vec<Value>, String) {
+    let out = Command::new(watch_bin())
+        .args(["status", &pid.to_string(), "--json"])
+        .args(extra)
+        .output()
+        .expect("run status");
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    (
+        out.status.code(),
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn status_without_a_heartbeat_gives_the_busy_percentiles_of_a_python_loop() {
+    // Every iteration computes 50 ms (wall clock: load stretches it only
+    // when the loop is preempted at its very end).
+    let fx = burning_python(50);
+    let (code, lines, err) = status_json(fx.pid, &["--sample", "2"]);
+    assert_eq!(code, Some(0), "{err}{lines:#?}");
+    let lp = lines
+        .iter()
+        .find(|v| v["event"] == "loop" && v["tid"] == fx.pid)
+        .unwrap_or_else(|| panic!("no row for the main thread: {lines:#?}"));
+    assert_eq!(lp["source"], "syscalls", "{lp}");
+    assert_eq!(lp["call"], "epoll_wait", "{lp}");
+    assert_eq!(lp["sampled"], true, "{lp}");
+    let f = |k: &str| lp[k].as_f64().unwrap_or_else(|| panic!("{k}: {lp}"));
+    // 2 s of 50 ms iterations: at most 40 (plus the one in progress).
+    assert!((10.0..=21.0).contains(&f("iterations_per_s")), "{lp}");
+    assert!(lp["timed"].as_u64().unwrap_or(0) >= 10, "{lp}");
+    let p50 = f("p50_ms");
+    assert!(
+        (48.0..=90.0).contains(&p50),
+        "p50 {p50} ms for 50 ms iterations: {lp}"
+    );
+    assert!(f("max_ms") >= p50 && f("p99_ms") >= p50, "{lp}");
+    let process = lines.last().expect("a process line");
+    assert_eq!(process["event"], "process", "{process}");
+    assert_eq!(process["loops"], 1, "{lines:#?}");
+    // The text form: the row with its percentiles.
+    let out = Command::new(watch_bin())
+        .args(["status", &fx.pid.to_string(), "--sample", "0.5"])
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("no heartbeat; loop threads by their wait calls"),
+        "{text}"
+    );
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("python3 ") && l.contains(&format!(" {} ", fx.pid)))
+        .unwrap_or_else(|| panic!("no row: {text}"));
+    assert!(row.contains("epoll_wait") && row.contains("ms"), "{row}");
+}
+
+/// The `loop_busy` timings (value ms, sampling rate) among StatsD lines.
+fn busy_timings(lines: &[String]) -> Vec<(u64, f64)> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("aiodebug.loop_busy:")?;
+            let mut parts = rest.split('|');
+            let ms = parts.next()?.parse().ok()?;
+            let kind = parts.next()?;
+            assert_eq!(kind, "ms", "{l}");
+            let rate = parts
+                .find_map(|p| p.strip_prefix('@'))
+                .map_or(Some(1.0), |r| r.parse().ok())?;
+            Some((ms, rate))
+        })
+        .collect()
+}
+
+#[test]
+fn loop_busy_of_short_iterations_reaches_a_udp_listener_with_the_sampling_rate() {
+    let dir = TempDir::new("sl-busy");
+    let (statsd, addr) = statsd_listener();
+    // 8 ms iterations, far shorter than a look (25 ms at --interval 0.25):
+    // only the sampling windows can time them.
+    let fx = burning_python(8);
+    let mut w = Watch::start(
+        fx.pid,
+        &dir,
+        &["--statsd", &addr, "--busy-sample", "0.2", "--duration", "4"],
+    );
+    w.wait_for("finished", Duration::from_secs(60));
+    let mut buf = [0u8; 65536];
+    let mut got = Vec::new();
+    while let Ok(n) = statsd.recv(&mut buf) {
+        got.extend(
+            String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .map(str::to_string),
+        );
+    }
+    let all = busy_timings(&got);
+    // Iterations a look long or more (a loaded machine preempts the loop)
+    // are timed by the counters, every one (no rate); the others only in
+    // the sampling windows, with the window's rate: 0.2 of the time, less
+    // what was not timed.
+    let busy: Vec<(u64, f64)> = all.iter().copied().filter(|&(_, r)| r < 1.0).collect();
+    assert!(busy.len() >= 5, "{got:#?}");
+    for &(ms, rate) in &busy {
+        assert!(rate > 0.0 && rate <= 0.2, "rate {rate}: {got:#?}");
+        assert!(
+            ms < 25,
+            "a sampled iteration is shorter than a look: {ms} ms"
+        );
+    }
+    for &(ms, _) in all.iter().filter(|&&(_, r)| r == 1.0) {
+        assert!(
+            ms >= 25,
+            "an unsampled timing is a look long or more: {ms} ms"
+        );
+    }
+    assert!(busy.iter().any(|&(_, r)| r >= 0.19), "{busy:?}");
+    let mut ms: Vec<u64> = busy.iter().map(|&(m, _)| m).collect();
+    ms.sort_unstable();
+    let p50 = ms[ms.len() / 2];
+    assert!(
+        (7..=24).contains(&p50),
+        "p50 {p50} ms of 8 ms iterations: {ms:?}"
+    );
+    let summary = w.first("busy_summary", Duration::from_secs(1));
+    assert!(
+        summary["iterations"].as_u64().unwrap_or(0) >= 10,
+        "{summary}"
+    );
+}
+
+#[test]
+fn slow_iterations_shorter_than_a_look_are_warned() {
+    let dir = TempDir::new("sl-slow-sampled");
+    // 30 ms iterations, --slow 0.02, looks every 50 ms (--interval 2):
+    // each is slow; the episode tracker catches those a look falls into
+    // early enough (frame captured), the sampling windows the others.
+    let fx = burning_python(30);
+    let mut w = Watch::start(
+        fx.pid,
+        &dir,
+        &["--interval", "2", "--slow", "0.02", "--busy-sample", "0.5"],
+    );
+    w.wait_for("loop_found", Duration::from_secs(30));
+    w.collect_for(Duration::from_secs(4));
+    let slow: Vec<&Value> = w
+        .seen
+        .iter()
+        .filter(|v| v["event"] == "slow_tick")
+        .collect();
+    assert!(slow.len() >= 3, "{:#?}", w.seen);
+    for s in &slow {
+        let b = s["blocked_ms"].as_f64().unwrap_or(0.0);
+        assert!(b >= 20.0, "{s}");
+    }
+    let framed = slow.iter().any(|s| {
+        s["frames"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("busy_iteration")
+    });
+    let sampled = slow.iter().filter(|s| s["source"] == "sampled").count();
+    assert!(framed || sampled > 0, "{slow:#?}");
+    assert_eq!(w.count("hang_started"), 0, "{:#?}", w.seen);
 }

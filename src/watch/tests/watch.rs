@@ -8,98 +8,10 @@ use std::net::UdpSocket;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
+use support::watcher::Watch;
 use support::{watch_bin, Fixture, Variant};
-
-/// A running `aiodebug-watch watch --json`, its events read on a thread.
-struct Watch {
-    child: Child,
-    events: mpsc::Receiver<Value>,
-    seen: Vec<Value>,
-}
-
-impl Watch {
-    fn start(pid: i32, dir: &Path, extra: &[&str]) -> Watch {
-        let mut child = Command::new(watch_bin())
-            .args(["watch", &pid.to_string(), "--json", "--output-dir"])
-            .arg(dir)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start watch");
-        let out = child.stdout.take().expect("stdout");
-        let events = support::json_events(out);
-        let mut w = Watch {
-            child,
-            events,
-            seen: Vec::new(),
-        };
-        w.wait_for("loop_found", Duration::from_secs(10));
-        w
-    }
-
-    /// Waits for the next event of `kind`, keeping every event seen.
-    fn wait_for(&mut self, kind: &str, timeout: Duration) -> Value {
-        let end = Instant::now() + timeout;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(v) => {
-                    self.seen.push(v.clone());
-                    if v["event"] == kind {
-                        return v;
-                    }
-                }
-                Err(_) => panic!(
-                    "no {kind:?} event within {timeout:?}; seen: {:#?}",
-                    self.seen
-                ),
-            }
-        }
-    }
-
-    /// The first event of `kind`, already seen or still to come.
-    fn first(&mut self, kind: &str, timeout: Duration) -> Value {
-        match self.seen.iter().find(|v| v["event"] == kind) {
-            Some(v) => v.clone(),
-            None => self.wait_for(kind, timeout),
-        }
-    }
-
-    fn count(&self, kind: &str) -> usize {
-        self.seen.iter().filter(|v| v["event"] == kind).count()
-    }
-
-    /// Waits for the exit and collects the remaining events.
-    fn finish(mut self, timeout: Duration) -> (Option<i32>, Vec<Value>) {
-        let end = Instant::now() + timeout;
-        let code = loop {
-            if let Some(st) = self.child.try_wait().expect("wait") {
-                break st.code();
-            }
-            assert!(
-                Instant::now() < end,
-                "watch did not exit; seen {:#?}",
-                self.seen
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        while let Ok(v) = self.events.recv_timeout(Duration::from_millis(500)) {
-            self.seen.push(v);
-        }
-        (code, std::mem::take(&mut self.seen))
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn tempdir(tag: &str) -> support::TempDir {
     support::TempDir::new(&format!("watch-{tag}"))
@@ -150,7 +62,7 @@ fn state_of(pid: i32) -> String {
 fn a_hang_gives_exactly_three_files_a_second_apart_naming_the_blocker() {
     let mut fx = Fixture::spawn("fx-tokio-current", Variant::Pie, &[]);
     let dir = tempdir("three");
-    let mut w = Watch::start(fx.pid, &dir, &[]);
+    let mut w = Watch::started(fx.pid, &dir, &[]);
     std::thread::sleep(Duration::from_millis(300));
     fx.ok("block main 1500");
     let hang = w.wait_for("hang_started", Duration::from_secs(5));
@@ -219,7 +131,7 @@ fn a_hang_gives_exactly_three_files_a_second_apart_naming_the_blocker() {
 fn only_the_blocked_loop_has_an_episode() {
     let mut fx = Fixture::spawn("fx-tokio-multi", Variant::Pie, &[]);
     let dir = tempdir("two-loops");
-    let mut w = Watch::start(fx.pid, &dir, &["--dumps", "1"]);
+    let mut w = Watch::started(fx.pid, &dir, &["--dumps", "1"]);
     std::thread::sleep(Duration::from_millis(300));
     fx.ok("block background 1000");
     let hang = w.wait_for("hang_started", Duration::from_secs(5));
@@ -245,7 +157,7 @@ fn statsd_gets_lags_stall_gauges_and_counters_on_a_real_socket() {
     let addr = listener.local_addr().expect("addr").to_string();
     let mut fx = Fixture::spawn("fx-tokio-current", Variant::Pie, &[]);
     let dir = tempdir("statsd");
-    let mut w = Watch::start(
+    let mut w = Watch::started(
         fx.pid,
         &dir,
         &[
@@ -330,7 +242,7 @@ fn no_statsd_listener_and_an_unresolvable_host_do_not_stop_the_watch() {
         "no-such-host.invalid:8125".to_string(),
     ] {
         let dir = tempdir("nostatsd");
-        let w = Watch::start(
+        let w = Watch::started(
             fx.pid,
             &dir,
             &["--statsd", &target, "--dumps", "1", "--exit-on-hang"],
@@ -358,7 +270,7 @@ fn no_statsd_listener_and_an_unresolvable_host_do_not_stop_the_watch() {
 fn exit_on_hang_waits_for_the_episode_files() {
     let mut fx = Fixture::spawn("fx-thread-loop", Variant::NoPieStripped, &[]);
     let dir = tempdir("exit-on-hang");
-    let w = Watch::start(fx.pid, &dir, &["--exit-on-hang", "--dump-gap", "0.3"]);
+    let w = Watch::started(fx.pid, &dir, &["--exit-on-hang", "--dump-gap", "0.3"]);
     std::thread::sleep(Duration::from_millis(200));
     fx.ok("block ticker 2000");
     let start = Instant::now();
@@ -378,7 +290,7 @@ fn exit_on_hang_waits_for_the_episode_files() {
 fn slow_ticks_are_warned_with_the_blocking_frame() {
     let mut fx = Fixture::spawn("fx-tokio-current", Variant::Pie, &[]);
     let dir = tempdir("slow");
-    let mut w = Watch::start(fx.pid, &dir, &["--slow", "0.05"]);
+    let mut w = Watch::started(fx.pid, &dir, &["--slow", "0.05"]);
     std::thread::sleep(Duration::from_millis(300));
     fx.ok("block main 150");
     let slow = w.wait_for("slow_tick", Duration::from_secs(5));
@@ -400,7 +312,7 @@ fn a_watcher_killed_mid_episode_leaves_the_target_running() {
     fx.ok("threads 16");
     for delay_ms in [0u64, 30, 120, 400, 1100] {
         let dir = tempdir("kill");
-        let mut w = Watch::start(fx.pid, &dir, &["--dump-gap", "0.2"]);
+        let mut w = Watch::started(fx.pid, &dir, &["--dump-gap", "0.2"]);
         fx.ok("block main 1500");
         w.wait_for("hang_started", Duration::from_secs(5));
         std::thread::sleep(Duration::from_millis(delay_ms));
@@ -427,7 +339,7 @@ fn a_watcher_killed_mid_episode_leaves_the_target_running() {
 fn a_stopped_target_gives_no_dumps() {
     let fx = Fixture::spawn("fx-thread-loop", Variant::Pie, &[]);
     let dir = tempdir("stopped");
-    let mut w = Watch::start(fx.pid, &dir, &[]);
+    let mut w = Watch::started(fx.pid, &dir, &[]);
     let pid = nix::unistd::Pid::from_raw(fx.pid);
     nix::sys::signal::kill(pid, nix::sys::signal::SIGSTOP).expect("SIGSTOP");
     w.wait_for("process_stopped", Duration::from_secs(5));
@@ -443,7 +355,7 @@ fn a_stopped_target_gives_no_dumps() {
 fn the_target_exiting_ends_the_watch_with_5() {
     let fx = Fixture::spawn("fx-thread-loop", Variant::Pie, &[]);
     let dir = tempdir("exits");
-    let w = Watch::start(fx.pid, &dir, &[]);
+    let w = Watch::started(fx.pid, &dir, &[]);
     drop(fx);
     let (code, seen) = w.finish(Duration::from_secs(5));
     assert_eq!(code, Some(5), "{seen:#?}");
@@ -510,7 +422,7 @@ fn a_full_disk_is_a_warning_and_the_budget_deletes_nothing() {
     // Fill the file system but a few KiB.
     std::fs::write(dir.join("filler"), vec![0u8; 60 * 1024]).expect("fill");
     let mut fx = Fixture::spawn("fx-tokio-current", Variant::Pie, &[]);
-    let w = Watch::start(fx.pid, &dir, &["--dump-gap", "0.2", "--exit-on-hang"]);
+    let w = Watch::started(fx.pid, &dir, &["--dump-gap", "0.2", "--exit-on-hang"]);
     std::thread::sleep(Duration::from_millis(200));
     fx.ok("block main 1000");
     let (code, seen) = w.finish(Duration::from_secs(10));
@@ -536,7 +448,7 @@ fn a_full_disk_is_a_warning_and_the_budget_deletes_nothing() {
 
     // Budget: 1 KiB allowed (the smallest), so every dump is skipped with one warning.
     let dir2 = tempdir("budget");
-    let w = Watch::start(
+    let w = Watch::started(
         fx.pid,
         &dir2,
         &[

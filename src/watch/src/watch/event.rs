@@ -52,6 +52,14 @@ impl Subject<'_> {
 /// Something went wrong that the watch carries on past.
 #[derive(Debug, Clone)]
 pub enum Warning<'a> {
+    /// A loop thread's wait calls cannot be sampled (busy times of its
+    /// short iterations are not measured; the counters go on).
+    NoSampling {
+        /// The thread.
+        tid: i32,
+        /// Why.
+        error: String,
+    },
     /// `--statsd` could not be set up.
     NoStatsd(String),
     /// The target's symbols could not be loaded ahead of the first hang.
@@ -234,6 +242,17 @@ pub enum Event<'a> {
         /// How long it hung.
         hang_ns: u64,
     },
+    /// An iteration slower than `--slow` that a sampling window timed and
+    /// no look caught while it lasted (so no frame): a `slow_tick` with
+    /// `"source": "sampled"`.
+    SampledSlow {
+        /// The loop's name.
+        name: &'a str,
+        /// Its thread.
+        tid: i32,
+        /// How long the iteration was busy.
+        blocked_ns: u64,
+    },
     /// A tick slower than `--slow`, with where it was blocked.
     SlowTick {
         /// The loop's name.
@@ -289,8 +308,9 @@ pub enum Event<'a> {
         name: &'a str,
         /// Its thread.
         tid: i32,
-        /// Iterations longer than a look.
-        long_iterations: usize,
+        /// Iterations timed: in the sampling windows, and every one longer
+        /// than a look.
+        iterations: usize,
         /// Percentiles and maximum.
         p50: Option<u64>,
         /// 99th percentile.
@@ -394,6 +414,9 @@ impl Warning<'_> {
             Warning::TooManyThreads { max, .. } => {
                 json!({"message": "too many threads", "watched": max})
             }
+            Warning::NoSampling { tid, error } => {
+                json!({"message": format!("no busy-time sampling: {error}"), "tid": tid})
+            }
         }
     }
 }
@@ -430,6 +453,10 @@ impl fmt::Display for Warning<'_> {
                 f,
                 "WARNING PID {pid} has more than {max} threads: only the first {max} are counted"
             ),
+            Warning::NoSampling { tid, error } => write!(
+                f,
+                "WARNING cannot sample the wait calls of thread {tid} (loop_busy only for iterations longer than a look): {error}"
+            ),
         }
     }
 }
@@ -458,7 +485,7 @@ impl Event<'_> {
             Event::HangDetected(_) => "hang_detected",
             Event::HangStarted(..) => "hang_started",
             Event::Recovered { .. } => "recovered",
-            Event::SlowTick { .. } => "slow_tick",
+            Event::SlowTick { .. } | Event::SampledSlow { .. } => "slow_tick",
             Event::DumpWritten { .. } => "dump_written",
             Event::MinidumpWritten { .. } => "minidump_written",
             Event::LagSummary { .. } => "lag_summary",
@@ -547,6 +574,12 @@ impl Event<'_> {
                 cause,
             } => json!({"loop": name, "tid": tid, "blocked_ms": ms(*blocked_ns), "frames": frames,
                         "cause": json_or_null(*cause)}),
+            Event::SampledSlow {
+                name,
+                tid,
+                blocked_ns,
+            } => json!({"loop": name, "tid": tid, "blocked_ms": ms(*blocked_ns),
+                        "source": "sampled", "frames": null, "cause": null}),
             Event::DumpWritten {
                 who,
                 path,
@@ -575,11 +608,11 @@ impl Event<'_> {
             Event::BusySummary {
                 name,
                 tid,
-                long_iterations,
+                iterations,
                 p50,
                 p99,
                 max,
-            } => json!({"loop": name, "tid": tid, "long_iterations": long_iterations,
+            } => json!({"loop": name, "tid": tid, "iterations": iterations,
                         "p50_ms": p50.map(ms), "p99_ms": p99.map(ms), "max_ms": max.map(ms)}),
             Event::TargetGone { pid, message, .. } | Event::CannotCount { pid, message } => {
                 json!({"pid": pid, "message": message})
@@ -750,6 +783,15 @@ impl fmt::Display for Event<'_> {
                     human(*hang_ns)
                 ),
             },
+            Event::SampledSlow {
+                name,
+                tid,
+                blocked_ns,
+            } => write!(
+                f,
+                "WARNING loop '{name}' thread {tid} busy {:.3} s in one iteration (timed by sampling its wait calls; it ended between two looks, so no frame was captured)",
+                *blocked_ns as f64 / 1e9
+            ),
             Event::SlowTick {
                 name,
                 blocked_ns,
@@ -823,13 +865,13 @@ impl fmt::Display for Event<'_> {
             Event::BusySummary {
                 name,
                 tid,
-                long_iterations,
+                iterations,
                 p50,
                 p99,
                 max,
             } => write!(
                 f,
-                "loop '{name}' thread {tid}: {long_iterations} iterations longer than a look, busy at most p50 {} p99 {} max {}",
+                "loop '{name}' thread {tid}: {iterations} iterations timed (sampled windows, and every one longer than a look), busy p50 {} p99 {} max {}",
                 human_or_dash(*p50),
                 human_or_dash(*p99),
                 human_or_dash(*max)

@@ -120,16 +120,16 @@ impl Stats {
 
     /// `P.loop_busy`: one loop iteration's busy time (wait call's return to
     /// its next entry), in ms, for a loop watched by its wait calls
-    /// (`watch/syscall_loop.rs`), sent as one of every `sample_every`
-    /// iterations the caller has: the timing carries `|@1/sample_every` so
-    /// that the daemon scales the counts back.
-    pub fn busy(&self, loop_name: &str, busy_ns: u64, sample_every: u32) {
+    /// (`watch/syscall_loop.rs`), sent for a fraction `rate` (0 < rate ≤ 1)
+    /// of the iterations: the timing carries `|@rate` so that the daemon
+    /// scales the counts back.
+    pub fn busy(&self, loop_name: &str, busy_ns: u64, rate: f64) {
         let metric = self
             .client
             .time_with_tags("loop_busy", ms_rounded(busy_ns))
             .with_tag("loop", loop_name);
-        let metric = if sample_every > 1 {
-            metric.with_sampling_rate(1.0 / f64::from(sample_every))
+        let metric = if rate < 1.0 && rate > 0.0 {
+            metric.with_sampling_rate(rate)
         } else {
             metric
         };

@@ -30,7 +30,9 @@ use aiodebug_engine::cause::parse::{parse_proc_syscall, ProcSyscall};
 use aiodebug_engine::cause::syscalls;
 use aiodebug_engine::dump::Dumper;
 use aiodebug_engine::loops::{self, Look, Peer, Place, ThreadTrack, NATIVE};
-use aiodebug_engine::perf::{WaitCounters, WaitTracepoints, WAIT_CALLS};
+use aiodebug_engine::perf::{
+    BusyPairs, RingRecord, WaitCounters, WaitSampler, WaitTracepoints, WAIT_CALLS,
+};
 use aiodebug_engine::target::{monotonic_ns, Reading};
 use aiodebug_engine::{proc, Error, ErrorKind};
 
@@ -48,6 +50,87 @@ const RESCAN_NS: u64 = 1_000_000_000;
 const BUSY_WINDOW: usize = 4096;
 /// Busy-time summaries every this often.
 const SUMMARY_EVERY_NS: u64 = 10_000_000_000;
+/// One sampling cycle: a window of `--busy-sample` × this at its start.
+const CYCLE_NS: u64 = 1_000_000_000;
+/// While a window is on, the rings are drained at least this often (a ring
+/// holds [`aiodebug_engine::perf::RING_PAGES`] pages: ~1000 iterations).
+const DRAIN_NS: u64 = 5_000_000;
+/// Iterations timed per loop thread per window at most (kept and sent to
+/// StatsD at the window's end); past it they are counted but not kept, and
+/// the sampling rate sent says so.
+const MAX_TIMED_PER_WINDOW: usize = 1000;
+
+/// The duty cycle of the sampling windows: on for `on_ns` at the start of
+/// every [`CYCLE_NS`] (pure: the caller gives the time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Windows {
+    on_ns: u64,
+    cycle_start: u64,
+}
+
+/// What [`Windows::at`] says for a look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Phase {
+    /// Sampling should be on now.
+    pub on: bool,
+    /// A new cycle began with this look (a window that was on ends here and,
+    /// if `on`, the next one begins).
+    pub new_cycle: bool,
+}
+
+impl Windows {
+    /// Windows of `fraction` (0..=1) of each cycle, the first cycle at `now`.
+    pub fn new(fraction: f64, now: u64) -> Windows {
+        Windows {
+            on_ns: (fraction.clamp(0.0, 1.0) * CYCLE_NS as f64) as u64,
+            cycle_start: now,
+        }
+    }
+
+    /// The fraction of time sampled.
+    pub fn fraction(&self) -> f64 {
+        self.on_ns as f64 / CYCLE_NS as f64
+    }
+
+    /// The phase at `now` (not earlier than the previous call's).
+    pub fn at(&mut self, now: u64) -> Phase {
+        let mut new_cycle = false;
+        if now.saturating_sub(self.cycle_start) >= CYCLE_NS {
+            // Late looks skip whole cycles rather than catch up.
+            self.cycle_start = now;
+            new_cycle = true;
+        }
+        Phase {
+            on: self.on_ns > 0 && now.saturating_sub(self.cycle_start) < self.on_ns,
+            new_cycle,
+        }
+    }
+}
+
+/// The sampling rate of a window's timings: the fraction of time sampled,
+/// times the fraction of the iterations that ended in the window that were
+/// timed (`entries` counted in it: the first one closes an iteration begun
+/// before the window; lost samples and the cap lower it). `long`: the
+/// window's iterations of a look or more, left to the counters (timed there,
+/// every one): not among those the rate is of. 4 decimals.
+pub(crate) fn window_rate(fraction: f64, timed: usize, entries: u64, long: u64) -> f64 {
+    let ended = entries.saturating_sub(1).saturating_sub(long).max(1) as f64;
+    let r = fraction * (timed as f64 / ended).min(1.0);
+    ((r * 1e4).round() / 1e4).max(1e-4)
+}
+
+/// One loop thread's sampling (see [`Windows`]).
+struct Sampling {
+    sampler: WaitSampler,
+    pairs: BusyPairs,
+    /// The counters' entries when this window began (`None`: no window yet).
+    entries0: Option<u64>,
+    /// Busy times (ns) of this window's iterations shorter than a look, at
+    /// most [`MAX_TIMED_PER_WINDOW`].
+    timed: Vec<u64>,
+    /// This window's iterations of a look or more (not kept here).
+    long: u64,
+}
 
 /// One thread of the target, counted.
 struct Thread {
@@ -74,10 +157,16 @@ struct Thread {
     /// README on sampling). Their busy time is at most the time since the
     /// last look that saw it enter or wait, at least the stall seen.
     out: bool,
+    /// Its sampler, once it is a loop thread (`None`: sampling off, or the
+    /// kernel refused it: the counters go on).
+    sampling: Option<Sampling>,
+    /// Until when the episode tracker had a slow tick (or hang) of it
+    /// running: a sampled slow iteration up to then is reported by it.
+    slow_seen_ns: u64,
 }
 
 /// The thread's name (`comm`), or `thread TID`.
-fn thread_comm(pid: i32, tid: i32) -> String {
+pub(crate) fn thread_comm(pid: i32, tid: i32) -> String {
     std::fs::read(format!("/proc/{pid}/task/{tid}/comm"))
         .ok()
         .map(|b| {
@@ -89,7 +178,7 @@ fn thread_comm(pid: i32, tid: i32) -> String {
 }
 
 /// The threads of `pid`, by tid, at most `MAX_THREADS` (and whether more).
-fn list_threads(pid: i32) -> Result<(Vec<i32>, bool), Error> {
+pub(crate) fn list_threads(pid: i32) -> Result<(Vec<i32>, bool), Error> {
     let rd = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::Exited { pid }
@@ -110,7 +199,7 @@ fn list_threads(pid: i32) -> Result<(Vec<i32>, bool), Error> {
 /// `restart_syscall` (a wait or a sleep our snapshot interrupted resumes as
 /// that call: it is still in whatever it was in before) or the file cannot be
 /// read.
-fn place_now(file: Option<&std::fs::File>, prev: Place) -> Place {
+pub(crate) fn place_now(file: Option<&std::fs::File>, prev: Place) -> Place {
     let Some(f) = file else { return prev };
     let mut buf = [0u8; 256];
     match f.read_at(&mut buf, 0) {
@@ -219,6 +308,9 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
     let mut was_stopped = false;
     let mut last_summary = started;
     let mut opened_any = false;
+    let mut windows = Windows::new(ctx.args.busy_sample, started);
+    let mut sample_warned = false;
+    let slow_ns = cfg.slow_ns;
     loop {
         if stop.load(Ordering::Relaxed) {
             ctx.log.emit(&Event::Stopped);
@@ -339,6 +431,9 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
                 announce(ctx, tid, t, tps, now);
                 let name = loop_name(pid, tid);
                 t.watched = Some(Watched::new(name, tid as u32, cfg, now));
+                if windows.fraction() > 0.0 {
+                    t.sampling = open_sampling(ctx, tid, t, tps, &mut sample_warned);
+                }
             }
             let Some(w) = t.watched.as_mut() else {
                 continue;
@@ -346,7 +441,9 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
             if v.stall_ns > 0 {
                 t.out = true;
             }
-            if v.iteration_ended() && t.out {
+            // Longer than one look: timed here, every one; shorter ones are
+            // the sampling windows' (see `drain`), so none is sent twice.
+            if v.iteration_ended() && t.out && v.iteration_ns >= look_ns {
                 t.out = false;
                 // Bounded: past the window, the summary's iterations are
                 // the first ones since the last summary.
@@ -356,7 +453,7 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
                 if let Some(s) = &ctx.stats {
                     // Each lasted more than one look: at most one a look
                     // per loop thread, so every one is sent (`|@1`).
-                    s.busy(&w.name, v.iteration_ns, 1);
+                    s.busy(&w.name, v.iteration_ns, 1.0);
                 }
             }
             let obs = Observation {
@@ -370,10 +467,16 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
             if let Some(ns) = w.cause.observe(pid, w.tid, obs.stall_ns, cfg.baseline_ns()) {
                 deadline = deadline.min(now.saturating_add(ns));
             }
+            if v.iteration_ended() {
+                t.out = false;
+            }
             for action in w.tracker.observe(obs) {
                 if let Some(code) = act(ctx, w, action, &reading) {
                     return finish(ctx, &mut threads, code);
                 }
+            }
+            if w.slow_frames.is_some() || w.tracker.is_hung() {
+                t.slow_seen_ns = monotonic_ns();
             }
             if let Some(s) = &ctx.stats {
                 if w.tracker.is_hung() || now.saturating_sub(w.last_gauge_ns) >= 1_000_000_000 {
@@ -384,6 +487,30 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
             if let Some(d) = w.tracker.next_deadline(&obs) {
                 deadline = deadline.min(d);
             }
+        }
+        let phase = windows.at(monotonic_ns());
+        for (&tid, t) in threads.iter_mut() {
+            let (Some(w), Some(sm)) = (&t.watched, t.sampling.as_mut()) else {
+                continue;
+            };
+            step_window(
+                ctx,
+                tid,
+                &w.name,
+                sm,
+                phase,
+                &mut t.busy,
+                t.track.total(),
+                windows.fraction(),
+                Limits {
+                    look_ns,
+                    slow_ns,
+                    slow_seen_ns: t.slow_seen_ns,
+                },
+            );
+        }
+        if phase.on {
+            deadline = deadline.min(now.saturating_add(DRAIN_NS));
         }
         if ctx.args.exit_on_hang && ctx.episodes_completed > 0 {
             return finish(ctx, &mut threads, exit::STALLED);
@@ -508,10 +635,152 @@ fn rescan(
                 watched: None,
                 busy: Vec::new(),
                 out: false,
+                sampling: None,
+                slow_seen_ns: 0,
             },
         );
     }
     None
+}
+
+/// Opens the sampler of a new loop thread for the wait calls it was counted
+/// in (all of them when none yet: a thread named by `--loop-thread`); a
+/// refusal is said once and leaves the counting on.
+fn open_sampling(
+    ctx: &Ctx<'_>,
+    tid: i32,
+    t: &Thread,
+    tps: &WaitTracepoints,
+    warned: &mut bool,
+) -> Option<Sampling> {
+    let used: Vec<&str> = t
+        .counters
+        .calls()
+        .iter()
+        .zip(&t.counts)
+        .filter(|(_, &n)| n > 0)
+        .map(|(c, _)| *c)
+        .collect();
+    let calls = if used.is_empty() {
+        WAIT_CALLS
+    } else {
+        &used[..]
+    };
+    match WaitSampler::open(ctx.pid, tid, tps, calls) {
+        Ok(sampler) => Some(Sampling {
+            sampler,
+            pairs: BusyPairs::default(),
+            entries0: None,
+            timed: Vec::new(),
+            long: 0,
+        }),
+        Err(e) => {
+            if !std::mem::replace(warned, true) {
+                ctx.log.emit(&Event::Warning(Warning::NoSampling {
+                    tid,
+                    error: e.to_string(),
+                }));
+            }
+            None
+        }
+    }
+}
+
+/// The bounds a sampled iteration is judged by.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// One look: iterations this long or longer are timed by the counters.
+    look_ns: u64,
+    /// `--slow`.
+    slow_ns: Option<u64>,
+    /// Until when the episode tracker saw the thread slow or hung.
+    slow_seen_ns: u64,
+}
+
+/// One look's work on a loop thread's sampling: drain its ring while a
+/// window is on, end the window (its timings to StatsD with the window's
+/// rate) and begin the next as `phase` says. `entries`: the counters' total.
+#[allow(clippy::too_many_arguments)]
+fn step_window(
+    ctx: &Ctx<'_>,
+    tid: i32,
+    name: &str,
+    sm: &mut Sampling,
+    phase: Phase,
+    busy: &mut Vec<u64>,
+    entries: u64,
+    fraction: f64,
+    lim: Limits,
+) {
+    let was_on = sm.sampler.is_on();
+    if was_on {
+        drain(ctx, tid, name, sm, busy, lim);
+    }
+    if was_on && (!phase.on || phase.new_cycle) {
+        if let (Some(e0), Some(s)) = (sm.entries0.take(), &ctx.stats) {
+            let rate = window_rate(
+                fraction,
+                sm.timed.len(),
+                entries.saturating_sub(e0),
+                sm.long,
+            );
+            for &b in &sm.timed {
+                s.busy(name, b, rate);
+            }
+        }
+        sm.timed.clear();
+        sm.long = 0;
+        sm.pairs.gap();
+    }
+    if phase.on && (!was_on || phase.new_cycle) {
+        sm.entries0 = Some(entries);
+    }
+    if phase.on != was_on {
+        // A failed switch leaves it as it was; the next look tries again.
+        if sm.sampler.enable(phase.on).is_ok() && !phase.on {
+            // What the kernel wrote before the switch belongs to no window.
+            let _ = sm.sampler.drain();
+            sm.pairs.gap();
+        }
+    }
+}
+
+/// Busy times of the iterations sampled since the last drain: those shorter
+/// than a look kept for the window (and the summary), `--slow` said for
+/// those the episode tracker did not see (they ended between two looks: no
+/// frame could be captured while they lasted).
+fn drain(ctx: &Ctx<'_>, tid: i32, name: &str, sm: &mut Sampling, busy: &mut Vec<u64>, lim: Limits) {
+    for rec in sm.sampler.drain() {
+        let RingRecord::Sample { id, time_ns, .. } = rec else {
+            sm.pairs.gap();
+            continue;
+        };
+        let Some(edge) = sm.sampler.edge_of(id) else {
+            sm.pairs.gap();
+            continue;
+        };
+        let returned = sm.pairs.pending_since().unwrap_or(0);
+        let Some(b) = sm.pairs.edge(edge, time_ns) else {
+            continue;
+        };
+        if b >= lim.look_ns {
+            sm.long += 1;
+            continue;
+        }
+        if sm.timed.len() < MAX_TIMED_PER_WINDOW {
+            sm.timed.push(b);
+            if busy.len() < BUSY_WINDOW {
+                busy.push(b);
+            }
+        }
+        if lim.slow_ns.is_some_and(|s| b > s) && returned > lim.slow_seen_ns {
+            ctx.log.emit(&Event::SampledSlow {
+                name,
+                tid,
+                blocked_ns: b,
+            });
+        }
+    }
 }
 
 /// p50 / p99 / max of `v` (sorted in place), in ms.
@@ -533,7 +802,7 @@ fn summarize(ctx: &Ctx<'_>, threads: &mut BTreeMap<i32, Thread>) {
         ctx.log.emit(&Event::BusySummary {
             name: &w.name,
             tid: *tid,
-            long_iterations: v.len(),
+            iterations: v.len(),
             p50,
             p99,
             max,
@@ -582,6 +851,62 @@ mod tests {
         assert_eq!(place_in_line(restart, Futex), Futex);
         assert_eq!(place_in_line(restart, Elsewhere), Elsewhere);
         assert_eq!(place_in_line(b"", Wait), Wait);
+    }
+
+    #[test]
+    fn windows_are_a_duty_cycle() {
+        const MS: u64 = 1_000_000;
+        let mut w = Windows::new(0.1, 0);
+        assert_eq!(
+            w.at(0),
+            Phase {
+                on: true,
+                new_cycle: false
+            }
+        );
+        assert!(w.at(99 * MS).on);
+        assert!(!w.at(100 * MS).on);
+        assert!(!w.at(999 * MS).on);
+        assert_eq!(
+            w.at(1000 * MS),
+            Phase {
+                on: true,
+                new_cycle: true
+            }
+        );
+        // A late look begins the cycle where it is.
+        assert_eq!(
+            w.at(3500 * MS),
+            Phase {
+                on: true,
+                new_cycle: true
+            }
+        );
+        assert!(!w.at(3600 * MS).on);
+        let mut off = Windows::new(0.0, 0);
+        assert!(!off.at(0).on);
+        let mut all = Windows::new(1.0, 0);
+        assert!(all.at(999 * MS).on);
+        assert_eq!(
+            all.at(1000 * MS),
+            Phase {
+                on: true,
+                new_cycle: true
+            }
+        );
+    }
+
+    #[test]
+    fn a_window_rate_counts_what_was_not_timed() {
+        // 11 entries: 10 iterations ended in the window, all timed.
+        assert_eq!(window_rate(0.1, 10, 11, 0), 0.1);
+        // Half of them lost (or past the cap): half the rate.
+        assert_eq!(window_rate(0.1, 5, 11, 0), 0.05);
+        // Five were a look long or more: the counters' (every one sent).
+        assert_eq!(window_rate(0.1, 5, 11, 5), 0.1);
+        // More timed than counted (the counters were read a bit earlier).
+        assert_eq!(window_rate(0.1, 12, 11, 0), 0.1);
+        assert_eq!(window_rate(1.0, 0, 0, 0), 1e-4);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod cbuild;
 pub mod split;
+pub mod watcher;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
