@@ -1043,6 +1043,7 @@ fn capture(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnapshot> {
         files,
         vanished,
         exited,
+        cause: Default::default(),
     })
 }
 

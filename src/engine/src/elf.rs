@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use aiodebug::abi;
 use object::elf::{
     FileHeader32, FileHeader64, ELFMAG, ELF_NOTE_GNU, NT_GNU_BUILD_ID, PT_LOAD, PT_NOTE, SHF_ALLOC,
-    SHN_UNDEF, SHT_DYNSYM, SHT_STRTAB, SHT_SYMTAB, STT_FILE, STT_SECTION, STT_TLS,
+    SHN_UNDEF, SHT_DYNSYM, SHT_STRTAB, SHT_SYMTAB, STT_COMMON, STT_FILE, STT_OBJECT, STT_SECTION,
+    STT_TLS,
 };
 use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, Sym};
 use object::read::{ReadCache, ReadRef};
@@ -148,6 +149,7 @@ trait ElfView {
     fn registries(&self) -> Result<Vec<RegistryLocation>, String>;
     fn load_segments(&self) -> Result<Vec<LoadSegment>, String>;
     fn build_id(&self) -> Result<Option<Vec<u8>>, String>;
+    fn data_symbols(&self) -> Vec<DataSymbol>;
 }
 
 struct Parsed<'data, Elf: FileHeader, R: ReadRef<'data>> {
@@ -278,13 +280,16 @@ where
         Ok(out)
     }
 
-    fn symbol_registries(
+    /// Calls `f` on every defined symbol of the symbol tables (`.symtab`,
+    /// `.dynsym`, in section order) but TLS, section and file symbols,
+    /// until it returns `false`. Returns the errors of the tables that
+    /// could not be read (the others are still visited).
+    fn visit_symbols(
         &self,
         sections: &'data [Elf::SectionHeader],
-    ) -> Result<Vec<RegistryLocation>, String> {
+        f: &mut dyn FnMut(&RawSymbol<'data>) -> bool,
+    ) -> Vec<String> {
         let endian = self.endian;
-        let prefix = abi::SYMBOL_PREFIX.as_bytes();
-        let mut out: Vec<RegistryLocation> = Vec::new();
         let mut errors = Vec::new();
         for sh in sections.iter() {
             let kind = sh.sh_type(endian);
@@ -296,7 +301,7 @@ where
             } else {
                 "the dynamic symbol table"
             };
-            let found = (|| -> Result<(), String> {
+            let visited = (|| -> Result<bool, String> {
                 let bytes = section_bytes(sh, endian, self.data, MAX_TABLE_SIZE, table)?;
                 let syms: &[Elf::Sym] = object::pod::slice_from_all_bytes(bytes)
                     .map_err(|()| format!("{table} has a bad size"))?;
@@ -319,43 +324,89 @@ where
                     if kind == STT_TLS || kind == STT_SECTION || kind == STT_FILE {
                         continue;
                     }
-                    if !has_prefix(strings, sym.st_name(endian), prefix) {
-                        continue;
-                    }
-                    let svma: u64 = sym.st_value(endian).into();
-                    let mut size: u64 = sym.st_size(endian).into();
-                    if size == 0 {
-                        size = abi::REGISTRY_SIZE as u64;
-                    }
-                    if svma == 0 || size > MAX_SECTION_SIZE {
-                        continue;
-                    }
-                    if out.iter().any(|r| r.svma == svma) {
-                        continue;
-                    }
-                    out.push(RegistryLocation {
-                        svma,
-                        size,
-                        via: Via::Symbol,
-                    });
-                    if out.len() >= MAX_REGISTRIES {
-                        break;
+                    let raw = RawSymbol {
+                        value: sym.st_value(endian).into(),
+                        size: sym.st_size(endian).into(),
+                        kind,
+                        name: name_at(strings, sym.st_name(endian)).unwrap_or_default(),
+                    };
+                    if !f(&raw) {
+                        return Ok(false);
                     }
                 }
-                Ok(())
+                Ok(true)
             })();
-            if let Err(e) = found {
-                errors.push(e);
-            }
-            if out.len() >= MAX_REGISTRIES {
-                break;
+            match visited {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => errors.push(e),
             }
         }
+        errors
+    }
+
+    fn symbol_registries(
+        &self,
+        sections: &'data [Elf::SectionHeader],
+    ) -> Result<Vec<RegistryLocation>, String> {
+        let prefix = abi::SYMBOL_PREFIX.as_bytes();
+        let mut out: Vec<RegistryLocation> = Vec::new();
+        let errors = self.visit_symbols(sections, &mut |sym| {
+            if !sym.name.starts_with(prefix) {
+                return true;
+            }
+            let size = match sym.size {
+                0 => abi::REGISTRY_SIZE as u64,
+                n => n,
+            };
+            if sym.value == 0 || size > MAX_SECTION_SIZE || out.iter().any(|r| r.svma == sym.value)
+            {
+                return true;
+            }
+            out.push(RegistryLocation {
+                svma: sym.value,
+                size,
+                via: Via::Symbol,
+            });
+            out.len() < MAX_REGISTRIES
+        });
         if out.is_empty() && !errors.is_empty() {
             return Err(errors.join("; "));
         }
         Ok(out)
     }
+}
+
+/// A defined symbol as [`Parsed::visit_symbols`] hands it over.
+struct RawSymbol<'data> {
+    value: u64,
+    size: u64,
+    /// `STT_*`.
+    kind: object::elf::SymbolType,
+    /// From the name's first byte to the end of the string table.
+    name: &'data [u8],
+}
+
+/// A data object of an ELF file (`STT_OBJECT`, `STT_COMMON`), at its
+/// static address.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DataSymbol {
+    /// Static virtual address.
+    pub address: u64,
+    /// Size in bytes (at least 1).
+    pub size: u64,
+    /// Raw (mangled) name.
+    pub name: String,
+}
+
+/// Most data symbols read of one file.
+pub const MAX_DATA_SYMBOLS: usize = 1 << 20;
+
+/// The defined data symbols of an ELF file held in memory, sorted by
+/// address, one per address (at most [`MAX_DATA_SYMBOLS`]); empty when it
+/// cannot be parsed.
+pub fn data_symbols(data: &[u8]) -> Vec<DataSymbol> {
+    with_elf(data, |elf| Ok(elf.data_symbols())).unwrap_or_default()
 }
 
 impl<'data, Elf, R> ElfView for Parsed<'data, Elf, R>
@@ -374,6 +425,32 @@ where
         }
         out.sort_by_key(|r| r.svma);
         Ok(out)
+    }
+
+    fn data_symbols(&self) -> Vec<DataSymbol> {
+        let Ok(sections) = self.sections() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        self.visit_symbols(sections, &mut |sym| {
+            if sym.kind == STT_OBJECT || sym.kind == STT_COMMON {
+                let end = sym
+                    .name
+                    .iter()
+                    .position(|&b| b == 0)
+                    .unwrap_or(sym.name.len());
+                out.push(DataSymbol {
+                    address: sym.value,
+                    size: sym.size.max(1),
+                    name: String::from_utf8_lossy(sym.name.get(..end).unwrap_or_default())
+                        .into_owned(),
+                });
+            }
+            out.len() < MAX_DATA_SYMBOLS
+        });
+        out.sort();
+        out.dedup_by_key(|s| s.address);
+        out
     }
 
     fn load_segments(&self) -> Result<Vec<LoadSegment>, String> {
@@ -441,11 +518,6 @@ fn has_name(strings: &[u8], offset: u32, wanted: &[u8]) -> bool {
         s.strip_prefix(wanted)
             .is_some_and(|rest| rest.first() == Some(&0))
     })
-}
-
-/// Whether the string at `offset` starts with `prefix`.
-fn has_prefix(strings: &[u8], offset: u32, prefix: &[u8]) -> bool {
-    name_at(strings, offset).is_some_and(|s| s.starts_with(prefix))
 }
 
 /// The load bias of a module from one mapping of its file: the rule of

@@ -239,6 +239,8 @@ pub(crate) struct Parts {
 pub(crate) fn dump_options(args: &WatchArgs) -> aiodebug_engine::dump::DumpOptions {
     aiodebug_engine::dump::DumpOptions {
         stacks: args.stacks.into(),
+        // The loop threads' causes (with their counters), not every thread's.
+        cause: aiodebug_engine::cause::capture::CauseScope::Loops,
         ..crate::dump::debug_options(&args.debug_dirs)
     }
 }
