@@ -150,6 +150,7 @@ trait ElfView {
     fn load_segments(&self) -> Result<Vec<LoadSegment>, String>;
     fn build_id(&self) -> Result<Option<Vec<u8>>, String>;
     fn data_symbols(&self) -> Vec<DataSymbol>;
+    fn addresses(&self, section: &str, symbols: &[&str]) -> Result<Addresses, String>;
 }
 
 struct Parsed<'data, Elf: FileHeader, R: ReadRef<'data>> {
@@ -229,25 +230,30 @@ where
             .map_err(|e| format!("bad section headers: {e}"))
     }
 
+    /// The section-name table.
+    fn section_names(&self, sections: &'data [Elf::SectionHeader]) -> Result<&'data [u8], String> {
+        let index = self
+            .header
+            .shstrndx(self.endian, self.data)
+            .map_err(|e| format!("bad section name table: {e}"))?;
+        let shstrtab = sections
+            .get(index as usize)
+            .ok_or_else(|| format!("section name table index {index} out of range"))?;
+        section_bytes(
+            shstrtab,
+            self.endian,
+            self.data,
+            MAX_TABLE_SIZE,
+            "the section name table",
+        )
+    }
+
     fn section_registries(
         &self,
         sections: &'data [Elf::SectionHeader],
     ) -> Result<Vec<RegistryLocation>, String> {
         let endian = self.endian;
-        let index = self
-            .header
-            .shstrndx(endian, self.data)
-            .map_err(|e| format!("bad section name table: {e}"))?;
-        let shstrtab = sections
-            .get(index as usize)
-            .ok_or_else(|| format!("section name table index {index} out of range"))?;
-        let names = section_bytes(
-            shstrtab,
-            endian,
-            self.data,
-            MAX_TABLE_SIZE,
-            "the section name table",
-        )?;
+        let names = self.section_names(sections)?;
         let wanted = abi::SECTION_NAME.as_bytes();
         let mut out = Vec::new();
         for sh in sections.iter().skip(1) {
@@ -280,20 +286,21 @@ where
         Ok(out)
     }
 
-    /// Calls `f` on every defined symbol of the symbol tables (`.symtab`,
+    /// Calls `f` on every defined symbol of the symbol `tables` (`.symtab`,
     /// `.dynsym`, in section order) but TLS, section and file symbols,
     /// until it returns `false`. Returns the errors of the tables that
     /// could not be read (the others are still visited).
     fn visit_symbols(
         &self,
         sections: &'data [Elf::SectionHeader],
+        tables: Tables,
         f: &mut dyn FnMut(&RawSymbol<'data>) -> bool,
     ) -> Vec<String> {
         let endian = self.endian;
         let mut errors = Vec::new();
         for sh in sections.iter() {
             let kind = sh.sh_type(endian);
-            if kind != SHT_SYMTAB && kind != SHT_DYNSYM {
+            if kind != SHT_DYNSYM && (kind != SHT_SYMTAB || tables == Tables::Dynamic) {
                 continue;
             }
             let table = if kind == SHT_SYMTAB {
@@ -351,7 +358,7 @@ where
     ) -> Result<Vec<RegistryLocation>, String> {
         let prefix = abi::SYMBOL_PREFIX.as_bytes();
         let mut out: Vec<RegistryLocation> = Vec::new();
-        let errors = self.visit_symbols(sections, &mut |sym| {
+        let errors = self.visit_symbols(sections, Tables::All, &mut |sym| {
             if !sym.name.starts_with(prefix) {
                 return true;
             }
@@ -375,6 +382,31 @@ where
         }
         Ok(out)
     }
+}
+
+/// Which symbol tables [`Parsed::visit_symbols`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tables {
+    /// `.symtab` and `.dynsym`.
+    All,
+    /// `.dynsym` only (cheap on any executable: stripping keeps it).
+    Dynamic,
+}
+
+/// Static addresses found by [`find_addresses`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Addresses {
+    /// The section's, if the file has it.
+    pub section: Option<u64>,
+    /// Each asked dynamic symbol's, in the order asked (`None`: not defined).
+    pub symbols: Vec<Option<u64>>,
+}
+
+/// The static address of the section named `section` and of the defined
+/// dynamic symbols `symbols` of an ELF file held in memory (section headers
+/// and `.dynsym` only).
+pub fn find_addresses(data: &[u8], section: &str, symbols: &[&str]) -> Result<Addresses, String> {
+    with_elf(data, |elf| elf.addresses(section, symbols))
 }
 
 /// A defined symbol as [`Parsed::visit_symbols`] hands it over.
@@ -427,12 +459,45 @@ where
         Ok(out)
     }
 
+    fn addresses(&self, section: &str, symbols: &[&str]) -> Result<Addresses, String> {
+        let sections = self.sections()?;
+        let mut out = Addresses {
+            section: None,
+            symbols: vec![None; symbols.len()],
+        };
+        if sections.is_empty() {
+            return Ok(out);
+        }
+        let names = self.section_names(sections)?;
+        out.section = sections
+            .iter()
+            .skip(1)
+            .find(|sh| has_name(names, sh.sh_name(self.endian), section.as_bytes()))
+            .map(|sh| sh.sh_addr(self.endian).into());
+        self.visit_symbols(sections, Tables::Dynamic, &mut |sym| {
+            for (i, wanted) in symbols.iter().enumerate() {
+                let exact = sym
+                    .name
+                    .strip_prefix(wanted.as_bytes())
+                    .and_then(|r| r.first())
+                    == Some(&0);
+                if exact && out.symbols.get(i) == Some(&None) {
+                    if let Some(slot) = out.symbols.get_mut(i) {
+                        *slot = Some(sym.value);
+                    }
+                }
+            }
+            true
+        });
+        Ok(out)
+    }
+
     fn data_symbols(&self) -> Vec<DataSymbol> {
         let Ok(sections) = self.sections() else {
             return Vec::new();
         };
         let mut out = Vec::new();
-        self.visit_symbols(sections, &mut |sym| {
+        self.visit_symbols(sections, Tables::All, &mut |sym| {
             if sym.kind == STT_OBJECT || sym.kind == STT_COMMON {
                 let end = sym
                     .name
@@ -574,6 +639,22 @@ pub fn open_mapped_file(pid: i32, entry: &MapEntry) -> std::io::Result<File> {
         first_kind.unwrap_or(std::io::ErrorKind::NotFound),
         failures.join("; "),
     ))
+}
+
+/// The file of a module of process `pid`, mapped into our memory, with the
+/// load bias its mapping `first` (the one with the lowest offset) gives
+/// (`None` when no segment covers it): [`open_mapped_file`] and
+/// [`load_bias`], the one rule.
+pub fn map_module(
+    pid: i32,
+    first: &MapEntry,
+) -> Result<(crate::mapped::MappedFile, Option<u64>), String> {
+    let file = open_mapped_file(pid, first).map_err(|e| e.to_string())?;
+    let mapped = crate::mapped::MappedFile::map(&file).map_err(|e| e.to_string())?;
+    let bias = load_segments(mapped.bytes())
+        .ok()
+        .and_then(|segs| load_bias(&segs, first));
+    Ok((mapped, bias))
 }
 
 /// A file's identity: ((major, minor) of its device, inode).
@@ -809,6 +890,57 @@ mod tests {
         let (again, _) = locate_registries(pid, &maps, &mut cache);
         assert_eq!(again, regions);
         (regions, problems, magics)
+    }
+
+    /// Our libc, whichever the loader mapped into this test binary.
+    fn own_libc() -> Vec<u8> {
+        let maps = crate::proc::read_maps(std::process::id() as i32).expect("own maps");
+        let path = maps
+            .iter()
+            .find_map(|m| match &m.path {
+                MapPath::File { path, .. }
+                    if path
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("libc.so")) =>
+                {
+                    Some(path.clone())
+                }
+                _ => None,
+            })
+            .expect("libc mapped");
+        std::fs::read(path).expect("read libc")
+    }
+
+    #[test]
+    fn sections_and_symbols_agree_with_the_object_crate() {
+        use object::{Object, ObjectSection, ObjectSymbol};
+        let libc = own_libc();
+        let obj = object::File::parse(&*libc).expect("libc parses");
+        let found = find_addresses(&libc, ".text", &["malloc", "no_such_symbol_here"]).unwrap();
+        assert_eq!(
+            found.section,
+            obj.section_by_name(".text").map(|s| s.address())
+        );
+        let malloc = obj
+            .dynamic_symbols()
+            .find(|s| s.name() == Ok("malloc") && s.is_definition())
+            .map(|s| s.address());
+        assert!(malloc.is_some());
+        assert_eq!(found.symbols, vec![malloc, None]);
+        // A data object of libc, as object sees it (one name per address:
+        // `__environ`, `_environ` and `environ` are one object).
+        let data = data_symbols(&libc);
+        let environ = obj
+            .dynamic_symbols()
+            .find(|s| s.name() == Ok("environ"))
+            .map(|s| s.address())
+            .expect("environ");
+        assert!(data
+            .iter()
+            .any(|d| d.address == environ && d.name.ends_with("environ")));
+        assert!(data.windows(2).all(|w| w[0].address < w[1].address));
+        assert!(find_addresses(b"not an elf", ".text", &[]).is_err());
+        assert!(data_symbols(b"\x7fELF garbage").is_empty());
     }
 
     #[test]

@@ -17,14 +17,11 @@
 //!   state ([`super::capture`]); [`read_task`] decodes it after the detach
 //!   (a task's name and coroutine do not change while it runs).
 
-use object::{Object, ObjectSection};
-
 use super::code::read_unicode;
 use super::layout::Layout;
 use super::locate::{distinct_files, MappedModule};
 use super::memory::{read_c_string, read_u64, read_vec, u32_at, u64_at, PyResult, ReadMemory};
 use crate::elf;
-use crate::mapped::MappedFile;
 use crate::proc::MapEntry;
 
 /// The section `_asyncio` puts its table in.
@@ -107,28 +104,19 @@ pub fn locate(
         if !name.starts_with("_asyncio") && display != runtime_module {
             continue;
         }
-        let Ok(file) = elf::open_mapped_file(pid, first) else {
+        let Ok((mapped, Some(bias))) = elf::map_module(pid, first) else {
             continue;
         };
-        let Ok(mapped) = MappedFile::map(&file) else {
-            continue;
-        };
-        let bytes = mapped.bytes();
-        let Ok(obj) = object::File::parse(bytes) else {
-            continue;
-        };
-        let Some(section) = obj.section_by_name(SECTION) else {
-            continue;
-        };
-        let Some(bias) = elf::load_segments(bytes)
-            .ok()
-            .and_then(|segs| elf::load_bias(&segs, first))
+        let Ok(elf::Addresses {
+            section: Some(section),
+            ..
+        }) = elf::find_addresses(mapped.bytes(), SECTION, &[])
         else {
             continue;
         };
         // Read from the target (the table is initialised data of the
         // loaded module), like _Py_DebugOffsets.
-        let table = read_vec(mem, section.address().wrapping_add(bias), TABLE_LEN)
+        let table = read_vec(mem, section.wrapping_add(bias), TABLE_LEN)
             .map_err(|e| format!("{display}: cannot read {SECTION}: {e}"))?;
         return from_section(&table)
             .map(|t| Some((display.clone(), t)))
