@@ -5,46 +5,17 @@
 //! computed from the same dump once it has been killed and reaped, and the
 //! facts the capture recorded are the facts a live read gives.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use aiodebug_engine::cause::capture::{dump_causes, CauseScope};
 use aiodebug_engine::cause::collect::{Collector, Live};
 use aiodebug_engine::cause::CauseKind;
 use aiodebug_engine::dump::{Dump, DumpOptions, Dumper, ThreadDump};
-
-/// A directory removed on drop (also when the test fails).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "aiodebug-cause-{tag}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The fixture, killed and reaped on drop.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{Reaped, TempDir};
 
 fn build(dir: &Path) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/c/held.c");
@@ -86,7 +57,7 @@ fn tid_of(d: &Dump, name: &str) -> i32 {
 
 #[test]
 fn a_cause_from_a_recorded_dump_is_the_same_once_the_target_is_gone() {
-    let dir = TempDir::new("held");
+    let dir = TempDir::new("cause", "held");
     let exe = build(&dir.0);
     let mut child = Command::new(&exe)
         .stdout(Stdio::piped())
