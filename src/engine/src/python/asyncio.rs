@@ -294,15 +294,16 @@ mod tests {
         ty(&mut mem, &l, 0x3_0000, "coroutine");
         ty(&mut mem, &l, 0x4_0000, "int");
         let (task, name, coro, coro_name) = (0x10_0000, 0x11_0000, 0x12_0000, 0x13_0000);
-        mem.add(
-            task,
+        // A Task object naming `name` and running `coro`.
+        let task_obj = |name: u64| {
             obj(
                 &l,
                 0xa8,
                 0x1_0000,
                 &[(a.task_name, name), (a.task_coro, coro)],
-            ),
-        );
+            )
+        };
+        mem.add(task, task_obj(name));
         mem.add(
             name,
             with_type(&l, ascii_str(&l, "handle-order-7"), 0x2_0000),
@@ -317,15 +318,7 @@ mod tests {
         let mut int = obj(&l, 28, 0x4_0000, &[(16, 1 << 3)]);
         int[24..28].copy_from_slice(&7u32.to_le_bytes());
         mem.add(counter, int);
-        mem.add(
-            task,
-            obj(
-                &l,
-                0xa8,
-                0x1_0000,
-                &[(a.task_name, counter), (a.task_coro, coro)],
-            ),
-        );
+        mem.add(task, task_obj(counter));
         assert_eq!(read_task(&mem, &l, &a, task).unwrap().name, "Task-7");
 
         // Not a task (a freed and reused address): an error, not a name.
