@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,14 +21,8 @@ use support::{Reaped, TempDir};
 fn build(dir: &Path) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/c/held.c");
     let out = dir.join("held");
-    let status = Command::new("gcc")
-        .args(["-O1", "-g", "-pthread"])
-        .arg(&src)
-        .arg("-o")
-        .arg(&out)
-        .status()
-        .expect("run gcc");
-    assert!(status.success(), "gcc failed");
+    let flags = ["-O1", "-g", "-pthread"].map(OsStr::new);
+    support::gcc(&flags, &src, &out);
     out
 }
 

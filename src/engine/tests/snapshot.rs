@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -31,18 +32,13 @@ fn lld_dir() -> Option<PathBuf> {
 
 fn build(dir: &Path, lld: Option<&Path>) -> PathBuf {
     let out = dir.join("stacks");
-    let mut cmd = Command::new("gcc");
-    cmd.args(["-O2", "-g", "-fomit-frame-pointer", "-pthread"]);
+    let mut flags: Vec<&OsStr> = ["-O2", "-g", "-fomit-frame-pointer", "-pthread"]
+        .map(OsStr::new)
+        .to_vec();
     if let Some(l) = lld {
-        cmd.arg("-fuse-ld=lld").arg("-B").arg(l);
+        flags.extend([OsStr::new("-fuse-ld=lld"), OsStr::new("-B"), l.as_os_str()]);
     }
-    let status = cmd
-        .arg(fixture_source())
-        .arg("-o")
-        .arg(&out)
-        .status()
-        .expect("run gcc");
-    assert!(status.success(), "gcc failed");
+    support::gcc(&flags, &fixture_source(), &out);
     out
 }
 

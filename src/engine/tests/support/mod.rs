@@ -3,8 +3,9 @@
 
 #![allow(dead_code)] // Each test file uses its own part.
 
-use std::path::PathBuf;
-use std::process::Child;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 
 /// A directory removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -37,4 +38,17 @@ impl Drop for Reaped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Builds the C file `source` into `out` with gcc and `flags` (the test
+/// fails if gcc does).
+pub fn gcc(flags: &[&OsStr], source: &Path, out: &Path) {
+    let status = Command::new("gcc")
+        .args(flags)
+        .arg(source)
+        .arg("-o")
+        .arg(out)
+        .status()
+        .expect("run gcc");
+    assert!(status.success(), "gcc failed");
 }
