@@ -264,3 +264,158 @@ pub fn dump_causes(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::Fake;
+    use super::*;
+    use crate::snapshot::Registers;
+
+    /// A glibc `pthread_mutex_t` held by `owner` (contended, one user).
+    fn mutex(owner: u32) -> Vec<u8> {
+        [2u32, 0, owner, 1, 0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect()
+    }
+
+    fn thread(tid: i32, state: char, regs: Option<Registers>) -> ThreadSnapshot {
+        ThreadSnapshot {
+            tid,
+            name: format!("t{tid}"),
+            state,
+            cpu_time: std::time::Duration::ZERO,
+            stop: match regs {
+                Some(_) => StopKind::Interrupted,
+                None => StopKind::NotStopped("did not stop".into()),
+            },
+            regs,
+            stack_start: 0,
+            stack: Vec::new(),
+            stack_truncated: false,
+            stack_error: None,
+            kernel_wait: None,
+        }
+    }
+
+    /// Stopped in system call `nr`, blocked (a restart code in rax).
+    fn in_call(nr: u64, rip: u64, args: [u64; 6]) -> Option<Registers> {
+        Some(Registers {
+            orig_rax: nr,
+            rax: (-516i64) as u64,
+            rip,
+            rdi: args[0],
+            rsi: args[1],
+            rdx: args[2],
+            r10: args[3],
+            ..Registers::default()
+        })
+    }
+
+    #[test]
+    fn a_lock_owner_outside_a_one_thread_capture_is_named_from_proc() {
+        let mut f = Fake::default();
+        f.memory.push((0x3000, mutex(4242)));
+        f.proc.insert("task/10/comm".into(), b"loop\n".to_vec());
+        f.proc
+            .insert("task/4242/comm".into(), b"db-writer\n".to_vec());
+        let mut col = Collector::new(f);
+        let threads = [thread(
+            10,
+            'S',
+            in_call(202, 0x4010, [0x3000, 128, 2, 0, 0, 0]),
+        )];
+        let got = capture(&mut col, &threads, &|_| true, &HashMap::new(), false);
+        let lock = got
+            .get(10)
+            .and_then(|t| t.facts.lock.clone())
+            .expect("a lock");
+        assert_eq!(lock.owner_tid, Some(4242));
+        assert_eq!(
+            lock.owner,
+            Some(Owner {
+                tid: 4242,
+                name: "db-writer".into(),
+                frame: None,
+                syscall: None
+            })
+        );
+        assert_eq!(got.get(10).unwrap().sample, None, "not asked for");
+    }
+
+    #[test]
+    fn calls_from_registers_proc_and_memory_and_tracers() {
+        let mut f = Fake {
+            now: 77,
+            ..Fake::default()
+        };
+        f.memory.push((0x3000, mutex(11)));
+        // Thread 12 did not stop: /proc says it is in read(7, …).
+        f.proc.insert(
+            "task/12/syscall".into(),
+            b"0 0x7 0x1000 0x40 0x0 0x0 0x0 0x7ffc0000 0x7f0000001000\n".to_vec(),
+        );
+        f.links.insert("fd/7".into(), b"pipe:[5]".to_vec());
+        // Thread 13 is held by gdb.
+        f.proc.insert(
+            "task/13/status".into(),
+            b"Name:\tt13\nTracerPid:\t777\n".to_vec(),
+        );
+        f.files.insert("/proc/777/comm".into(), b"gdb\n".to_vec());
+        let mut col = Collector::new(f);
+        let threads = [
+            thread(10, 'S', in_call(202, 0x4010, [0x3000, 128, 2, 0, 0, 0])),
+            thread(11, 'S', in_call(230, 0x5010, [1, 0, 0x9000, 0x9010, 0, 0])),
+            thread(12, 'S', None),
+            thread(13, 't', Some(Registers::default())),
+            thread(14, 'S', in_call(7, 0x6000, [0; 6])),
+        ];
+        let got = capture(&mut col, &threads, &|t| t != 14, &HashMap::new(), true);
+        assert_eq!(
+            got.threads.iter().map(|t| t.tid).collect::<Vec<_>>(),
+            [10, 11, 12, 13]
+        );
+        let owner = got
+            .get(10)
+            .unwrap()
+            .facts
+            .lock
+            .as_ref()
+            .unwrap()
+            .owner
+            .clone();
+        assert_eq!(
+            owner,
+            Some(Owner {
+                tid: 11,
+                name: "t11".into(),
+                frame: None,
+                syscall: Some("clock_nanosleep".into())
+            })
+        );
+        let t12 = got.get(12).unwrap();
+        assert_eq!(t12.call.as_ref().and_then(|c| c.name), Some("read"));
+        assert_eq!(
+            t12.facts.fds.first().map(|f| f.target.clone()),
+            Some(super::super::FdTarget::Pipe(5))
+        );
+        assert!(matches!(
+            t12.facts.proc_syscall,
+            Some(ProcSyscall::In { nr: 0, .. })
+        ));
+        assert_eq!(got.get(13).unwrap().facts.tracer, Some((777, "gdb".into())));
+        assert_eq!(
+            got.get(10).unwrap().sample.as_ref().map(|s| s.at_ns),
+            Some(77)
+        );
+        // The next capture resumes 11's sleep as restart_syscall.
+        let memory = remember(&threads, &HashMap::new());
+        assert_eq!(memory[&11].ip, 0x5010);
+        assert_eq!(memory[&11].call.name, Some("clock_nanosleep"));
+        assert!(!memory.contains_key(&12), "not stopped: no registers");
+        let resumed = thread(11, 'S', in_call(219, 0x5010, [1, 0, 0x9000, 0x9010, 0, 0]));
+        let again = capture(&mut col, &[resumed], &|_| true, &memory, false);
+        let call = again.get(11).unwrap().call.clone().unwrap();
+        assert!(call.resumed && call.name == Some("clock_nanosleep"));
+    }
+}

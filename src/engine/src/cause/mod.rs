@@ -23,6 +23,8 @@
 
 pub mod capture;
 pub mod collect;
+#[cfg(test)]
+mod fake;
 pub mod parse;
 pub mod syscalls;
 mod table;
