@@ -280,7 +280,8 @@ impl Dumper {
         let wanted = |tid: i32| match scope {
             CauseScope::None => false,
             CauseScope::All => true,
-            CauseScope::Loops => chosen || loops.is_some_and(|l| l.contains_key(&tid)),
+            // No loop named: every thread (a cause must not lose its facts).
+            CauseScope::Loops => chosen || loops.map_or(true, |l| l.contains_key(&tid)),
         };
         if scope != CauseScope::None {
             let mut col = Collector::with_modules(Live { pid }, snap.modules.clone());

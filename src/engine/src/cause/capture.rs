@@ -31,9 +31,10 @@ pub enum CauseScope {
     /// Every captured thread (`dump`), no counters.
     #[default]
     All,
-    /// The threads running an event loop (the `loops` a dump is given) and
-    /// every thread of a capture of chosen threads, with a [`Sample`] of
-    /// their counters (`watch`: the deltas of a stall start there).
+    /// The threads running an event loop (the `loops` a dump is given; all
+    /// when none is) and every thread of a capture of chosen threads, with
+    /// a [`Sample`] of their counters (`watch`: the deltas of a stall start
+    /// there).
     Loops,
 }
 
