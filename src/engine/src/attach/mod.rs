@@ -200,6 +200,37 @@ fn capture_modules(pid: i32, maps: &[MapEntry], opts: &SnapshotOptions) -> modul
     }
 }
 
+/// The last step: lets every thread of `att` go (as `SCHED_FIFO` when
+/// allowed); the capture's phases (it began at `started`, its copy at
+/// `copy_start`), its freeze, and when the target was stopped.
+fn detach(
+    mut att: Attached,
+    opts: &SnapshotOptions,
+    started: Instant,
+    copy_start: Instant,
+) -> (CapturePhases, Duration, SystemTime) {
+    let detach_start = Instant::now();
+    {
+        let _rt = RealTime::new(opts.realtime_detach);
+        att.detach_all();
+    }
+    let phases = match (att.first_interrupt, att.detached_at) {
+        (Some(first), Some(done)) => CapturePhases {
+            prepare: first.saturating_duration_since(started),
+            stop: copy_start.saturating_duration_since(first),
+            copy: detach_start.saturating_duration_since(copy_start),
+            detach: done.saturating_duration_since(detach_start),
+        },
+        _ => CapturePhases::default(),
+    };
+    let taken_at = att.taken_at.unwrap_or_else(SystemTime::now);
+    let freeze = match (att.first_interrupt, att.detached_at) {
+        (Some(a), Some(b)) => b.saturating_duration_since(a),
+        _ => Duration::ZERO,
+    };
+    (phases, freeze, taken_at)
+}
+
 /// The capture itself, on the calling thread (see [`snapshot`]): prepare,
 /// stop, copy, detach.
 fn capture(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnapshot> {
@@ -246,26 +277,7 @@ fn capture(pid: i32, opts: &SnapshotOptions) -> Result<ProcessSnapshot> {
             .collect();
         hook.0.while_stopped(pid, &held);
     }
-    let detach_start = Instant::now();
-    {
-        let _rt = RealTime::new(opts.realtime_detach);
-        att.detach_all();
-    }
-    let phases = match (att.first_interrupt, att.detached_at) {
-        (Some(first), Some(done)) => CapturePhases {
-            prepare: first.saturating_duration_since(started),
-            stop: copy_start.saturating_duration_since(first),
-            copy: detach_start.saturating_duration_since(copy_start),
-            detach: done.saturating_duration_since(detach_start),
-        },
-        _ => CapturePhases::default(),
-    };
-    let taken_at = att.taken_at.unwrap_or_else(SystemTime::now);
-    let freeze = match (att.first_interrupt, att.detached_at) {
-        (Some(a), Some(b)) => b.saturating_duration_since(a),
-        _ => Duration::ZERO,
-    };
-    drop(att);
+    let (phases, freeze, taken_at) = detach(att, opts, started, copy_start);
     // Where the threads that never stopped wait in the kernel, read now that
     // the others run again.
     for i in late {
