@@ -3,6 +3,8 @@
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::{DemoConfig, DumpConfig, ListConfig, StatusConfig, WatchConfig};
+
 /// Exit codes, identical for every subcommand.
 pub const EXIT_CODES: &str = "\
 Exit codes (the same for every subcommand):
@@ -39,7 +41,7 @@ pub enum Command {
     Watch(WatchArgs),
     /// Print the stacks of every thread of a process (any process, heartbeat or not).
     #[command(after_help = EXIT_CODES)]
-    Dump(crate::dump::DumpArgs),
+    Dump(DumpArgs),
     /// Run the bundled demo: a service whose loop hangs, watched live.
     #[command(after_help = EXIT_CODES)]
     Demo(DemoArgs),
@@ -181,6 +183,43 @@ pub fn parse_regex(s: &str) -> Result<regex::Regex, String> {
         .map_err(|e| format!("`{s}` is not a valid regex: {e}"))
 }
 
+/// Arguments of `dump`.
+#[derive(Args, Debug, Clone)]
+pub struct DumpArgs {
+    /// Process id of the target (any process, heartbeat or not). It is
+    /// stopped for about a millisecond and never left stopped.
+    #[arg(value_parser = parse_pid)]
+    pub pid: i32,
+    /// Write the dump to FILE instead of stdout (created exclusively, never through a
+    /// symlink; an existing file is refused unless --force).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+    /// With --output: replace FILE if it is an existing regular file.
+    #[arg(long, requires = "output")]
+    pub force: bool,
+    /// One JSON object per dump, on one line (schema: README.md, "dump --json schema").
+    #[arg(long)]
+    pub json: bool,
+    /// Sanity cap on frames per thread.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_frames: u32,
+    /// Take this many dumps in one process (caches stay warm after the first).
+    #[arg(long, default_value_t = 1, hide = true, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub repeat: u32,
+    /// Print where the time of each dump went on stderr.
+    #[arg(long, hide = true)]
+    pub timings: bool,
+    /// Frames of a Python process: Python frames merged with native ones,
+    /// Python frames only, or native frames only.
+    #[arg(long, value_enum, default_value_t = crate::pyview::Stacks::Merged)]
+    pub stacks: crate::pyview::Stacks,
+    /// A directory of separate debug files, laid out as /usr/lib/debug
+    /// (`.build-id/xx/rest.debug`) or flat by debug-link name (repeatable;
+    /// searched after the target's and the host's /usr/lib/debug).
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    pub debug_dirs: Vec<std::path::PathBuf>,
+}
+
 /// Arguments of `demo`.
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
@@ -284,6 +323,110 @@ pub fn check_watch(a: &WatchArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// `--stacks` values: the type is the report's ([`crate::pyview::Stacks`]),
+/// its clap face is here, so that clap stays in this layer.
+impl clap::ValueEnum for crate::pyview::Stacks {
+    fn value_variants<'a>() -> &'a [Self] {
+        use crate::pyview::Stacks;
+        &[Stacks::Merged, Stacks::Python, Stacks::Native]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use crate::pyview::Stacks;
+        use clap::builder::PossibleValue;
+        Some(match self {
+            Stacks::Merged => PossibleValue::new("merged").help(
+                "Python frames in place of the interpreter's eval frames, native frames between",
+            ),
+            Stacks::Python => PossibleValue::new("python").help("Python frames only"),
+            Stacks::Native => {
+                PossibleValue::new("native").help("Native frames only (Python's state is not read)")
+            }
+        })
+    }
+}
+
+/// `watch`'s arguments as its config, once the checks across arguments
+/// ([`check_watch`], `--match` needs `--all`) passed; `Err` is a usage
+/// error (exit 2).
+impl TryFrom<&WatchArgs> for WatchConfig {
+    type Error = String;
+
+    fn try_from(a: &WatchArgs) -> Result<WatchConfig, String> {
+        check_watch(a)?;
+        // clap's `requires` does not see a flag that defaults to false.
+        if a.match_comm.is_some() && !a.all {
+            return Err("--match needs --all".into());
+        }
+        Ok(WatchConfig {
+            pid: a.pid,
+            all: a.all,
+            match_comm: a.match_comm.clone(),
+            interval: a.interval,
+            output_dir: a.output_dir.clone(),
+            follow_symlinks: a.follow_symlinks,
+            dumps: a.dumps,
+            dump_gap: a.dump_gap,
+            max_dump_bytes: a.max_dump_bytes,
+            statsd: a.statsd.clone(),
+            prefix: a.prefix.clone(),
+            tags: a.tags.clone(),
+            slow: a.slow,
+            exit_on_hang: a.exit_on_hang,
+            duration: a.duration,
+            json: a.json,
+            stacks: a.stacks,
+            loop_threads: a.loop_threads.clone(),
+            debug_dirs: a.debug_dirs.clone(),
+        })
+    }
+}
+
+impl From<&DumpArgs> for DumpConfig {
+    fn from(a: &DumpArgs) -> DumpConfig {
+        DumpConfig {
+            pid: a.pid,
+            output: a.output.clone(),
+            force: a.force,
+            json: a.json,
+            max_frames: a.max_frames,
+            repeat: a.repeat,
+            timings: a.timings,
+            stacks: a.stacks,
+            debug_dirs: a.debug_dirs.clone(),
+        }
+    }
+}
+
+impl From<&StatusArgs> for StatusConfig {
+    fn from(a: &StatusArgs) -> StatusConfig {
+        StatusConfig {
+            pid: a.pid,
+            threshold: a.threshold,
+            json: a.json,
+        }
+    }
+}
+
+impl From<&ListArgs> for ListConfig {
+    fn from(a: &ListArgs) -> ListConfig {
+        ListConfig {
+            threshold: a.threshold,
+            json: a.json,
+        }
+    }
+}
+
+impl From<&DemoArgs> for DemoConfig {
+    fn from(a: &DemoArgs) -> DemoConfig {
+        DemoConfig {
+            duration: a.duration,
+            threshold: a.threshold,
+            output_dir: a.output_dir.clone(),
+        }
+    }
+}
+
 /// Parses a non-negative, finite number of seconds.
 pub fn parse_secs(s: &str) -> Result<f64, String> {
     let v: f64 = s
@@ -318,6 +461,44 @@ mod tests {
         for bad in ["", "a:b", "a|b", "a@b", "a#b", "a b"] {
             assert!(parse_prefix(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// `watch`'s arguments as parsed, or clap's error as text.
+    fn watch_config(argv: &[&str]) -> Result<WatchConfig, String> {
+        let cli = Cli::try_parse_from(["aiodebug-watch", "watch"].iter().chain(argv))
+            .map_err(|e| e.to_string())?;
+        match &cli.command {
+            Command::Watch(a) => WatchConfig::try_from(a),
+            other => Err(format!("not watch: {other:?}")),
+        }
+    }
+
+    #[test]
+    fn the_demos_defaults_are_the_command_lines() {
+        // `demo` builds its watch with `for_pid`: it must mean what
+        // `watch PID` means.
+        let parsed = watch_config(&["42"]).map(|c| format!("{c:?}"));
+        assert_eq!(parsed, Ok(format!("{:?}", WatchConfig::for_pid(42))));
+    }
+
+    #[test]
+    fn checks_across_arguments_are_usage_errors() {
+        let ok = watch_config(&["7", "--interval", "0.5", "--slow", "0.1", "--tag", "k:v"]);
+        let ok = ok.map(|c| (c.pid, c.interval, c.slow, c.tags));
+        assert_eq!(
+            ok,
+            Ok((Some(7), 0.5, Some(0.1), vec![("k".into(), "v".into())]))
+        );
+        let slow = watch_config(&["7", "--interval", "0.25", "--slow", "0.5"]);
+        assert!(slow.is_err_and(|e| e.contains("--slow 0.5 must be less than --interval")));
+        let matched = watch_config(&["7", "--match", "svc"]);
+        assert_eq!(matched.map(|c| c.pid), Err("--match needs --all".into()));
+        let tags: Vec<String> = (0..=MAX_TAGS).map(|i| format!("k{i}:v")).collect();
+        let mut argv = vec!["7"];
+        for t in &tags {
+            argv.extend(["--tag", t.as_str()]);
+        }
+        assert!(watch_config(&argv).is_err_and(|e| e.contains("tags given")));
     }
 
     #[test]

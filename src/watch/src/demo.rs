@@ -4,7 +4,7 @@
 //! tokio current-thread runtime with an `aiodebug` heartbeat whose loop is
 //! blocked for about 1.5 s every few seconds by a synchronous call.
 
-use crate::cli::{DemoArgs, WatchArgs};
+use crate::config::{DemoConfig, WatchConfig};
 use crate::exit;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -48,7 +48,7 @@ fn start_service() -> Result<Service, String> {
 
 /// Runs the demo: starts the service, watches it until its first hang
 /// episode is on disk, and points at the culprit.
-pub fn run(args: &DemoArgs) -> ExitCode {
+pub fn run(args: &DemoConfig) -> ExitCode {
     let service = match start_service() {
         Ok(s) => s,
         Err(e) => {
@@ -70,26 +70,13 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         EVERY.as_secs(),
         dir.display()
     );
-    let watch_args = WatchArgs {
-        pid: Some(pid),
-        all: false,
-        match_comm: None,
+    let watch_args = WatchConfig {
         interval: args.threshold,
         output_dir: dir.clone(),
-        follow_symlinks: false,
-        dumps: 3,
-        dump_gap: 1.0,
         max_dump_bytes: 64 * 1024 * 1024,
-        statsd: None,
-        prefix: "aiodebug".into(),
-        tags: Vec::new(),
-        slow: None,
         exit_on_hang: true,
         duration: Some(args.duration),
-        json: false,
-        stacks: Default::default(),
-        loop_threads: Vec::new(),
-        debug_dirs: Vec::new(),
+        ..WatchConfig::for_pid(pid)
     };
     let (code, summary) = crate::watch::watch(&watch_args);
     drop(service);

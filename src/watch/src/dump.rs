@@ -13,45 +13,9 @@ use aiodebug_engine::snapshot::StopKind;
 use aiodebug_engine::unwind::{FrameKind, StackEnd};
 use serde_json::json;
 
+use crate::config::DumpConfig;
 use crate::exit;
-use crate::pyview::{self, Stacks};
-
-/// Arguments of `dump`.
-#[derive(clap::Args, Debug)]
-pub struct DumpArgs {
-    /// Process id of the target (any process, heartbeat or not). It is
-    /// stopped for about a millisecond and never left stopped.
-    #[arg(value_parser = crate::cli::parse_pid)]
-    pub pid: i32,
-    /// Write the dump to FILE instead of stdout (created exclusively, never through a
-    /// symlink; an existing file is refused unless --force).
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub output: Option<PathBuf>,
-    /// With --output: replace FILE if it is an existing regular file.
-    #[arg(long, requires = "output")]
-    pub force: bool,
-    /// One JSON object per dump, on one line (schema: README.md, "dump --json schema").
-    #[arg(long)]
-    pub json: bool,
-    /// Sanity cap on frames per thread.
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub max_frames: u32,
-    /// Take this many dumps in one process (caches stay warm after the first).
-    #[arg(long, default_value_t = 1, hide = true, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub repeat: u32,
-    /// Print where the time of each dump went on stderr.
-    #[arg(long, hide = true)]
-    pub timings: bool,
-    /// Frames of a Python process: Python frames merged with native ones,
-    /// Python frames only, or native frames only.
-    #[arg(long, value_enum, default_value_t = Stacks::Merged)]
-    pub stacks: Stacks,
-    /// A directory of separate debug files, laid out as /usr/lib/debug
-    /// (`.build-id/xx/rest.debug`) or flat by debug-link name (repeatable;
-    /// searched after the target's and the host's /usr/lib/debug).
-    #[arg(long = "debug-dir", value_name = "DIR")]
-    pub debug_dirs: Vec<PathBuf>,
-}
+use crate::pyview;
 
 /// The dumper's options for debug info: `--debug-dir`s, and a debuginfod
 /// client when `DEBUGINFOD_URLS` is set.
@@ -64,7 +28,7 @@ pub fn debug_options(debug_dirs: &[PathBuf]) -> DumpOptions {
 }
 
 /// Runs `dump`.
-pub fn run(args: &DumpArgs) -> ExitCode {
+pub fn run(args: &DumpConfig) -> ExitCode {
     let loops = loop_threads(args.pid);
     run_with_loops(args, loops.as_ref())
 }
@@ -86,7 +50,7 @@ pub fn loop_threads(pid: i32) -> Option<HashMap<i32, String>> {
 
 /// Runs `dump`, naming the event loop of each thread in `loops` (tid → loop
 /// name, from the heartbeat) and listing those threads first.
-pub fn run_with_loops(args: &DumpArgs, loops: Option<&HashMap<i32, String>>) -> ExitCode {
+pub fn run_with_loops(args: &DumpConfig, loops: Option<&HashMap<i32, String>>) -> ExitCode {
     let mut dumper = Dumper::with_options(DumpOptions {
         max_frames: args.max_frames as usize,
         stacks: args.stacks.into(),

@@ -2,6 +2,7 @@
 
 mod cause;
 mod cli;
+mod config;
 mod demo;
 mod dump;
 mod exit;
@@ -58,11 +59,17 @@ fn usage_error(e: &clap::Error) -> ExitCode {
 
 fn run(cli: &cli::Cli) -> ExitCode {
     match &cli.command {
-        cli::Command::Status(a) => status::status(a),
-        cli::Command::List(a) => status::list(a),
-        cli::Command::Watch(a) => watch::run(a),
-        cli::Command::Dump(a) => dump::run(a),
-        cli::Command::Demo(a) => demo::run(a),
+        cli::Command::Status(a) => status::status(&a.into()),
+        cli::Command::List(a) => status::list(&a.into()),
+        cli::Command::Watch(a) => match config::WatchConfig::try_from(a) {
+            Ok(c) => watch::run(&c),
+            Err(e) => {
+                crate::errln!("aiodebug-watch: {e}");
+                ExitCode::from(exit::USAGE)
+            }
+        },
+        cli::Command::Dump(a) => dump::run(&a.into()),
+        cli::Command::Demo(a) => demo::run(&a.into()),
         cli::Command::DemoTarget => demo::target(),
         cli::Command::Generate(a) => {
             let result = match (&a.dir, a.what) {

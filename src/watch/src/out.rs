@@ -89,3 +89,23 @@ macro_rules! errln {
         $crate::out::err_line(format_args!($($arg)*))
     };
 }
+
+/// Our stdout as an [`std::io::Write`] for writers that take one (the watch's
+/// event log): every write goes through [`bytes()`], so it never panics,
+/// and it reports success even when the output is lost. Why: the caller
+/// carries on either way, and [`bytes()`] already said (once) or recorded
+/// ([`lost()`]) what went wrong.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stdout;
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        bytes(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        // `bytes()` flushes each write.
+        Ok(())
+    }
+}

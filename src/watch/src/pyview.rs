@@ -7,7 +7,8 @@ use aiodebug_engine::unwind::FrameKind;
 use serde_json::{json, Value};
 
 /// `--stacks`: which frames of a Python process to show.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// (Its `--stacks` values are defined in [`crate::cli`].)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Stacks {
     /// Python frames in place of the interpreter's eval frames, native frames between.
     #[default]

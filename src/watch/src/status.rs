@@ -1,6 +1,6 @@
 //! `status` and `list`: read heartbeats from outside and print them.
 
-use crate::cli::{ListArgs, StatusArgs};
+use crate::config::{ListConfig, StatusConfig};
 use crate::exit;
 use aiodebug_engine::elf::ModuleCache;
 use aiodebug_engine::heartbeat::{Loop, LoopStats, Polling};
@@ -115,7 +115,7 @@ fn loop_json(pid: i32, state: char, r: &Row<'_>) -> serde_json::Value {
 }
 
 /// `aiodebug-watch status PID`.
-pub fn status(args: &StatusArgs) -> ExitCode {
+pub fn status(args: &StatusConfig) -> ExitCode {
     let threshold = secs_to_ns(args.threshold);
     let target = match Target::open(args.pid) {
         Ok(t) => t,
@@ -303,7 +303,7 @@ fn unreadable(pid: i32, e: &aiodebug_engine::Error) -> (i32, String, String) {
 }
 
 /// `aiodebug-watch list`.
-pub fn list(args: &ListArgs) -> ExitCode {
+pub fn list(args: &ListConfig) -> ExitCode {
     let threshold = secs_to_ns(args.threshold);
     let me = std::process::id() as i32;
     let mut cache = ModuleCache::default();

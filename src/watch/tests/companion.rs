@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use support::cbuild::{
     build, c_loop_shared, c_loop_static, cargo, ffi_dir, fixtures_target, gcc, header_dir,
 };
-use support::{watch_bin, workspace_root, Fixture};
+use support::{json_events, watch_bin, workspace_root, Fixture, TempDir};
 
 // ---------------------------------------------------------------------------
 // Building the programs (once per test process).
@@ -535,50 +535,55 @@ fn the_companion_crate_builds_without_dependencies() {
 // `watch` end to end: a hang in C, Python or a stuck tokio worker is caught
 // with three snapshots.
 
-/// Runs `watch --exit-on-hang` on `fx`, sends `cmd` once the watch runs, and
-/// returns the JSON events and the dump files' texts in snapshot order.
+/// Runs `watch --exit-on-hang` on `fx`, sends `cmd` once the watch has
+/// found a loop (not after a fixed sleep: on a loaded machine the watch may
+/// start after a 1.2 s hang has ended), and returns the JSON events and the
+/// dump files' texts in snapshot order.
 fn watch_episode(fx: &mut Fixture, cmd: &str, extra: &[&str]) -> (Vec<Value>, Vec<String>) {
-    let dir = std::env::temp_dir().join(format!(
-        "aiodebug-companion-watch-{}-{}",
-        std::process::id(),
-        fx.pid
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = TempDir::new("companion-watch");
     let mut child = Command::new(watch_bin())
         .args(["watch", &fx.pid.to_string(), "--json", "--exit-on-hang"])
         .args(["--dump-gap", "0.3", "--output-dir"])
-        .arg(&dir)
+        .arg(dir.path())
         .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .expect("start watch");
-    std::thread::sleep(Duration::from_millis(400));
+    let rx = json_events(child.stdout.take().expect("stdout"));
+    let mut events: Vec<Value> = Vec::new();
+    let end = Instant::now() + Duration::from_secs(30);
+    while !events.iter().any(|e| e["event"] == "loop_found") {
+        match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            Ok(e) => events.push(e),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("watch found no loop: {events:#?}");
+            }
+        }
+    }
     fx.ok(cmd);
-    let end = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(st) = child.try_wait().expect("wait") {
             break st;
         }
         if Instant::now() > end {
             let _ = child.kill();
-            panic!("watch did not exit after the episode");
+            let _ = child.wait();
+            panic!("watch did not exit after the episode: {events:#?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let mut out = String::new();
-    use std::io::Read;
-    child
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut out)
-        .expect("read");
-    assert_eq!(status.code(), Some(1), "--exit-on-hang exits 1:\n{out}");
-    let events: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON event"))
-        .collect();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+    // The reader ends at the pipe's end, which the exit gave.
+    while let Ok(e) = rx.recv_timeout(Duration::from_secs(5)) {
+        events.push(e);
+    }
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "--exit-on-hang exits 1:\n{events:#?}"
+    );
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path())
         .expect("dir")
         .map(|e| e.expect("entry").path())
         .collect();
@@ -588,7 +593,6 @@ fn watch_episode(fx: &mut Fixture, cmd: &str, extra: &[&str]) -> (Vec<Value>, Ve
         .iter()
         .map(|p| std::fs::read_to_string(p).expect("read dump"))
         .collect();
-    let _ = std::fs::remove_dir_all(&dir);
     (events, texts)
 }
 

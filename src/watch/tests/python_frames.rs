@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::cbuild::ffi_dir;
-use support::{watch_bin, workspace_root, Fixture, TempDir};
+use support::{json_events, watch_bin, workspace_root, Fixture, TempDir};
 
 /// One interpreter to test.
 #[derive(Debug, Clone)]
@@ -472,6 +472,10 @@ fn stacks_option_chooses_python_native_or_merged_frames() {
 
 /// Watches `fx` until its first hang episode is written (`--exit-on-hang`)
 /// after `cmd`; returns the JSON events and the dump files' text.
+///
+/// `cmd` is sent once the watcher has found the loop, not after a fixed
+/// sleep: on a loaded machine the watcher may take longer to start than the
+/// hang lasts, and would then never see it.
 fn watch_hang(fx: &mut Fixture, cmd: &str) -> (String, Vec<Value>, Vec<String>) {
     let dir = TempDir::new("python-frames");
     let mut child = Command::new(watch_bin())
@@ -482,9 +486,20 @@ fn watch_hang(fx: &mut Fixture, cmd: &str) -> (String, Vec<Value>, Vec<String>) 
         .stdin(Stdio::null())
         .spawn()
         .expect("start watch");
-    std::thread::sleep(Duration::from_millis(400));
-    let answer = fx.ok(cmd);
+    let rx = json_events(child.stdout.take().expect("watch stdout"));
+    let mut events = Vec::new();
     let end = Instant::now() + Duration::from_secs(60);
+    while !events.iter().any(|e: &Value| e["event"] == "loop_found") {
+        match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            Ok(e) => events.push(e),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("watch found no loop; it printed:\n{events:#?}");
+            }
+        }
+    }
+    let answer = fx.ok(cmd);
     let mut timed_out = false;
     while child.try_wait().expect("wait").is_none() {
         if Instant::now() > end {
@@ -494,16 +509,15 @@ fn watch_hang(fx: &mut Fixture, cmd: &str) -> (String, Vec<Value>, Vec<String>) 
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = child.wait_with_output().expect("watch output");
+    let _ = child.wait();
+    // The reader thread ends at the pipe's end, which the exit gave.
+    while let Ok(e) = rx.recv_timeout(Duration::from_secs(5)) {
+        events.push(e);
+    }
     assert!(
         !timed_out,
-        "watch did not exit after the episode; it printed:\n{}",
-        String::from_utf8_lossy(&out.stdout)
+        "watch did not exit after the episode; it printed:\n{events:#?}"
     );
-    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON event"))
-        .collect();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path())
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();

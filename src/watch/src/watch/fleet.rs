@@ -18,16 +18,17 @@
 //! every [`RECHECK_EVERY`] (a library with a registry may be `dlopen`ed
 //! late).
 
+use super::event::{Event, Warning};
 use super::files::{Outcome, OutputDir};
 use super::{exit, new_ctx, watch_start, watch_step, Ctx, Log, LoopState, Parts, Stats, Step};
-use crate::cli::WatchArgs;
+use crate::config::WatchConfig;
 use aiodebug_engine::cgroup::{self, CgroupIds};
 use aiodebug_engine::dump::{Dump, Dumper};
 use aiodebug_engine::elf::ModuleCache;
 use aiodebug_engine::target::monotonic_ns;
 use aiodebug_engine::target::Target;
 use aiodebug_engine::{proc, ErrorKind, Result};
-use serde_json::json;
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -331,7 +332,7 @@ struct NotWatched {
 
 /// The supervisor's state.
 struct Fleet<'a> {
-    args: &'a WatchArgs,
+    args: &'a WatchConfig,
     log: Log,
     root: PathBuf,
     budget: Arc<Budget>,
@@ -412,11 +413,11 @@ impl Fleet<'_> {
             Ok(t) => t,
             Err(e) => {
                 if e.kind() == ErrorKind::Permission && self.reported.insert((pid, start)) {
-                    self.log.event(
-                        "unwatchable",
-                        json!({"pid": pid, "comm": stat.comm, "message": e.to_string()}),
-                        format!("WARNING cannot watch PID {pid} ({}): {e}", stat.comm),
-                    );
+                    self.log.emit(&Event::Unwatchable {
+                        pid,
+                        comm: &stat.comm,
+                        message: e.to_string(),
+                    });
                 }
                 self.not_watched.insert(pid, skip);
                 return;
@@ -436,11 +437,9 @@ impl Fleet<'_> {
         if self.running.len() >= MAX_WATCHED {
             if !self.cap_warned {
                 self.cap_warned = true;
-                self.log.event(
-                    "warning",
-                    json!({"message": "too many processes", "max": MAX_WATCHED}),
-                    format!("WARNING watching {MAX_WATCHED} processes already: skipping new ones"),
-                );
+                self.log.emit(&Event::Warning(Warning::TooManyProcesses {
+                    max: MAX_WATCHED,
+                }));
             }
             self.not_watched.insert(pid, skip);
             return;
@@ -453,23 +452,14 @@ impl Fleet<'_> {
         let tags = process_tags(pid, comm, &cg);
         let name = dir_name(comm, pid);
         self.found += 1;
-        self.log.event(
-            "process_found",
-            json!({"pid": pid, "comm": comm, "container": cg.container, "pod": cg.pod,
-                   "dir": self.root.join(&name).display().to_string(),
-                   "pid_namespace": if target.in_other_pid_namespace() { "other" } else { "ours" }}),
-            format!(
-                "watching PID {pid} ({comm}){}{}",
-                cg.container
-                    .as_deref()
-                    .map(|c| format!(" container {}", c.get(..12).unwrap_or(c)))
-                    .unwrap_or_default(),
-                cg.pod
-                    .as_deref()
-                    .map(|p| format!(" pod {p}"))
-                    .unwrap_or_default()
-            ),
-        );
+        self.log.emit(&Event::ProcessFound {
+            pid,
+            comm,
+            container: cg.container.as_deref(),
+            pod: cg.pod.as_deref(),
+            dir: &self.root.join(&name),
+            other_namespace: target.in_other_pid_namespace(),
+        });
         let watch = NewWatch {
             pid,
             comm: comm.to_string(),
@@ -482,13 +472,9 @@ impl Fleet<'_> {
             Ok(()) => {
                 self.running.insert(pid);
             }
-            Err(_) => self.log.event(
-                "warning",
-                json!({"message": "the thread of every watch ended", "pid": pid}),
-                format!(
-                    "WARNING cannot start a watch of PID {pid}: the thread of every watch ended"
-                ),
-            ),
+            Err(_) => self
+                .log
+                .emit(&Event::Warning(Warning::WatchThreadEnded { pid })),
         }
     }
 
@@ -531,15 +517,11 @@ struct Running<'a> {
 }
 
 impl<'a> Running<'a> {
-    fn new(args: &'a WatchArgs, w: NewWatch) -> Running<'a> {
+    fn new(args: &'a WatchConfig, w: NewWatch) -> Running<'a> {
         let parts = Parts {
             pid: w.pid,
             target: w.target,
-            log: Log {
-                json: args.json,
-                bar: None,
-                who: Some((w.pid, w.comm)),
-            },
+            log: Log::plain(args.json, Some((w.pid, w.comm))),
             out: Box::new(w.out),
             stats: w.stats,
             dumper: Box::new(w.dumper),
@@ -594,7 +576,7 @@ fn batch(due: &[u64], now: u64, stopping: bool, out: &mut Vec<usize>) {
 /// on the one dumper. Returns when `stop` is set and every watch took its
 /// last step, or when the supervisor is gone and no watch is left.
 fn multiplex(
-    args: &WatchArgs,
+    args: &WatchConfig,
     new: Receiver<NewWatch>,
     ended: Sender<(i32, u8)>,
     stop: &AtomicBool,
@@ -671,17 +653,13 @@ fn multiplex(
 }
 
 /// Runs `watch --all`; returns the exit code.
-pub fn run(args: &WatchArgs) -> u8 {
+pub fn run(args: &WatchConfig) -> u8 {
     // The root must be writable now, not at the first hang.
     if let Err(e) = OutputDir::open(&args.output_dir, args.max_dump_bytes, args.follow_symlinks) {
         crate::errln!("aiodebug-watch: {e}");
         return exit::OTHER;
     }
-    let log = Log {
-        json: args.json,
-        bar: None,
-        who: None,
-    };
+    let log = Log::plain(args.json, None);
     let stats = super::connect_stats(args, &log);
     let stop = super::stop_flag();
     let dumper = match DumpClient::start(super::dump_options(args)) {
@@ -712,21 +690,12 @@ pub fn run(args: &WatchArgs) -> u8 {
         cap_warned: false,
         found: 0,
     };
-    fleet.log.event(
-        "started",
-        json!({"all": true, "match": args.match_comm.as_ref().map(|r| r.as_str()),
-               "interval_s": args.interval, "output_dir": args.output_dir.display().to_string()}),
-        format!(
-            "watching every process with a heartbeat{}: hang past {:.3} s → {} snapshots into {}/<comm>-<pid>/",
-            args.match_comm
-                .as_ref()
-                .map(|r| format!(" whose name matches /{}/", r.as_str()))
-                .unwrap_or_default(),
-            args.interval,
-            args.dumps,
-            args.output_dir.display()
-        ),
-    );
+    fleet.log.emit(&Event::StartedFleet {
+        match_comm: args.match_comm.as_ref().map(|r| r.as_str()),
+        interval: args.interval,
+        dumps: args.dumps,
+        output_dir: &args.output_dir,
+    });
     let started = Instant::now();
     let end = args.duration.map(Duration::from_secs_f64);
     let mut code = exit::OK;
@@ -758,16 +727,12 @@ pub fn run(args: &WatchArgs) -> u8 {
     if let Some(s) = &fleet.stats {
         s.drain(Duration::from_secs(2));
     }
-    fleet.log.event(
-        "finished",
-        json!({"processes": fleet.found, "bytes": fleet.budget.used(), "exit_code": code,
-               "statsd_errors": fleet.stats.as_ref().map(Stats::errors)}),
-        format!(
-            "done: watched {} processes, {} bytes of dumps",
-            fleet.found,
-            fleet.budget.used()
-        ),
-    );
+    fleet.log.emit(&Event::FinishedFleet {
+        processes: fleet.found,
+        bytes: fleet.budget.used(),
+        exit_code: code,
+        statsd_errors: fleet.stats.as_ref().map(Stats::errors),
+    });
     code
 }
 

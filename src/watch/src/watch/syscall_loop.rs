@@ -17,15 +17,15 @@
 //! `/proc/PID/task/TID/syscall` for a thread whose count did not move. The
 //! target is never stopped except for the episode's snapshots.
 
-use super::episode::{Observation, Tracker};
+use super::episode::Observation;
+use super::event::{Event, Warning};
 use super::files::OutputDir;
 use super::{
     act, connect_stats, dump_options, episode_config, gone_or_error, Ctx, Log, Summary, Watched,
     MAX_SLEEP_NS,
 };
-use crate::cli::WatchArgs;
+use crate::config::WatchConfig;
 use crate::exit;
-use crate::status::human;
 use aiodebug_engine::cause::parse::{parse_proc_syscall, ProcSyscall};
 use aiodebug_engine::cause::syscalls;
 use aiodebug_engine::dump::Dumper;
@@ -33,7 +33,7 @@ use aiodebug_engine::loops::{self, Look, Peer, Place, ThreadTrack, NATIVE};
 use aiodebug_engine::perf::{WaitCounters, WaitTracepoints, WAIT_CALLS};
 use aiodebug_engine::target::{monotonic_ns, Reading};
 use aiodebug_engine::{proc, Error, ErrorKind};
-use serde_json::json;
+
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -136,39 +136,12 @@ fn place_in_line(data: &[u8], prev: Place) -> Place {
 /// on: a parked pool thread, not a hang (a `loop_parked` event).
 fn parked_event(ctx: &Ctx<'_>, tid: i32, t: &Thread) {
     let Some(w) = &t.watched else { return };
-    ctx.log.event(
-        "loop_parked",
-        json!({"loop": w.name, "tid": tid, "source": "syscalls"}),
-        format!(
-            "loop '{}' thread {tid} sleeps in a futex while another loop thread carries on: parked (a pool thread), not hung",
-            w.name
-        ),
-    );
-}
-
-fn new_watched(name: String, tid: u32, cfg: super::episode::Config, now: u64) -> Watched {
-    Watched {
-        name,
-        tid,
-        stuck_poll: None,
-        poll_since_ns: 0,
-        tracker: Tracker::new(cfg),
-        last_ticks: 0,
-        window: Vec::new(),
-        lost: 0,
-        episode_prev_cpu: HashMap::new(),
-        recovered_after_ns: None,
-        slow_frames: None,
-        last_gauge_ns: 0,
-        last_read_ns: now,
-        tick_rate_ns: 0,
-        cause: Default::default(),
-    }
+    ctx.log.emit(&Event::LoopParked { name: &w.name, tid });
 }
 
 /// Runs `watch PID` on a process with no heartbeat (or with `--loop-thread`).
 /// `why` says why this mode was chosen, for the first line.
-pub(crate) fn watch(args: &WatchArgs, pid: i32, out: OutputDir, why: &str) -> (u8, Summary) {
+pub(crate) fn watch(args: &WatchConfig, pid: i32, out: OutputDir, why: &str) -> (u8, Summary) {
     let tps = match WaitTracepoints::find() {
         Ok(t) => t,
         Err(Error::PermissionDenied { hint, .. }) => {
@@ -207,11 +180,10 @@ pub(crate) fn watch(args: &WatchArgs, pid: i32, out: OutputDir, why: &str) -> (u
         view: super::workers::View::default(),
     };
     if let Err(e) = ctx.dumper.prepare(pid) {
-        ctx.log.event(
-            "warning",
-            json!({"message": e.to_string()}),
-            format!("WARNING cannot preload symbols of PID {pid}: {e}"),
-        );
+        ctx.log.emit(&Event::Warning(Warning::NoPreload {
+            pid,
+            error: e.to_string(),
+        }));
     }
     let code = run(&mut ctx, &tps, why, &stop);
     ctx.log.finish();
@@ -235,22 +207,12 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
     let look_ns = (cfg.interval_ns / 10).clamp(2_000_000, 50_000_000);
     let calls: Vec<&str> = tps.calls.iter().map(|(c, _)| *c).collect();
     let forced: Vec<i32> = ctx.args.loop_threads.clone();
-    ctx.log.event(
-        "started",
-        json!({"pid": pid, "executable": ctx.exe, "interval_s": ctx.args.interval,
-               "output_dir": ctx.out.path().display().to_string(),
-               "mode": "syscalls", "why": why, "wait_calls": calls,
-               "loop_threads": forced}),
-        format!(
-            "watching PID {pid} ({}) by its threads' wait calls ({why}): a loop thread out of {} for over {:.3} s → {} snapshots {:.1} s apart into {}",
-            ctx.exe,
-            calls.join("/"),
-            ctx.args.interval,
-            ctx.args.dumps,
-            ctx.args.dump_gap,
-            ctx.out.path().display()
-        ),
-    );
+    ctx.log.emit(&Event::StartedSyscalls {
+        start: ctx.start(),
+        why,
+        calls: &calls,
+        loop_threads: &forced,
+    });
     let mut threads: BTreeMap<i32, Thread> = BTreeMap::new();
     let mut last_scan = 0u64;
     let mut warned_many = false;
@@ -259,11 +221,7 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
     let mut opened_any = false;
     loop {
         if stop.load(Ordering::Relaxed) {
-            ctx.log.event(
-                "stopped",
-                json!({"reason": "signal"}),
-                "stopping (signal)".into(),
-            );
+            ctx.log.emit(&Event::Stopped);
             return finish(ctx, &mut threads, exit::OK);
         }
         let state = match proc::read_stat(pid) {
@@ -276,19 +234,12 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
         let stopped = crate::status::is_stopped(state);
         if stopped != was_stopped {
             was_stopped = stopped;
-            ctx.log.event(
-                if stopped {
-                    "process_stopped"
-                } else {
-                    "process_continued"
-                },
-                json!({"pid": pid, "state": state.to_string()}),
-                if stopped {
-                    format!("PID {pid} is stopped (state {state}: job control or a debugger); not a hang, no dumps")
-                } else {
-                    format!("PID {pid} runs again")
-                },
-            );
+            ctx.log.emit(&Event::ProcessState {
+                pid,
+                state,
+                stopped,
+                hang_waits: false,
+            });
         }
         let now = monotonic_ns();
         if last_scan == 0 || now.saturating_sub(last_scan) >= RESCAN_NS {
@@ -299,11 +250,10 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
             };
             if more && !warned_many {
                 warned_many = true;
-                ctx.log.event(
-                    "warning",
-                    json!({"message": "too many threads", "watched": MAX_THREADS}),
-                    format!("WARNING PID {pid} has more than {MAX_THREADS} threads: only the first {MAX_THREADS} are counted"),
-                );
+                ctx.log.emit(&Event::Warning(Warning::TooManyThreads {
+                    pid,
+                    max: MAX_THREADS,
+                }));
             }
             if let Some(code) = rescan(ctx, &mut threads, tps, &tids, &forced, now) {
                 return finish(ctx, &mut threads, code);
@@ -388,7 +338,7 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
             if v.became_loop || (v.is_loop && t.watched.is_none()) {
                 announce(ctx, tid, t, tps, now);
                 let name = loop_name(pid, tid);
-                t.watched = Some(new_watched(name, tid as u32, cfg, now));
+                t.watched = Some(Watched::new(name, tid as u32, cfg, now));
             }
             let Some(w) = t.watched.as_mut() else {
                 continue;
@@ -492,13 +442,14 @@ fn announce(ctx: &Ctx<'_>, tid: i32, t: &Thread, tps: &WaitTracepoints, now: u64
             t.track.total()
         )
     };
-    ctx.log.event(
-        "loop_found",
-        json!({"loop": name, "tid": tid, "source": "syscalls", "why": why,
-               "call": main.map(|(c, _)| c), "entries": t.track.total(),
-               "forced": t.forced}),
-        format!("loop '{name}' on thread {tid}: watching its wait calls ({why})"),
-    );
+    ctx.log.emit(&Event::LoopFoundSyscalls {
+        name: &name,
+        tid,
+        why: &why,
+        call: main.map(|(c, _)| c),
+        entries: t.track.total(),
+        forced: t.forced,
+    });
 }
 
 /// Opens counters on threads that appeared, drops threads that left.
@@ -516,11 +467,10 @@ fn rescan(
         let keep = tids.contains(tid);
         if !keep {
             if let Some(w) = &t.watched {
-                ctx.log.event(
-                    "loop_gone",
-                    json!({"loop": w.name, "tid": tid}),
-                    format!("loop '{}' thread {tid} exited", w.name),
-                );
+                ctx.log.emit(&Event::LoopThreadExited {
+                    name: &w.name,
+                    tid: *tid,
+                });
             }
         }
         keep
@@ -535,11 +485,10 @@ fn rescan(
             Err(e) if e.kind() == ErrorKind::Gone => continue,
             Err(e) => {
                 crate::errln!("aiodebug-watch: cannot count the wait calls of PID {pid}: {e}");
-                ctx.log.event(
-                    "target_gone",
-                    json!({"pid": pid, "message": e.to_string()}),
-                    format!("cannot count the wait calls of PID {pid}: {e}"),
-                );
+                ctx.log.emit(&Event::CannotCount {
+                    pid,
+                    message: e.to_string(),
+                });
                 return Some(exit::code_for(&e));
             }
         };
@@ -579,21 +528,14 @@ fn summarize(ctx: &Ctx<'_>, threads: &mut BTreeMap<i32, Thread>) {
         let Some(w) = &t.watched else { continue };
         let mut v = std::mem::take(&mut t.busy);
         let (p50, p99, max) = busy_percentiles(&mut v);
-        let ms = |x: Option<u64>| x.map(|v| v as f64 / 1e6);
-        let h = |x: Option<u64>| x.map(human).unwrap_or_else(|| "-".into());
-        ctx.log.event(
-            "busy_summary",
-            json!({"loop": w.name, "tid": tid, "long_iterations": v.len(),
-                   "p50_ms": ms(p50), "p99_ms": ms(p99), "max_ms": ms(max)}),
-            format!(
-                "loop '{}' thread {tid}: {} iterations longer than a look, busy at most p50 {} p99 {} max {}",
-                w.name,
-                v.len(),
-                h(p50),
-                h(p99),
-                h(max)
-            ),
-        );
+        ctx.log.emit(&Event::BusySummary {
+            name: &w.name,
+            tid: *tid,
+            long_iterations: v.len(),
+            p50,
+            p99,
+            max,
+        });
     }
 }
 
