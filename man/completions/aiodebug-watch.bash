@@ -37,6 +37,9 @@ _aiodebug__watch() {
             aiodebug__watch,status)
                 cmd="aiodebug__watch__subcmd__status"
                 ;;
+            aiodebug__watch,symbolize)
+                cmd="aiodebug__watch__subcmd__symbolize"
+                ;;
             aiodebug__watch,watch)
                 cmd="aiodebug__watch__subcmd__watch"
                 ;;
@@ -61,6 +64,9 @@ _aiodebug__watch() {
             aiodebug__watch__subcmd__help,status)
                 cmd="aiodebug__watch__subcmd__help__subcmd__status"
                 ;;
+            aiodebug__watch__subcmd__help,symbolize)
+                cmd="aiodebug__watch__subcmd__help__subcmd__symbolize"
+                ;;
             aiodebug__watch__subcmd__help,watch)
                 cmd="aiodebug__watch__subcmd__help__subcmd__watch"
                 ;;
@@ -71,7 +77,7 @@ _aiodebug__watch() {
 
     case "${cmd}" in
         aiodebug__watch)
-            opts="-h -V --help --version status list watch dump demo generate demo-target help"
+            opts="-h -V --help --version status list watch dump symbolize demo generate demo-target help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -125,7 +131,7 @@ _aiodebug__watch() {
             return 0
             ;;
         aiodebug__subcmd__watch__subcmd__dump)
-            opts="-o -h --output --force --json --max-frames --repeat --timings --stacks --debug-dir --help"
+            opts="-o -h --output --force --json --max-frames --repeat --timings --stacks --debug-dir --save --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -155,6 +161,10 @@ _aiodebug__watch() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --save)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -181,7 +191,7 @@ _aiodebug__watch() {
             return 0
             ;;
         aiodebug__subcmd__watch__subcmd__help)
-            opts="status list watch dump demo generate demo-target help"
+            opts="status list watch dump symbolize demo generate demo-target help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -292,6 +302,20 @@ _aiodebug__watch() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        aiodebug__subcmd__watch__subcmd__help__subcmd__symbolize)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         aiodebug__subcmd__watch__subcmd__help__subcmd__watch)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -342,8 +366,30 @@ _aiodebug__watch() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        aiodebug__subcmd__watch__subcmd__symbolize)
+            opts="-h --debug-dir --json --stacks --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --debug-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stacks)
+                    COMPREPLY=($(compgen -W "merged python native" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         aiodebug__subcmd__watch__subcmd__watch)
-            opts="-h --all --match --interval --output-dir --follow-symlinks --dumps --dump-gap --max-dump-bytes --statsd --prefix --tag --slow --exit-on-hang --duration --json --stacks --loop-thread --debug-dir --help"
+            opts="-h --all --match --interval --output-dir --follow-symlinks --dumps --dump-gap --max-dump-bytes --statsd --prefix --tag --slow --exit-on-hang --duration --json --stacks --loop-thread --debug-dir --save-minidumps --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -30,6 +30,7 @@ complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "statu
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "list" -d 'List every process on this host that exports a heartbeat, with its loops'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "watch" -d 'Watch a process: catch every hang while it lasts (stack dumps to files), send loop lag to StatsD, warn about slow ticks'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "dump" -d 'Print the stacks of every thread of a process (any process, heartbeat or not)'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "symbolize" -d 'Render a minidump saved by `dump --save` or `watch --save-minidumps` as `dump` does, from the file alone (on any host; module files by build-id)'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "demo" -d 'Run the bundled demo: a service whose loop hangs, watched live'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "generate" -d 'Generate the man page or shell completions on stdout (for packagers)'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_needs_command" -f -a "demo-target" -d 'The bundled demo service (started by `demo`)'
@@ -60,6 +61,7 @@ complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l 
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l follow-symlinks -d 'Accept an --output-dir that is a symbolic link (refused by default: a link can redirect dumps written as root)'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l exit-on-hang -d 'Exit 1 once the first hang episode\'s files are written'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l json -d 'One JSON event per line on stdout'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -l save-minidumps -d 'Also save each snapshot as a minidump beside its text file (same name, `.dmp`; counted in --max-dump-bytes); `aiodebug-watch symbolize FILE.dmp` renders one'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand watch" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -s o -l output -d 'Write the dump to FILE instead of stdout (created exclusively, never through a symlink; an existing file is refused unless --force)' -r -F
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l max-frames -d 'Sanity cap on frames per thread' -r
@@ -68,10 +70,17 @@ complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l s
 python\t'Python frames only'
 native\t'Native frames only (Python\'s state is not read)'"
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l debug-dir -d 'A directory of separate debug files, laid out as /usr/lib/debug (`.build-id/xx/rest.debug`) or flat by debug-link name (repeatable; searched after the target\'s and the host\'s /usr/lib/debug)' -r -F
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l save -d 'Also save the (first) snapshot as a minidump in FILE (created exclusively, never through a symlink); `aiodebug-watch symbolize FILE` renders it later, elsewhere' -r -F
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l force -d 'With --output: replace FILE if it is an existing regular file'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l json -d 'One JSON object per dump, on one line (schema: README.md, "dump --json schema")'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -l timings -d 'Print where the time of each dump went on stderr'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand dump" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand symbolize" -l debug-dir -d 'A directory of module and debug files laid out as /usr/lib/debug (`.build-id/xx/rest` for the module, `.build-id/xx/rest.debug` for its debug info), or flat by debug-link name (repeatable). Modules are also taken from their recorded path when its build-id matches, and from debuginfod (`DEBUGINFOD_URLS`)' -r -F
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand symbolize" -l stacks -d 'Frames of a Python process (as saved: the Python frames captured live)' -r -f -a "merged\t'Python frames in place of the interpreter\'s eval frames, native frames between'
+python\t'Python frames only'
+native\t'Native frames only (Python\'s state is not read)'"
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand symbolize" -l json -d 'One JSON object, on one line (the schema of `dump --json`)'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand symbolize" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand demo" -l duration -d 'Give up after this many seconds if no hang was caught' -r
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand demo" -l threshold -d 'Stall threshold in seconds' -r
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand demo" -l output-dir -d 'Where the dumps go (default: a new directory under the system temp dir)' -r -F
@@ -79,11 +88,12 @@ complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand demo" -s h
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand generate" -l dir -d 'With `man`: write every page (main and per subcommand) into this directory' -r -F
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand generate" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand demo-target" -s h -l help -d 'Print help'
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump demo generate demo-target help" -f -a "status" -d 'Show every event loop of a process: lag, stall, thread'
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump demo generate demo-target help" -f -a "list" -d 'List every process on this host that exports a heartbeat, with its loops'
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump demo generate demo-target help" -f -a "watch" -d 'Watch a process: catch every hang while it lasts (stack dumps to files), send loop lag to StatsD, warn about slow ticks'
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump demo generate demo-target help" -f -a "dump" -d 'Print the stacks of every thread of a process (any process, heartbeat or not)'
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump demo generate demo-target help" -f -a "demo" -d 'Run the bundled demo: a service whose loop hangs, watched live'
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump demo generate demo-target help" -f -a "generate" -d 'Generate the man page or shell completions on stdout (for packagers)'
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump demo generate demo-target help" -f -a "demo-target" -d 'The bundled demo service (started by `demo`)'
-complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump demo generate demo-target help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump symbolize demo generate demo-target help" -f -a "status" -d 'Show every event loop of a process: lag, stall, thread'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump symbolize demo generate demo-target help" -f -a "list" -d 'List every process on this host that exports a heartbeat, with its loops'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump symbolize demo generate demo-target help" -f -a "watch" -d 'Watch a process: catch every hang while it lasts (stack dumps to files), send loop lag to StatsD, warn about slow ticks'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump symbolize demo generate demo-target help" -f -a "dump" -d 'Print the stacks of every thread of a process (any process, heartbeat or not)'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump symbolize demo generate demo-target help" -f -a "symbolize" -d 'Render a minidump saved by `dump --save` or `watch --save-minidumps` as `dump` does, from the file alone (on any host; module files by build-id)'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump symbolize demo generate demo-target help" -f -a "demo" -d 'Run the bundled demo: a service whose loop hangs, watched live'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump symbolize demo generate demo-target help" -f -a "generate" -d 'Generate the man page or shell completions on stdout (for packagers)'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump symbolize demo generate demo-target help" -f -a "demo-target" -d 'The bundled demo service (started by `demo`)'
+complete -c aiodebug-watch -n "__fish_aiodebug_watch_using_subcommand help; and not __fish_seen_subcommand_from status list watch dump symbolize demo generate demo-target help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

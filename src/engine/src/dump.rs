@@ -25,7 +25,7 @@ use crate::module::{DebugSource, ModuleCache, TargetFiles};
 use crate::python::{PythonProcess, PythonReader, PythonThread, StackMode};
 use crate::snapshot::{ProcessSnapshot, StopKind};
 use crate::symbols::Symbolizer;
-use crate::unwind::{FrameKind, StackEnd, StackUnwinder, DEFAULT_MAX_FRAMES};
+use crate::unwind::{FrameKind, RawFrame, StackEnd, StackUnwinder, Unwound, DEFAULT_MAX_FRAMES};
 
 /// Options of a [`Dumper`].
 #[derive(Debug, Clone)]
@@ -46,6 +46,9 @@ pub struct DumpOptions {
     pub debuginfod: Option<Arc<Debuginfod>>,
     /// Which threads get their cause's facts captured (default: all).
     pub cause: CauseScope,
+    /// Keep the snapshot of each dump in [`Dump::snapshot`] (default: no;
+    /// it holds every copied stack), for a minidump to be written of it.
+    pub keep_snapshot: bool,
 }
 
 impl Default for DumpOptions {
@@ -57,6 +60,7 @@ impl Default for DumpOptions {
             debug_dirs: Vec::new(),
             debuginfod: None,
             cause: CauseScope::default(),
+            keep_snapshot: false,
         }
     }
 }
@@ -113,6 +117,9 @@ pub struct ThreadDump {
     pub regs: Option<crate::snapshot::Registers>,
     /// Its Python state, for a thread of a CPython process.
     pub python: Option<PythonThread>,
+    /// The native frames as the unwinder gave them (before symbolization
+    /// and the Python merge): what a minidump records of the live unwinding.
+    pub unwound: Vec<RawFrame>,
 }
 
 /// Where the time of one dump went.
@@ -163,6 +170,9 @@ pub struct Dump {
     pub cause: CauseFacts,
     /// Where the time went.
     pub timings: Timings,
+    /// The snapshot the dump was made of, when [`DumpOptions::keep_snapshot`]
+    /// is set (live dumps only).
+    pub snapshot: Option<Arc<ProcessSnapshot>>,
 }
 
 impl Dump {
@@ -262,6 +272,9 @@ impl Dumper {
             self.python.after(&mut dump, mode);
         }
         dump.timings.total = start.elapsed();
+        if self.options.keep_snapshot {
+            dump.snapshot = Some(Arc::new(snap));
+        }
         Ok(dump)
     }
 
@@ -361,6 +374,20 @@ impl Dumper {
         loops: Option<&HashMap<i32, String>>,
         source: &dyn DebugSource,
     ) -> Dump {
+        self.process_recorded(snap, loops, source, &HashMap::new())
+    }
+
+    /// As [`Dumper::process_with`], but a thread whose unwinding is in
+    /// `recorded` (by tid: a minidump's record of the live unwinding) keeps
+    /// those frames instead of being unwound again: offline, a module may
+    /// have only its `.debug` file, whose `.eh_frame` is empty (`NOBITS`).
+    pub fn process_recorded(
+        &mut self,
+        snap: &ProcessSnapshot,
+        loops: Option<&HashMap<i32, String>>,
+        source: &dyn DebugSource,
+        recorded: &HashMap<i32, Unwound>,
+    ) -> Dump {
         let t0 = Instant::now();
         if let Some(d) = source.debuginfod() {
             d.begin();
@@ -375,7 +402,10 @@ impl Dumper {
         let mut threads = Vec::with_capacity(snap.threads.len());
         for t in &snap.threads {
             let u0 = Instant::now();
-            let unwound = self.unwinder.unwind(&space, t);
+            let unwound = match recorded.get(&t.tid) {
+                Some(u) => u.clone(),
+                None => self.unwinder.unwind(&space, t),
+            };
             unwind_time += u0.elapsed();
             let mut frames = Vec::with_capacity(unwound.frames.len());
             for raw in &unwound.frames {
@@ -423,6 +453,7 @@ impl Dumper {
                 kernel_wait: t.kernel_wait.clone(),
                 regs: t.regs,
                 python: None,
+                unwound: unwound.frames,
             });
         }
         let debug_notes = debug_notes(&space, &threads);
@@ -449,6 +480,7 @@ impl Dumper {
                 cause: Duration::ZERO,
                 total: snap.capture + total,
             },
+            snapshot: None,
         }
     }
 }

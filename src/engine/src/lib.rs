@@ -7,6 +7,7 @@
 //!   their load bias;
 //! - [`module`]: one model of a mapped module (identity, load bias, facts cache);
 //! - [`debuginfod`]: debug files fetched by build-id (`DEBUGINFOD_URLS`), cached;
+//! - [`minidump`]: snapshots written to and read from minidump files (pure);
 //! - [`memory`]: read the target's memory with `process_vm_readv`;
 //! - [`heartbeat`]: decode registry bytes (pure, untrusted input);
 //! - [`target`]: the glue — open a PID, locate its registries, read loops;
@@ -35,6 +36,7 @@ pub mod heartbeat;
 pub mod loops;
 pub mod mapped;
 pub mod memory;
+pub mod minidump;
 pub mod module;
 pub mod perf;
 pub mod proc;

@@ -521,7 +521,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// `DIR/.build-id/xx/yyyy.debug` of a debug directory (`/usr/lib/debug`).
-fn build_id_path(debug_dir: &Path, id: &[u8]) -> Option<PathBuf> {
+pub(crate) fn build_id_path(debug_dir: &Path, id: &[u8]) -> Option<PathBuf> {
     if id.len() < 2 || id.len() > 64 {
         return None;
     }
@@ -534,7 +534,7 @@ fn build_id_path(debug_dir: &Path, id: &[u8]) -> Option<PathBuf> {
     )
 }
 
-fn build_id_of_file(f: &File) -> Option<Vec<u8>> {
+pub(crate) fn build_id_of_file(f: &File) -> Option<Vec<u8>> {
     let m = MappedFile::map(f).ok()?;
     let obj = object::File::parse(m.bytes()).ok()?;
     obj.build_id().ok()?.map(|b| b.to_vec())

@@ -46,6 +46,31 @@ pub enum FrameKind {
 }
 
 impl FrameKind {
+    /// Its name in JSON (`pc`, `return`, `signal-trampoline`,
+    /// `signal-interrupted`, `python`).
+    pub fn code(self) -> &'static str {
+        match self {
+            FrameKind::Pc => "pc",
+            FrameKind::Return => "return",
+            FrameKind::SignalTrampoline => "signal-trampoline",
+            FrameKind::Interrupted => "signal-interrupted",
+            FrameKind::Python => "python",
+        }
+    }
+
+    /// The kind named `code` ([`FrameKind::code`]).
+    pub fn from_code(code: &str) -> Option<FrameKind> {
+        [
+            FrameKind::Pc,
+            FrameKind::Return,
+            FrameKind::SignalTrampoline,
+            FrameKind::Interrupted,
+            FrameKind::Python,
+        ]
+        .into_iter()
+        .find(|k| k.code() == code)
+    }
+
     /// Whether symbolization should look at the instruction before the
     /// address (a call's return address). The signal trampoline is entered at
     /// its first byte by the handler's return: it is looked up as is.

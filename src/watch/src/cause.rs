@@ -285,15 +285,3 @@ pub fn json(c: &Cause) -> Value {
 pub fn json_or_null(c: Option<&Cause>) -> Value {
     c.map(json).unwrap_or(Value::Null)
 }
-
-/// Adds `"cause"` to every thread object of a `dump --json` object.
-pub fn add_to_dump_json(v: &mut Value, causes: &HashMap<i32, Cause>) {
-    if let Some(threads) = v.get_mut("threads").and_then(Value::as_array_mut) {
-        for t in threads {
-            let tid = t.get("tid").and_then(Value::as_i64).unwrap_or(-1) as i32;
-            if let Value::Object(m) = t {
-                m.insert("cause".into(), json_or_null(causes.get(&tid)));
-            }
-        }
-    }
-}

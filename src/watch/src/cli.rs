@@ -3,7 +3,9 @@
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{DemoConfig, DumpConfig, ListConfig, StatusConfig, WatchConfig};
+use crate::config::{
+    DemoConfig, DumpConfig, ListConfig, StatusConfig, SymbolizeConfig, WatchConfig,
+};
 
 /// Exit codes, identical for every subcommand.
 pub const EXIT_CODES: &str = "\
@@ -14,7 +16,8 @@ Exit codes (the same for every subcommand):
   3  the target exports no aiodebug heartbeat (link the `aiodebug` crate; `dump` works on any process)
   4  permission denied or cannot attach (needs the same user or CAP_SYS_PTRACE; see kernel.yama.ptrace_scope; or the process is already traced)
   5  no such process, or it exited
-  6  any other error (e.g. output not writable)";
+  6  any other error (e.g. output not writable)
+  7  symbolize: the file is missing, unreadable, or not a usable minidump (truncated, corrupt, not x86_64)";
 
 /// Watch event loops of a running process from outside: loop lag, hangs while
 /// they last, and stack dumps of every thread.
@@ -42,6 +45,10 @@ pub enum Command {
     /// Print the stacks of every thread of a process (any process, heartbeat or not).
     #[command(after_help = EXIT_CODES)]
     Dump(DumpArgs),
+    /// Render a minidump saved by `dump --save` or `watch --save-minidumps` as `dump`
+    /// does, from the file alone (on any host; module files by build-id).
+    #[command(after_help = EXIT_CODES)]
+    Symbolize(SymbolizeArgs),
     /// Run the bundled demo: a service whose loop hangs, watched live.
     #[command(after_help = EXIT_CODES)]
     Demo(DemoArgs),
@@ -144,6 +151,10 @@ pub struct WatchArgs {
     /// (`.build-id/xx/rest.debug`) or flat by debug-link name (repeatable).
     #[arg(long = "debug-dir", value_name = "DIR")]
     pub debug_dirs: Vec<std::path::PathBuf>,
+    /// Also save each snapshot as a minidump beside its text file (same name, `.dmp`;
+    /// counted in --max-dump-bytes); `aiodebug-watch symbolize FILE.dmp` renders one.
+    #[arg(long)]
+    pub save_minidumps: bool,
 }
 
 /// Most `--tag`s.
@@ -218,6 +229,32 @@ pub struct DumpArgs {
     /// searched after the target's and the host's /usr/lib/debug).
     #[arg(long = "debug-dir", value_name = "DIR")]
     pub debug_dirs: Vec<std::path::PathBuf>,
+    /// Also save the (first) snapshot as a minidump in FILE (created exclusively, never
+    /// through a symlink); `aiodebug-watch symbolize FILE` renders it later, elsewhere.
+    #[arg(long, value_name = "FILE.dmp")]
+    pub save: Option<std::path::PathBuf>,
+}
+
+/// Arguments of `symbolize`.
+#[derive(Args, Debug)]
+pub struct SymbolizeArgs {
+    /// A minidump written by `dump --save` or `watch --save-minidumps` (or
+    /// another Linux x86_64 minidump writer).
+    #[arg(value_name = "FILE.dmp")]
+    pub file: std::path::PathBuf,
+    /// A directory of module and debug files laid out as /usr/lib/debug
+    /// (`.build-id/xx/rest` for the module, `.build-id/xx/rest.debug` for its
+    /// debug info), or flat by debug-link name (repeatable). Modules are also
+    /// taken from their recorded path when its build-id matches, and from
+    /// debuginfod (`DEBUGINFOD_URLS`).
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    pub debug_dirs: Vec<std::path::PathBuf>,
+    /// One JSON object, on one line (the schema of `dump --json`).
+    #[arg(long)]
+    pub json: bool,
+    /// Frames of a Python process (as saved: the Python frames captured live).
+    #[arg(long, value_enum, default_value_t = crate::pyview::Stacks::Merged)]
+    pub stacks: crate::pyview::Stacks,
 }
 
 /// Arguments of `demo`.
@@ -378,6 +415,7 @@ impl TryFrom<&WatchArgs> for WatchConfig {
             stacks: a.stacks,
             loop_threads: a.loop_threads.clone(),
             debug_dirs: a.debug_dirs.clone(),
+            save_minidumps: a.save_minidumps,
         })
     }
 }
@@ -394,6 +432,18 @@ impl From<&DumpArgs> for DumpConfig {
             timings: a.timings,
             stacks: a.stacks,
             debug_dirs: a.debug_dirs.clone(),
+            save: a.save.clone(),
+        }
+    }
+}
+
+impl From<&SymbolizeArgs> for SymbolizeConfig {
+    fn from(a: &SymbolizeArgs) -> SymbolizeConfig {
+        SymbolizeConfig {
+            file: a.file.clone(),
+            debug_dirs: a.debug_dirs.clone(),
+            json: a.json,
+            stacks: a.stacks,
         }
     }
 }

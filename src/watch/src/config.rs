@@ -51,6 +51,8 @@ pub struct WatchConfig {
     pub loop_threads: Vec<i32>,
     /// Directories of separate debug files.
     pub debug_dirs: Vec<PathBuf>,
+    /// Also save each snapshot as a minidump beside its text file.
+    pub save_minidumps: bool,
 }
 
 impl WatchConfig {
@@ -77,6 +79,7 @@ impl WatchConfig {
             stacks: Stacks::default(),
             loop_threads: Vec::new(),
             debug_dirs: Vec::new(),
+            save_minidumps: false,
         }
     }
 }
@@ -102,6 +105,21 @@ pub struct DumpConfig {
     pub stacks: Stacks,
     /// Directories of separate debug files.
     pub debug_dirs: Vec<PathBuf>,
+    /// Also save the first snapshot as a minidump in this file.
+    pub save: Option<PathBuf>,
+}
+
+/// What `symbolize` does.
+#[derive(Debug, Clone)]
+pub struct SymbolizeConfig {
+    /// The minidump to render.
+    pub file: PathBuf,
+    /// Directories of module and debug files.
+    pub debug_dirs: Vec<PathBuf>,
+    /// One JSON object, as `dump --json`.
+    pub json: bool,
+    /// Frames of a Python process.
+    pub stacks: Stacks,
 }
 
 /// What `status` does.

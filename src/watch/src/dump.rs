@@ -54,10 +54,18 @@ pub fn run_with_loops(args: &DumpConfig, loops: Option<&HashMap<i32, String>>) -
     let mut dumper = Dumper::with_options(DumpOptions {
         max_frames: args.max_frames as usize,
         stacks: args.stacks.into(),
+        keep_snapshot: args.save.is_some(),
         ..debug_options(&args.debug_dirs)
     });
     let mut sink = Sink::new(args.output.clone(), args.force);
-    if let Err(e) = sink.check() {
+    // The minidump is written like --output, never replacing a file.
+    let mut save = Sink::new(args.save.clone(), false);
+    // --force is for --output only: a minidump is never replaced.
+    let save_check = || {
+        save.check()
+            .map_err(|e| e.replace(" (pass --force to replace it)", ""))
+    };
+    if let Err(e) = sink.check().and_then(|()| save_check()) {
         crate::errln!("aiodebug-watch: {e}");
         return ExitCode::from(exit::OTHER);
     }
@@ -75,6 +83,12 @@ pub fn run_with_loops(args: &DumpConfig, loops: Option<&HashMap<i32, String>>) -
         let cause_start = std::time::Instant::now();
         let causes = crate::cause::for_dump(&dump);
         let cause_time = cause_start.elapsed();
+        let causes = cause_views(&causes, args.json || args.save.is_some());
+        if i == 0 && args.save.is_some() {
+            if let Some(bytes) = crate::symbolize::minidump_of(&dump, &causes) {
+                save.set(bytes);
+            }
+        }
         if args.timings {
             crate::errln!(
                 "{} cause_ms={:.3}",
@@ -85,7 +99,7 @@ pub fn run_with_loops(args: &DumpConfig, loops: Option<&HashMap<i32, String>>) -
         let mut rendered = Vec::new();
         if args.json {
             let mut v = dump_json(&dump);
-            crate::cause::add_to_dump_json(&mut v, &causes);
+            add_causes_json(&mut v, &causes);
             rendered.extend_from_slice(v.to_string().as_bytes());
             rendered.push(b'\n');
         } else {
@@ -101,7 +115,7 @@ pub fn run_with_loops(args: &DumpConfig, loops: Option<&HashMap<i32, String>>) -
             break;
         }
     }
-    if let Err(e) = sink.finish() {
+    if let Err(e) = sink.finish().and_then(|()| save.finish()) {
         crate::errln!("aiodebug-watch: {e}");
         return ExitCode::from(exit::OTHER);
     }
@@ -115,10 +129,17 @@ pub fn run_with_loops(args: &DumpConfig, loops: Option<&HashMap<i32, String>>) -
 /// the way hang dumps are (temporary file, no symlink followed, no existing
 /// file replaced without `--force`); a dump that fails before anything was
 /// captured leaves no file behind.
-struct Sink {
+pub(crate) struct Sink {
     path: Option<PathBuf>,
     force: bool,
     pending: Vec<u8>,
+}
+
+impl Sink {
+    /// Sets what `finish` writes.
+    pub(crate) fn set(&mut self, bytes: Vec<u8>) {
+        self.pending = bytes;
+    }
 }
 
 impl Sink {
@@ -131,7 +152,7 @@ impl Sink {
     }
 
     /// Refuses an --output that cannot be written, before anything is stopped.
-    fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         let Some(path) = &self.path else {
             return Ok(());
         };
@@ -162,7 +183,7 @@ impl Sink {
         }
     }
 
-    fn finish(&mut self) -> Result<(), String> {
+    pub(crate) fn finish(&mut self) -> Result<(), String> {
         match &self.path {
             Some(path) if !self.pending.is_empty() => {
                 crate::watch::files::write_file(path, &self.pending, self.force)
@@ -276,8 +297,61 @@ fn thread_header(t: &ThreadDump) -> String {
     s
 }
 
+/// A thread's cause as `dump` shows it: its line and its JSON (a minidump
+/// keeps both, for `symbolize` to show the same without the live process).
+#[derive(Debug, Clone)]
+pub struct CauseView {
+    /// The text after `cause: `.
+    pub line: String,
+    /// The `"cause"` object of `--json`.
+    pub json: serde_json::Value,
+}
+
+/// The views of `causes`; their JSON only `with_json` (`null` otherwise:
+/// a text dump does not pay for it).
+pub fn cause_views(
+    causes: &HashMap<i32, crate::cause::Cause>,
+    with_json: bool,
+) -> HashMap<i32, CauseView> {
+    causes
+        .iter()
+        .map(|(tid, c)| {
+            (
+                *tid,
+                CauseView {
+                    line: c.line(),
+                    json: if with_json {
+                        crate::cause::json(c)
+                    } else {
+                        serde_json::Value::Null
+                    },
+                },
+            )
+        })
+        .collect()
+}
+
+/// Adds `"cause"` to every thread object of a `dump --json` object.
+pub fn add_causes_json(v: &mut serde_json::Value, causes: &HashMap<i32, CauseView>) {
+    if let Some(threads) = v
+        .get_mut("threads")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        for t in threads {
+            let tid = t
+                .get("tid")
+                .and_then(serde_json::Value::as_i64)
+                .unwrap_or(-1) as i32;
+            if let serde_json::Value::Object(m) = t {
+                let c = causes.get(&tid).map(|c| c.json.clone());
+                m.insert("cause".into(), c.unwrap_or(serde_json::Value::Null));
+            }
+        }
+    }
+}
+
 /// Renders a dump as text, with each thread's cause under its header.
-pub fn render_text(d: &Dump, causes: &HashMap<i32, crate::cause::Cause>, out: &mut Vec<u8>) {
+pub fn render_text(d: &Dump, causes: &HashMap<i32, CauseView>, out: &mut Vec<u8>) {
     let mut w = |line: String| {
         out.extend_from_slice(line.as_bytes());
         out.push(b'\n');
@@ -314,7 +388,7 @@ pub fn render_text(d: &Dump, causes: &HashMap<i32, crate::cause::Cause>, out: &m
         w(String::new());
         w(thread_header(t));
         if let Some(c) = causes.get(&t.tid) {
-            w(format!("  cause: {}", c.line()));
+            w(format!("  cause: {}", c.line));
         }
         for (i, f) in t.frames.iter().enumerate() {
             w(frame_line(i, f));
@@ -340,16 +414,6 @@ pub fn render_text(d: &Dump, causes: &HashMap<i32, crate::cause::Cause>, out: &m
 
 // ---------------------------------------------------------------------------
 // JSON (schema: README.md, "dump --json schema")
-
-fn kind_str(k: FrameKind) -> &'static str {
-    match k {
-        FrameKind::Pc => "pc",
-        FrameKind::Return => "return",
-        FrameKind::SignalTrampoline => "signal-trampoline",
-        FrameKind::Interrupted => "signal-interrupted",
-        FrameKind::Python => "python",
-    }
-}
 
 fn end_json(e: &StackEnd) -> serde_json::Value {
     let address = match e {
@@ -380,7 +444,7 @@ fn frame_json(n: usize, f: &Frame) -> serde_json::Value {
     json!({
         "index": n,
         "address": format!("0x{:x}", f.address),
-        "kind": kind_str(f.kind),
+        "kind": f.kind.code(),
         "function": f.function,
         "inlined": f.inlined,
         "file": f.file,

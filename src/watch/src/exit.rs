@@ -17,6 +17,9 @@ pub const PERMISSION: u8 = 4;
 pub const GONE: u8 = 5;
 /// Any other error.
 pub const OTHER: u8 = 6;
+/// `symbolize`: the file is missing, unreadable, or not a usable minidump
+/// (truncated, corrupt, not x86_64).
+pub const BAD_FILE: u8 = 7;
 
 /// The exit code for an engine error.
 pub fn code_for(e: &Error) -> u8 {

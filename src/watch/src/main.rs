@@ -10,6 +10,7 @@ mod generate;
 mod out;
 mod pyview;
 mod status;
+mod symbolize;
 mod watch;
 
 use clap::Parser as _;
@@ -69,6 +70,7 @@ fn run(cli: &cli::Cli) -> ExitCode {
             }
         },
         cli::Command::Dump(a) => dump::run(&a.into()),
+        cli::Command::Symbolize(a) => symbolize::run(&a.into()),
         cli::Command::Demo(a) => demo::run(&a.into()),
         cli::Command::DemoTarget => demo::target(),
         cli::Command::Generate(a) => {

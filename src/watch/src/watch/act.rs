@@ -217,6 +217,9 @@ fn dump_now(
             if let Some(s) = &ctx.stats {
                 s.dump(&w.name);
             }
+            if ctx.args.save_minidumps {
+                save_minidump(ctx, &path, &dump, w.tid, cause.as_ref());
+            }
             ctx.log.emit(&Event::DumpWritten {
                 who: subject(w),
                 path: &path,
@@ -229,13 +232,7 @@ fn dump_now(
                 cause: cause.as_ref(),
             });
         }
-        Outcome::OverBudget { used, budget } => {
-            if !ctx.budget_warned {
-                ctx.budget_warned = true;
-                ctx.log
-                    .emit(&Event::Warning(Warning::BudgetSpent { used, budget }));
-            }
-        }
+        Outcome::OverBudget { used, budget } => warn_budget(ctx, used, budget),
         Outcome::Failed(why) => {
             ctx.log.emit(&Event::Warning(Warning::FileFailed(why)));
         }
@@ -248,4 +245,45 @@ fn dump_now(
         return Some(exit::GONE);
     }
     None
+}
+
+/// Says once that the dump budget is spent.
+fn warn_budget(ctx: &mut Ctx<'_>, used: u64, budget: u64) {
+    if !ctx.budget_warned {
+        ctx.budget_warned = true;
+        ctx.log
+            .emit(&Event::Warning(Warning::BudgetSpent { used, budget }));
+    }
+}
+
+/// Writes the minidump of `dump` beside its text file `text` (same stem,
+/// `.dmp`), within the same byte budget; a failure is a warning.
+fn save_minidump(
+    ctx: &mut Ctx<'_>,
+    text: &std::path::Path,
+    dump: &aiodebug_engine::dump::Dump,
+    tid: u32,
+    cause: Option<&crate::cause::Cause>,
+) {
+    let causes: HashMap<i32, crate::cause::Cause> =
+        cause.map(|c| (tid as i32, c.clone())).into_iter().collect();
+    let Some(bytes) = crate::symbolize::minidump_of(dump, &crate::dump::cause_views(&causes, true))
+    else {
+        return;
+    };
+    let Some(name) = text
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| format!("{}.dmp", n.strip_suffix(".txt").unwrap_or(n)))
+    else {
+        return;
+    };
+    match ctx.out.write(&name, &bytes) {
+        Outcome::Written(path, bytes) => {
+            ctx.log.emit(&Event::MinidumpWritten { path: &path, bytes })
+        }
+        Outcome::Failed(why) => ctx.log.emit(&Event::Warning(Warning::FileFailed(why))),
+        Outcome::OverBudget { used, budget } => warn_budget(ctx, used, budget),
+        Outcome::Off => {}
+    }
 }

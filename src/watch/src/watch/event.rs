@@ -298,6 +298,14 @@ pub enum Event<'a> {
         /// Maximum.
         max: Option<u64>,
     },
+    /// A snapshot's minidump was written beside its text file
+    /// (`--save-minidumps`).
+    MinidumpWritten {
+        /// Its path.
+        path: &'a Path,
+        /// Its size.
+        bytes: u64,
+    },
     /// The target exited or cannot be read: the watch ends.
     TargetGone {
         /// The target.
@@ -452,6 +460,7 @@ impl Event<'_> {
             Event::Recovered { .. } => "recovered",
             Event::SlowTick { .. } => "slow_tick",
             Event::DumpWritten { .. } => "dump_written",
+            Event::MinidumpWritten { .. } => "minidump_written",
             Event::LagSummary { .. } => "lag_summary",
             Event::BusySummary { .. } => "busy_summary",
             Event::TargetGone { .. } | Event::CannotCount { .. } => "target_gone",
@@ -589,6 +598,9 @@ impl Event<'_> {
                 json!({"pid": pid, "comm": comm, "message": message})
             }
             Event::Warning(w) => w.fields(),
+            Event::MinidumpWritten { path, bytes } => {
+                json!({"path": path.display().to_string(), "bytes": bytes})
+            }
             Event::Finished {
                 hangs,
                 files,
@@ -851,6 +863,7 @@ impl fmt::Display for Event<'_> {
                 write!(f, "WARNING cannot watch PID {pid} ({comm}): {message}")
             }
             Event::Warning(w) => w.fmt(f),
+            Event::MinidumpWritten { path, .. } => write!(f, "wrote {}", path.display()),
             Event::Finished {
                 hangs,
                 files,

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cbuild;
+pub mod split;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
