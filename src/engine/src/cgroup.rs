@@ -157,6 +157,14 @@ mod tests {
         assert_eq!(ids.pod, None);
     }
 
+    /// The container [`ID`] in the pod [`UID`].
+    fn in_pod() -> CgroupIds {
+        CgroupIds {
+            container: Some(ID.into()),
+            pod: Some(UID.into()),
+        }
+    }
+
     #[test]
     fn docker_systemd_v2() {
         let f = b"0::/system.slice/docker-3f1c0d2e9a8b7c6d5e4f30112233445566778899aabbccddeeff001122334455.scope\n";
@@ -167,38 +175,20 @@ mod tests {
     fn kubelet_containerd_cgroupfs_v1() {
         let f = b"12:cpu,cpuacct:/kubepods/burstable/pod8e9d4c2a-1b3f-4a5e-9c7d-0123456789ab/3f1c0d2e9a8b7c6d5e4f30112233445566778899aabbccddeeff001122334455\n\
 3:memory:/kubepods/burstable/pod8e9d4c2a-1b3f-4a5e-9c7d-0123456789ab/3f1c0d2e9a8b7c6d5e4f30112233445566778899aabbccddeeff001122334455\n";
-        assert_eq!(
-            parse_cgroup(f),
-            CgroupIds {
-                container: Some(ID.into()),
-                pod: Some(UID.into())
-            }
-        );
+        assert_eq!(parse_cgroup(f), in_pod());
     }
 
     #[test]
     fn kubelet_containerd_systemd_v2() {
         let f = b"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod8e9d4c2a_1b3f_4a5e_9c7d_0123456789ab.slice/cri-containerd-3f1c0d2e9a8b7c6d5e4f30112233445566778899aabbccddeeff001122334455.scope\n";
-        assert_eq!(
-            parse_cgroup(f),
-            CgroupIds {
-                container: Some(ID.into()),
-                pod: Some(UID.into())
-            }
-        );
+        assert_eq!(parse_cgroup(f), in_pod());
     }
 
     #[test]
     fn kubelet_crio_systemd_guaranteed_pod() {
         // Guaranteed QoS: no QoS slice; conmon's own cgroup is not the container.
         let f = b"0::/kubepods.slice/kubepods-pod8e9d4c2a_1b3f_4a5e_9c7d_0123456789ab.slice/crio-3f1c0d2e9a8b7c6d5e4f30112233445566778899aabbccddeeff001122334455.scope\n";
-        assert_eq!(
-            parse_cgroup(f),
-            CgroupIds {
-                container: Some(ID.into()),
-                pod: Some(UID.into())
-            }
-        );
+        assert_eq!(parse_cgroup(f), in_pod());
         let conmon = b"0::/kubepods.slice/kubepods-pod8e9d4c2a_1b3f_4a5e_9c7d_0123456789ab.slice/crio-conmon-3f1c0d2e9a8b7c6d5e4f30112233445566778899aabbccddeeff001122334455.scope\n";
         assert_eq!(
             parse_cgroup(conmon),
@@ -212,13 +202,7 @@ mod tests {
     #[test]
     fn kubelet_crio_cgroupfs_v1_besteffort() {
         let f = b"10:devices:/kubepods/besteffort/pod8e9d4c2a-1b3f-4a5e-9c7d-0123456789ab/crio-3f1c0d2e9a8b7c6d5e4f30112233445566778899aabbccddeeff001122334455\n";
-        assert_eq!(
-            parse_cgroup(f),
-            CgroupIds {
-                container: Some(ID.into()),
-                pod: Some(UID.into())
-            }
-        );
+        assert_eq!(parse_cgroup(f), in_pod());
     }
 
     #[test]

@@ -13,6 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::attach::{self, SnapshotOptions};
+use crate::cause::{
+    self,
+    capture::{CauseFacts, CauseScope},
+    collect::{Collector, Live},
+    syscalls::Remembered,
+};
 use crate::debuginfod::Debuginfod;
 use crate::error::{Error, Result};
 use crate::module::{DebugSource, ModuleCache, TargetFiles};
@@ -38,6 +44,8 @@ pub struct DumpOptions {
     /// `DEBUGINFOD_URLS`: [`Debuginfod::from_env`]; default: none). Each dump
     /// gets its time budget afresh.
     pub debuginfod: Option<Arc<Debuginfod>>,
+    /// Which threads get their cause's facts captured (default: all).
+    pub cause: CauseScope,
     /// Keep the snapshot of each dump in [`Dump::snapshot`] (default: no;
     /// it holds every copied stack), for a minidump to be written of it.
     pub keep_snapshot: bool,
@@ -51,6 +59,7 @@ impl Default for DumpOptions {
             stacks: StackMode::default(),
             debug_dirs: Vec::new(),
             debuginfod: None,
+            cause: CauseScope::default(),
             keep_snapshot: false,
         }
     }
@@ -126,6 +135,8 @@ pub struct Timings {
     pub unwind: Duration,
     /// Symbolizing (including loading modules and debug info).
     pub symbolize: Duration,
+    /// Reading the causes' facts after the detach ([`DumpOptions::cause`]).
+    pub cause: Duration,
     /// Everything.
     pub total: Duration,
 }
@@ -154,6 +165,9 @@ pub struct Dump {
     pub debug_notes: Vec<String>,
     /// The process's Python, if it is a CPython process.
     pub python: Option<PythonProcess>,
+    /// What the causes of its threads need, captured with the snapshot
+    /// ([`crate::cause::capture::thread_cause`] computes them offline).
+    pub cause: CauseFacts,
     /// Where the time went.
     pub timings: Timings,
     /// The snapshot the dump was made of, when [`DumpOptions::keep_snapshot`]
@@ -177,7 +191,14 @@ pub struct Dumper {
     python: PythonReader,
     /// Facts of module files, shared with the capture thread.
     modules: Arc<Mutex<ModuleCache>>,
+    /// The blocking calls the last capture of each process saw (a sleep
+    /// our stop interrupted resumes as `restart_syscall`).
+    remembered: HashMap<i32, HashMap<i32, Remembered>>,
 }
+
+/// Most processes whose last blocking calls a dumper remembers (past it,
+/// it forgets them all: a resumed sleep is then named `restart_syscall`).
+const MAX_REMEMBERED: usize = 1024;
 
 impl Dumper {
     /// A dumper with default options.
@@ -195,6 +216,7 @@ impl Dumper {
             unwinder,
             python: PythonReader::new(),
             modules: Arc::default(),
+            remembered: HashMap::new(),
         }
     }
 
@@ -240,8 +262,12 @@ impl Dumper {
             modules: Some(self.modules.clone()),
             ..self.options.snapshot.clone()
         };
-        let snap = attach::snapshot(pid, &opts)?;
+        let mut snap = attach::snapshot(pid, &opts)?;
+        let cause_start = Instant::now();
+        self.capture_cause(&mut snap, only.is_some(), loops);
+        let cause_time = cause_start.elapsed();
         let mut dump = self.process(&snap, loops);
+        dump.timings.cause = cause_time;
         if mode != StackMode::Native {
             self.python.after(&mut dump, mode);
         }
@@ -250,6 +276,41 @@ impl Dumper {
             dump.snapshot = Some(Arc::new(snap));
         }
         Ok(dump)
+    }
+
+    /// Reads what the causes of the snapshot's threads need, right after
+    /// its detach (see [`crate::cause::capture`]), as
+    /// [`DumpOptions::cause`] asks; remembers their blocking calls.
+    fn capture_cause(
+        &mut self,
+        snap: &mut ProcessSnapshot,
+        chosen: bool,
+        loops: Option<&HashMap<i32, String>>,
+    ) {
+        let pid = snap.pid;
+        let previous = self.remembered.remove(&pid).unwrap_or_default();
+        let scope = self.options.cause;
+        let wanted = |tid: i32| match scope {
+            CauseScope::None => false,
+            CauseScope::All => true,
+            // No loop named: every thread (a cause must not lose its facts).
+            CauseScope::Loops => chosen || loops.map_or(true, |l| l.contains_key(&tid)),
+        };
+        if scope != CauseScope::None {
+            let mut col = Collector::with_modules(Live { pid }, snap.modules.clone());
+            snap.cause = cause::capture::capture(
+                &mut col,
+                &snap.threads,
+                &wanted,
+                &previous,
+                scope == CauseScope::Loops,
+            );
+        }
+        if self.remembered.len() >= MAX_REMEMBERED {
+            self.remembered.clear();
+        }
+        self.remembered
+            .insert(pid, cause::capture::remember(&snap.threads, &previous));
     }
 
     /// Loads every module `pid` maps, with its symbols and debug info, into
@@ -409,12 +470,14 @@ impl Dumper {
             module_problems,
             debug_notes,
             python: None,
+            cause: snap.cause.clone(),
             timings: Timings {
                 freeze: snap.freeze,
                 capture: snap.capture,
                 phases: snap.phases,
                 unwind: unwind_time,
                 symbolize: total.saturating_sub(unwind_time),
+                cause: Duration::ZERO,
                 total: snap.capture + total,
             },
             snapshot: None,

@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use aiodebug::abi;
 use object::elf::{
     FileHeader32, FileHeader64, ELFMAG, ELF_NOTE_GNU, NT_GNU_BUILD_ID, PT_LOAD, PT_NOTE, SHF_ALLOC,
-    SHN_UNDEF, SHT_DYNSYM, SHT_STRTAB, SHT_SYMTAB, STT_FILE, STT_SECTION, STT_TLS,
+    SHN_UNDEF, SHT_DYNSYM, SHT_STRTAB, SHT_SYMTAB, STT_COMMON, STT_FILE, STT_OBJECT, STT_SECTION,
+    STT_TLS,
 };
 use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, Sym};
 use object::read::{ReadCache, ReadRef};
@@ -148,6 +149,8 @@ trait ElfView {
     fn registries(&self) -> Result<Vec<RegistryLocation>, String>;
     fn load_segments(&self) -> Result<Vec<LoadSegment>, String>;
     fn build_id(&self) -> Result<Option<Vec<u8>>, String>;
+    fn data_symbols(&self) -> Vec<DataSymbol>;
+    fn addresses(&self, section: &str, symbols: &[&str]) -> Result<Addresses, String>;
 }
 
 struct Parsed<'data, Elf: FileHeader, R: ReadRef<'data>> {
@@ -227,25 +230,30 @@ where
             .map_err(|e| format!("bad section headers: {e}"))
     }
 
+    /// The section-name table.
+    fn section_names(&self, sections: &'data [Elf::SectionHeader]) -> Result<&'data [u8], String> {
+        let index = self
+            .header
+            .shstrndx(self.endian, self.data)
+            .map_err(|e| format!("bad section name table: {e}"))?;
+        let shstrtab = sections
+            .get(index as usize)
+            .ok_or_else(|| format!("section name table index {index} out of range"))?;
+        section_bytes(
+            shstrtab,
+            self.endian,
+            self.data,
+            MAX_TABLE_SIZE,
+            "the section name table",
+        )
+    }
+
     fn section_registries(
         &self,
         sections: &'data [Elf::SectionHeader],
     ) -> Result<Vec<RegistryLocation>, String> {
         let endian = self.endian;
-        let index = self
-            .header
-            .shstrndx(endian, self.data)
-            .map_err(|e| format!("bad section name table: {e}"))?;
-        let shstrtab = sections
-            .get(index as usize)
-            .ok_or_else(|| format!("section name table index {index} out of range"))?;
-        let names = section_bytes(
-            shstrtab,
-            endian,
-            self.data,
-            MAX_TABLE_SIZE,
-            "the section name table",
-        )?;
+        let names = self.section_names(sections)?;
         let wanted = abi::SECTION_NAME.as_bytes();
         let mut out = Vec::new();
         for sh in sections.iter().skip(1) {
@@ -278,17 +286,21 @@ where
         Ok(out)
     }
 
-    fn symbol_registries(
+    /// Calls `f` on every defined symbol of the symbol `tables` (`.symtab`,
+    /// `.dynsym`, in section order) but TLS, section and file symbols,
+    /// until it returns `false`. Returns the errors of the tables that
+    /// could not be read (the others are still visited).
+    fn visit_symbols(
         &self,
         sections: &'data [Elf::SectionHeader],
-    ) -> Result<Vec<RegistryLocation>, String> {
+        tables: Tables,
+        f: &mut dyn FnMut(&RawSymbol<'data>) -> bool,
+    ) -> Vec<String> {
         let endian = self.endian;
-        let prefix = abi::SYMBOL_PREFIX.as_bytes();
-        let mut out: Vec<RegistryLocation> = Vec::new();
         let mut errors = Vec::new();
         for sh in sections.iter() {
             let kind = sh.sh_type(endian);
-            if kind != SHT_SYMTAB && kind != SHT_DYNSYM {
+            if kind != SHT_DYNSYM && (kind != SHT_SYMTAB || tables == Tables::Dynamic) {
                 continue;
             }
             let table = if kind == SHT_SYMTAB {
@@ -296,7 +308,7 @@ where
             } else {
                 "the dynamic symbol table"
             };
-            let found = (|| -> Result<(), String> {
+            let visited = (|| -> Result<bool, String> {
                 let bytes = section_bytes(sh, endian, self.data, MAX_TABLE_SIZE, table)?;
                 let syms: &[Elf::Sym] = object::pod::slice_from_all_bytes(bytes)
                     .map_err(|()| format!("{table} has a bad size"))?;
@@ -319,43 +331,114 @@ where
                     if kind == STT_TLS || kind == STT_SECTION || kind == STT_FILE {
                         continue;
                     }
-                    if !has_prefix(strings, sym.st_name(endian), prefix) {
-                        continue;
-                    }
-                    let svma: u64 = sym.st_value(endian).into();
-                    let mut size: u64 = sym.st_size(endian).into();
-                    if size == 0 {
-                        size = abi::REGISTRY_SIZE as u64;
-                    }
-                    if svma == 0 || size > MAX_SECTION_SIZE {
-                        continue;
-                    }
-                    if out.iter().any(|r| r.svma == svma) {
-                        continue;
-                    }
-                    out.push(RegistryLocation {
-                        svma,
-                        size,
-                        via: Via::Symbol,
-                    });
-                    if out.len() >= MAX_REGISTRIES {
-                        break;
+                    let raw = RawSymbol {
+                        value: sym.st_value(endian).into(),
+                        size: sym.st_size(endian).into(),
+                        kind,
+                        name: name_at(strings, sym.st_name(endian)).unwrap_or_default(),
+                    };
+                    if !f(&raw) {
+                        return Ok(false);
                     }
                 }
-                Ok(())
+                Ok(true)
             })();
-            if let Err(e) = found {
-                errors.push(e);
-            }
-            if out.len() >= MAX_REGISTRIES {
-                break;
+            match visited {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => errors.push(e),
             }
         }
+        errors
+    }
+
+    fn symbol_registries(
+        &self,
+        sections: &'data [Elf::SectionHeader],
+    ) -> Result<Vec<RegistryLocation>, String> {
+        let prefix = abi::SYMBOL_PREFIX.as_bytes();
+        let mut out: Vec<RegistryLocation> = Vec::new();
+        let errors = self.visit_symbols(sections, Tables::All, &mut |sym| {
+            if !sym.name.starts_with(prefix) {
+                return true;
+            }
+            let size = match sym.size {
+                0 => abi::REGISTRY_SIZE as u64,
+                n => n,
+            };
+            if sym.value == 0 || size > MAX_SECTION_SIZE || out.iter().any(|r| r.svma == sym.value)
+            {
+                return true;
+            }
+            out.push(RegistryLocation {
+                svma: sym.value,
+                size,
+                via: Via::Symbol,
+            });
+            out.len() < MAX_REGISTRIES
+        });
         if out.is_empty() && !errors.is_empty() {
             return Err(errors.join("; "));
         }
         Ok(out)
     }
+}
+
+/// Which symbol tables [`Parsed::visit_symbols`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tables {
+    /// `.symtab` and `.dynsym`.
+    All,
+    /// `.dynsym` only (cheap on any executable: stripping keeps it).
+    Dynamic,
+}
+
+/// Static addresses found by [`find_addresses`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Addresses {
+    /// The section's, if the file has it.
+    pub section: Option<u64>,
+    /// Each asked dynamic symbol's, in the order asked (`None`: not defined).
+    pub symbols: Vec<Option<u64>>,
+}
+
+/// The static address of the section named `section` and of the defined
+/// dynamic symbols `symbols` of an ELF file held in memory (section headers
+/// and `.dynsym` only).
+pub fn find_addresses(data: &[u8], section: &str, symbols: &[&str]) -> Result<Addresses, String> {
+    with_elf(data, |elf| elf.addresses(section, symbols))
+}
+
+/// A defined symbol as [`Parsed::visit_symbols`] hands it over.
+struct RawSymbol<'data> {
+    value: u64,
+    size: u64,
+    /// `STT_*`.
+    kind: object::elf::SymbolType,
+    /// From the name's first byte to the end of the string table.
+    name: &'data [u8],
+}
+
+/// A data object of an ELF file (`STT_OBJECT`, `STT_COMMON`), at its
+/// static address.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DataSymbol {
+    /// Static virtual address.
+    pub address: u64,
+    /// Size in bytes (at least 1).
+    pub size: u64,
+    /// Raw (mangled) name.
+    pub name: String,
+}
+
+/// Most data symbols read of one file.
+pub const MAX_DATA_SYMBOLS: usize = 1 << 20;
+
+/// The defined data symbols of an ELF file held in memory, sorted by
+/// address, one per address (at most [`MAX_DATA_SYMBOLS`]); empty when it
+/// cannot be parsed.
+pub fn data_symbols(data: &[u8]) -> Vec<DataSymbol> {
+    with_elf(data, |elf| Ok(elf.data_symbols())).unwrap_or_default()
 }
 
 impl<'data, Elf, R> ElfView for Parsed<'data, Elf, R>
@@ -374,6 +457,65 @@ where
         }
         out.sort_by_key(|r| r.svma);
         Ok(out)
+    }
+
+    fn addresses(&self, section: &str, symbols: &[&str]) -> Result<Addresses, String> {
+        let sections = self.sections()?;
+        let mut out = Addresses {
+            section: None,
+            symbols: vec![None; symbols.len()],
+        };
+        if sections.is_empty() {
+            return Ok(out);
+        }
+        let names = self.section_names(sections)?;
+        out.section = sections
+            .iter()
+            .skip(1)
+            .find(|sh| has_name(names, sh.sh_name(self.endian), section.as_bytes()))
+            .map(|sh| sh.sh_addr(self.endian).into());
+        self.visit_symbols(sections, Tables::Dynamic, &mut |sym| {
+            for (i, wanted) in symbols.iter().enumerate() {
+                let exact = sym
+                    .name
+                    .strip_prefix(wanted.as_bytes())
+                    .and_then(|r| r.first())
+                    == Some(&0);
+                if exact && out.symbols.get(i) == Some(&None) {
+                    if let Some(slot) = out.symbols.get_mut(i) {
+                        *slot = Some(sym.value);
+                    }
+                }
+            }
+            true
+        });
+        Ok(out)
+    }
+
+    fn data_symbols(&self) -> Vec<DataSymbol> {
+        let Ok(sections) = self.sections() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        self.visit_symbols(sections, Tables::All, &mut |sym| {
+            if sym.kind == STT_OBJECT || sym.kind == STT_COMMON {
+                let end = sym
+                    .name
+                    .iter()
+                    .position(|&b| b == 0)
+                    .unwrap_or(sym.name.len());
+                out.push(DataSymbol {
+                    address: sym.value,
+                    size: sym.size.max(1),
+                    name: String::from_utf8_lossy(sym.name.get(..end).unwrap_or_default())
+                        .into_owned(),
+                });
+            }
+            out.len() < MAX_DATA_SYMBOLS
+        });
+        out.sort();
+        out.dedup_by_key(|s| s.address);
+        out
     }
 
     fn load_segments(&self) -> Result<Vec<LoadSegment>, String> {
@@ -443,11 +585,6 @@ fn has_name(strings: &[u8], offset: u32, wanted: &[u8]) -> bool {
     })
 }
 
-/// Whether the string at `offset` starts with `prefix`.
-fn has_prefix(strings: &[u8], offset: u32, prefix: &[u8]) -> bool {
-    name_at(strings, offset).is_some_and(|s| s.starts_with(prefix))
-}
-
 /// The load bias of a module from one mapping of its file: the rule of
 /// [`crate::module::load_bias`], with the mapping's start, offset and `x` bit.
 pub fn load_bias(segments: &[LoadSegment], mapping: &MapEntry) -> Option<u64> {
@@ -502,6 +639,22 @@ pub fn open_mapped_file(pid: i32, entry: &MapEntry) -> std::io::Result<File> {
         first_kind.unwrap_or(std::io::ErrorKind::NotFound),
         failures.join("; "),
     ))
+}
+
+/// The file of a module of process `pid`, mapped into our memory, with the
+/// load bias its mapping `first` (the one with the lowest offset) gives
+/// (`None` when no segment covers it): [`open_mapped_file`] and
+/// [`load_bias`], the one rule.
+pub fn map_module(
+    pid: i32,
+    first: &MapEntry,
+) -> Result<(crate::mapped::MappedFile, Option<u64>), String> {
+    let file = open_mapped_file(pid, first).map_err(|e| e.to_string())?;
+    let mapped = crate::mapped::MappedFile::map(&file).map_err(|e| e.to_string())?;
+    let bias = load_segments(mapped.bytes())
+        .ok()
+        .and_then(|segs| load_bias(&segs, first));
+    Ok((mapped, bias))
 }
 
 /// A file's identity: ((major, minor) of its device, inode).
@@ -737,6 +890,57 @@ mod tests {
         let (again, _) = locate_registries(pid, &maps, &mut cache);
         assert_eq!(again, regions);
         (regions, problems, magics)
+    }
+
+    /// Our libc, whichever the loader mapped into this test binary.
+    fn own_libc() -> Vec<u8> {
+        let maps = crate::proc::read_maps(std::process::id() as i32).expect("own maps");
+        let path = maps
+            .iter()
+            .find_map(|m| match &m.path {
+                MapPath::File { path, .. }
+                    if path
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("libc.so")) =>
+                {
+                    Some(path.clone())
+                }
+                _ => None,
+            })
+            .expect("libc mapped");
+        std::fs::read(path).expect("read libc")
+    }
+
+    #[test]
+    fn sections_and_symbols_agree_with_the_object_crate() {
+        use object::{Object, ObjectSection, ObjectSymbol};
+        let libc = own_libc();
+        let obj = object::File::parse(&*libc).expect("libc parses");
+        let found = find_addresses(&libc, ".text", &["malloc", "no_such_symbol_here"]).unwrap();
+        assert_eq!(
+            found.section,
+            obj.section_by_name(".text").map(|s| s.address())
+        );
+        let malloc = obj
+            .dynamic_symbols()
+            .find(|s| s.name() == Ok("malloc") && s.is_definition())
+            .map(|s| s.address());
+        assert!(malloc.is_some());
+        assert_eq!(found.symbols, vec![malloc, None]);
+        // A data object of libc, as object sees it (one name per address:
+        // `__environ`, `_environ` and `environ` are one object).
+        let data = data_symbols(&libc);
+        let environ = obj
+            .dynamic_symbols()
+            .find(|s| s.name() == Ok("environ"))
+            .map(|s| s.address())
+            .expect("environ");
+        assert!(data
+            .iter()
+            .any(|d| d.address == environ && d.name.ends_with("environ")));
+        assert!(data.windows(2).all(|w| w[0].address < w[1].address));
+        assert!(find_addresses(b"not an elf", ".text", &[]).is_err());
+        assert!(data_symbols(b"\x7fELF garbage").is_empty());
     }
 
     #[test]

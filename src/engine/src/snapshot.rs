@@ -5,6 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::cause::capture::CauseFacts;
 use crate::memory::{ReadMemory, ReadResult};
 use crate::module::{Modules, TargetFiles};
 use crate::proc::MapEntry;
@@ -191,6 +192,11 @@ pub struct ProcessSnapshot {
     pub vanished: Vec<i32>,
     /// The whole process exited during the snapshot: what was captured is partial.
     pub exited: bool,
+    /// What the causes of its threads need beyond their registers (fd
+    /// targets, sockets, a lock's owner, …), read right after the detach
+    /// by [`crate::dump::Dumper`]; empty from [`crate::attach::snapshot`]
+    /// alone, or when not asked for ([`crate::cause::capture::CauseScope`]).
+    pub cause: CauseFacts,
 }
 
 #[cfg(test)]

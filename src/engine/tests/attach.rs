@@ -1,6 +1,8 @@
 //! Capture tests on real processes: a `sleep` child and a SIGSTOPped child.
 
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aiodebug_engine::attach::{snapshot, SnapshotOptions};
@@ -8,15 +10,7 @@ use aiodebug_engine::dump::Dumper;
 use aiodebug_engine::snapshot::StopKind;
 use aiodebug_engine::unwind::StackEnd;
 use aiodebug_engine::{proc, Error};
-
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::Reaped;
 
 fn sleeper() -> Reaped {
     let child = Command::new("sleep")

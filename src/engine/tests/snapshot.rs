@@ -3,44 +3,17 @@
 //! and the snapshot is unwound and symbolized to the same frames as a live
 //! dump of the same process.
 
+mod support;
+
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use aiodebug_engine::attach::{snapshot, SnapshotOptions};
 use aiodebug_engine::dump::{Dump, Dumper};
 use aiodebug_engine::module::TargetFiles;
-
-/// A directory removed on drop (also when the test fails).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "aiodebug-snapshot-{tag}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{Reaped, TempDir};
 
 fn fixture_source() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/c/stacks.c")
@@ -59,18 +32,13 @@ fn lld_dir() -> Option<PathBuf> {
 
 fn build(dir: &Path, lld: Option<&Path>) -> PathBuf {
     let out = dir.join("stacks");
-    let mut cmd = Command::new("gcc");
-    cmd.args(["-O2", "-g", "-fomit-frame-pointer", "-pthread"]);
+    let mut flags: Vec<&OsStr> = ["-O2", "-g", "-fomit-frame-pointer", "-pthread"]
+        .map(OsStr::new)
+        .to_vec();
     if let Some(l) = lld {
-        cmd.arg("-fuse-ld=lld").arg("-B").arg(l);
+        flags.extend([OsStr::new("-fuse-ld=lld"), OsStr::new("-B"), l.as_os_str()]);
     }
-    let status = cmd
-        .arg(fixture_source())
-        .arg("-o")
-        .arg(&out)
-        .status()
-        .expect("run gcc");
-    assert!(status.success(), "gcc failed");
+    support::gcc(&flags, &fixture_source(), &out);
     out
 }
 
@@ -131,7 +99,7 @@ fn listing(d: &Dump, exact: bool) -> Vec<Vec<String>> {
 }
 
 fn recorded_snapshot_symbolizes_after_the_target_is_gone(lld: Option<&Path>) {
-    let dir = TempDir::new(if lld.is_some() { "lld" } else { "bfd" });
+    let dir = TempDir::new("snapshot", if lld.is_some() { "lld" } else { "bfd" });
     let exe = build(&dir.0, lld);
     let (mut child, pid) = spawn(&exe);
 
@@ -210,7 +178,7 @@ fn hex(b: &[u8]) -> String {
 /// unstripped build.
 #[test]
 fn stripped_snapshot_symbolizes_with_a_debug_dir() {
-    let dir = TempDir::new("strip");
+    let dir = TempDir::new("snapshot", "strip");
     let full = build(&dir.0, None);
     let (_live_child, live_pid) = spawn(&full);
     let live = Dumper::new().dump(live_pid, None).expect("live dump");

@@ -11,13 +11,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
+use aiodebug_engine::cause::capture::{self, Stall};
 use aiodebug_engine::cause::collect::{Collector, Live};
-use aiodebug_engine::cause::parse::{self, CgroupVersion};
-use aiodebug_engine::cause::syscalls::{self, Arch, Call, Remembered};
+use aiodebug_engine::cause::parse::CgroupVersion;
 pub use aiodebug_engine::cause::Cause;
-use aiodebug_engine::cause::{self, Delta, FdTarget, Input, Motion, Owner, Progress, Sample};
+use aiodebug_engine::cause::{self, FdTarget, Motion, Progress, Sample};
 use aiodebug_engine::dump::{Dump, ThreadDump};
-use aiodebug_engine::snapshot::{Registers, StopKind};
+use aiodebug_engine::snapshot::Registers;
 use serde_json::{json, Value};
 
 use crate::watch::render::{culprit, short_frame};
@@ -39,9 +39,6 @@ pub struct LoopCause {
     moved: bool,
     /// Snapshots of this episode so far.
     snapshots: u32,
-    /// The last blocking call a capture saw in each thread (a sleep that
-    /// our stop interrupted resumes as `restart_syscall`).
-    remembered: HashMap<i32, Remembered>,
     /// When the thread was first seen in `D` during this stall.
     d_since_ns: Option<u64>,
     /// The snapshot taken when the hang was detected, for the episode's
@@ -135,8 +132,13 @@ impl LoopCause {
 
     fn compute(&mut self, pid: i32, tid: i32, dump: &Dump, episode: bool) -> Option<Cause> {
         let t = dump.threads.iter().find(|t| t.tid == tid)?;
-        let mut col = Collector::new(Live { pid });
-        let now = col.sample(tid);
+        // The counters the capture sampled right after its detach; a thread
+        // it did not sample (not named a loop thread of the dump) now.
+        let now = dump
+            .cause
+            .get(tid)
+            .and_then(|f| f.sample.clone())
+            .unwrap_or_else(|| Collector::new(Live { pid }).sample(tid));
         if self.baseline.is_none() {
             // No read saw the stall before it crossed the interval: the
             // window starts now (later snapshots get deltas).
@@ -162,20 +164,16 @@ impl LoopCause {
         } else {
             None
         };
-        let cause = thread_cause(
-            &mut col,
-            dump,
-            t,
-            &self.remembered,
+        let stall = Stall {
             delta,
             d_state_ns,
             progress,
-        );
-        remember_calls(&mut self.remembered, dump);
+        };
+        let cause = capture::thread_cause(dump, tid, &owner_frame, stall);
         if episode {
             self.previous = Some(now);
         }
-        Some(cause)
+        cause
     }
 
     fn progress(&mut self, regs: Option<&Registers>, now: &Sample) -> Option<Progress> {
@@ -206,117 +204,15 @@ impl LoopCause {
     }
 }
 
-/// Keeps the blocking call of every thread of `dump` (bounded by the
-/// snapshot's thread count; threads gone are forgotten).
-fn remember_calls(memory: &mut HashMap<i32, Remembered>, dump: &Dump) {
-    let mut next = HashMap::with_capacity(dump.threads.len());
-    for t in &dump.threads {
-        let Some(r) = &t.regs else { continue };
-        match syscalls::from_regs(r, memory.get(&t.tid)) {
-            Some(call) if call.blocked => {
-                next.insert(t.tid, Remembered { ip: r.rip, call });
-            }
-            _ => {}
-        }
-    }
-    *memory = next;
+/// The frame a lock's owner is in, as the text names it.
+fn owner_frame(o: &ThreadDump) -> Option<String> {
+    culprit(&o.frames).map(|c| short_frame(c.frame))
 }
 
-/// The call thread `t` was in: from its registers, or, for a thread that
-/// could not be stopped, from `/proc/PID/task/TID/syscall`.
-fn thread_call(
-    col: &Collector<Live>,
-    t: &ThreadDump,
-    remembered: &HashMap<i32, Remembered>,
-) -> (Option<Call>, Option<parse::ProcSyscall>) {
-    if let Some(r) = &t.regs {
-        return (syscalls::from_regs(r, remembered.get(&t.tid)), None);
-    }
-    let ps = std::fs::read(format!("/proc/{}/task/{}/syscall", col.source().pid, t.tid))
-        .ok()
-        .and_then(|d| parse::parse_proc_syscall(&d));
-    let call = match &ps {
-        Some(parse::ProcSyscall::In { nr, args }) => {
-            Some(syscalls::from_proc(Arch::X86_64, *nr, *args))
-        }
-        _ => None,
-    };
-    (call, ps)
-}
-
-fn thread_cause(
-    col: &mut Collector<Live>,
-    dump: &Dump,
-    t: &ThreadDump,
-    remembered: &HashMap<i32, Remembered>,
-    delta: Option<Delta>,
-    d_state_ns: Option<u64>,
-    progress: Option<Progress>,
-) -> Cause {
-    let (call, proc_syscall) = thread_call(col, t, remembered);
-    // A one-thread capture (a slow tick) holds only the loop's thread: a
-    // lock's owner may be any thread of the process.
-    let mut tids: Vec<i32> = dump.threads.iter().map(|t| t.tid).collect();
-    if tids.len() == 1 {
-        tids.extend(aiodebug_engine::proc::list_tasks(dump.pid).unwrap_or_default());
-    }
-    let mut facts = col.facts(t.tid, call.as_ref(), &tids);
-    facts.proc_syscall = proc_syscall;
-    if let Some(lock) = &mut facts.lock {
-        let captured = lock
-            .owner_tid
-            .and_then(|o| dump.threads.iter().find(|x| x.tid == o));
-        if let (None, Some(tid)) = (captured, lock.owner_tid) {
-            lock.owner = Some(Owner {
-                tid,
-                name: aiodebug_engine::proc::read_task_comm(dump.pid, tid),
-                frame: None,
-                syscall: None,
-            });
-        }
-        if let Some(o) = captured {
-            lock.owner = Some(Owner {
-                tid: o.tid,
-                name: o.name.clone(),
-                frame: culprit(&o.frames).map(|c| short_frame(c.frame)),
-                syscall: o
-                    .regs
-                    .as_ref()
-                    .and_then(|r| syscalls::from_regs(r, remembered.get(&o.tid)))
-                    .filter(|c| c.blocked)
-                    .map(|c| c.display_name()),
-            });
-        }
-    }
-    if matches!(t.state, 'T' | 't') && !matches!(t.stop, StopKind::JobControl(_)) {
-        facts.tracer = aiodebug_engine::proc::tracer_of(t.tid)
-            .filter(|(p, _)| *p as u32 != std::process::id());
-    }
-    cause::classify(&Input {
-        state: t.state,
-        stop: &t.stop,
-        regs: t.regs.as_ref(),
-        call,
-        facts: &facts,
-        delta,
-        d_state_ns,
-        progress,
-    })
-}
-
-/// The cause of every thread of a one-off `dump` (no deltas, no progress).
-pub fn for_dump(pid: i32, dump: &Dump) -> HashMap<i32, Cause> {
-    let mut col = Collector::new(Live { pid });
-    let none = HashMap::new();
-    dump.threads
-        .iter()
-        .map(|t| {
-            (
-                t.tid,
-                thread_cause(&mut col, dump, t, &none, None, None, None),
-            )
-        })
-        .collect()
+/// The cause of every thread of a one-off `dump` (no deltas, no progress),
+/// from what its capture recorded: the target is not read again.
+pub fn for_dump(dump: &Dump) -> HashMap<i32, Cause> {
+    capture::dump_causes(dump, &owner_frame)
 }
 
 fn ms(ns: u64) -> f64 {

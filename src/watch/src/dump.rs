@@ -79,9 +79,9 @@ pub fn run_with_loops(args: &DumpConfig, loops: Option<&HashMap<i32, String>>) -
                 break;
             }
         };
-        // Why each thread is where it is: read after the detach.
+        // Why each thread is where it is: from what the capture recorded.
         let cause_start = std::time::Instant::now();
-        let causes = crate::cause::for_dump(args.pid, &dump);
+        let causes = crate::cause::for_dump(&dump);
         let cause_time = cause_start.elapsed();
         let causes = cause_views(&causes, args.json || args.save.is_some());
         if i == 0 && args.save.is_some() {
@@ -93,7 +93,7 @@ pub fn run_with_loops(args: &DumpConfig, loops: Option<&HashMap<i32, String>>) -
             crate::errln!(
                 "{} cause_ms={:.3}",
                 timings_line(i + 1, &dump),
-                cause_time.as_secs_f64() * 1e3
+                (dump.timings.cause + cause_time).as_secs_f64() * 1e3
             );
         }
         let mut rendered = Vec::new();

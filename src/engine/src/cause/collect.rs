@@ -11,7 +11,7 @@
 use std::io::Read;
 
 use crate::mapped::MappedFile;
-use crate::proc::MapEntry;
+use crate::module::{Module, Modules};
 
 use super::parse::{self, CgroupMount, CgroupVersion, FdLink, Proto, Socket, SocketTables};
 use super::syscalls::{self, Arg, Call};
@@ -44,8 +44,6 @@ pub trait Source {
     /// Names of the entries of the directory `/proc/PID/<rel>` (at most
     /// [`MAX_CHILDREN`]).
     fn proc_dir(&self, rel: &str) -> Vec<String>;
-    /// The file a mapping of the target maps, mapped into our memory.
-    fn module(&self, entry: &MapEntry) -> Option<MappedFile>;
     /// CLOCK_MONOTONIC now, ns.
     fn now_ns(&self) -> u64;
     /// CLOCK_BOOTTIME now, ns.
@@ -127,11 +125,6 @@ impl Source for Live {
             .collect()
     }
 
-    fn module(&self, entry: &MapEntry) -> Option<MappedFile> {
-        let file = crate::elf::open_mapped_file(self.pid, entry).ok()?;
-        MappedFile::map(&file).ok()
-    }
-
     fn now_ns(&self) -> u64 {
         crate::target::monotonic_ns()
     }
@@ -154,22 +147,29 @@ pub struct Collector<S: Source> {
     sockets: Option<SocketTables>,
     /// How many of the socket tables were read into `sockets`.
     tables_read: usize,
-    /// The target's mappings (for data symbols), read on first need.
-    maps: Option<Vec<MapEntry>>,
-    /// Data symbols by the start of the module's first mapping.
-    modules: std::collections::HashMap<u64, Option<ModuleSymbols>>,
+    /// The target's modules, as the snapshot captured them (for data
+    /// symbols: one module model, one load bias, see [`crate::module`]).
+    modules: Modules,
+    /// Data symbols by the start of their module.
+    symbols: std::collections::HashMap<u64, Option<ModuleSymbols>>,
     mounts: Option<Vec<CgroupMount>>,
 }
 
 impl<S: Source> Collector<S> {
-    /// A collector reading from `src`.
+    /// A collector reading from `src`, knowing no module (no data symbols).
     pub fn new(src: S) -> Collector<S> {
+        Collector::with_modules(src, Modules::default())
+    }
+
+    /// A collector reading from `src`, naming data symbols from `modules`
+    /// (a snapshot's [`crate::snapshot::ProcessSnapshot::modules`]).
+    pub fn with_modules(src: S, modules: Modules) -> Collector<S> {
         Collector {
             src,
             sockets: None,
             tables_read: 0,
-            maps: None,
-            modules: std::collections::HashMap::new(),
+            modules,
+            symbols: std::collections::HashMap::new(),
             mounts: None,
         }
     }
@@ -530,39 +530,25 @@ impl<S: Source> Collector<S> {
     /// symbols are read once per collector (a dump of many threads parked
     /// on futexes looks up many addresses).
     pub fn data_symbol(&mut self, addr: u64) -> Option<String> {
-        if self.maps.is_none() {
-            let mut maps = self
-                .src
-                .proc_file("maps")
-                .map(|d| crate::proc::parse_maps(&d))
-                .unwrap_or_default();
-            maps.sort_by_key(|m| m.start);
-            self.maps = Some(maps);
-        }
-        let maps = self.maps.as_deref().unwrap_or_default();
-        // The module is the nearest file mapping at or below the address
-        // (its .bss may be an anonymous mapping right after it).
-        let below = maps
-            .iter()
-            .filter(|m| m.start <= addr && matches!(m.path, crate::proc::MapPath::File { .. }))
-            .max_by_key(|m| m.start)?;
-        let first = maps.iter().find(|m| m.path == below.path)?;
-        if !self.modules.contains_key(&first.start) {
-            if self.modules.len() >= MAX_MODULES {
+        // The module is the nearest one at or below the address (its .bss
+        // may be an anonymous mapping past its last file mapping): the ELF
+        // segments decide whether the address is its own.
+        let i = self.modules.modules.partition_point(|m| m.start <= addr);
+        let module = self.modules.modules.get(i.checked_sub(1)?)?;
+        if !self.symbols.contains_key(&module.start) {
+            if self.symbols.len() >= MAX_MODULES {
                 return None;
             }
-            let data = self.src.module(first).and_then(|mapped| {
-                let segments = crate::elf::load_segments(mapped.bytes()).ok()?;
-                let bias = crate::elf::load_bias(&segments, first)?;
+            let data = module_bytes(module).and_then(|mapped| {
                 Some(ModuleSymbols {
-                    bias,
-                    segments,
-                    symbols: data_symbols(mapped.bytes()),
+                    bias: module.bias,
+                    segments: crate::elf::load_segments(mapped.bytes()).ok()?,
+                    symbols: crate::elf::data_symbols(mapped.bytes()),
                 })
             });
-            self.modules.insert(first.start, data);
+            self.symbols.insert(module.start, data);
         }
-        let m = self.modules.get(&first.start)?.as_ref()?;
+        let m = self.symbols.get(&module.start)?.as_ref()?;
         let svma = addr.wrapping_sub(m.bias);
         if !m
             .segments
@@ -575,6 +561,15 @@ impl<S: Source> Collector<S> {
     }
 }
 
+/// The bytes of a module: its file (opened at the capture), or its image.
+fn module_bytes(m: &Module) -> Option<MappedFile> {
+    match (&m.file, &m.image) {
+        (Some(f), _) => MappedFile::map(f).ok(),
+        (None, Some(image)) => Some(MappedFile::owned(image.to_vec())),
+        (None, None) => None,
+    }
+}
+
 /// Most modules whose symbols one collector keeps.
 const MAX_MODULES: usize = 256;
 
@@ -584,7 +579,7 @@ struct ModuleSymbols {
     bias: u64,
     segments: Vec<crate::elf::LoadSegment>,
     /// (address, size, raw name), sorted by address.
-    symbols: Vec<(u64, u64, String)>,
+    symbols: Vec<crate::elf::DataSymbol>,
 }
 
 /// The `NSpid:` of a `status` file: the pid in the innermost namespace.
@@ -622,36 +617,17 @@ pub fn mutex_owner(bytes: &[u8], pi: bool) -> Option<i32> {
     plausible.then_some(owner)
 }
 
-/// The defined data symbols of an ELF file, sorted by address (at most
-/// 2^20).
-fn data_symbols(elf: &[u8]) -> Vec<(u64, u64, String)> {
-    use object::{Object, ObjectSymbol, SymbolKind};
-    let Ok(obj) = object::File::parse(elf) else {
-        return Vec::new();
-    };
-    let mut out: Vec<(u64, u64, String)> = obj
-        .symbols()
-        .chain(obj.dynamic_symbols())
-        .take(1 << 20)
-        .filter(|s| s.kind() == SymbolKind::Data && !s.is_undefined())
-        .filter_map(|s| Some((s.address(), s.size().max(1), s.name().ok()?.to_string())))
-        .collect();
-    out.sort();
-    out.dedup_by_key(|s| s.0);
-    out
-}
-
 /// The (demangled) name of the symbol covering `svma`, `name+0xoff` inside it.
-fn symbol_covering(symbols: &[(u64, u64, String)], svma: u64) -> Option<String> {
-    let i = symbols.partition_point(|s| s.0 <= svma);
+fn symbol_covering(symbols: &[crate::elf::DataSymbol], svma: u64) -> Option<String> {
+    let i = symbols.partition_point(|s| s.address <= svma);
     // Symbols may nest (a struct and its fields): look a few back.
-    let (a, _, name) = symbols[..i]
+    let s = symbols[..i]
         .iter()
         .rev()
         .take(8)
-        .find(|(a, size, _)| svma < a.saturating_add(*size))?;
-    let name = addr2line::demangle_auto(name.as_str().into(), None);
-    let off = svma - a;
+        .find(|s| svma < s.address.saturating_add(s.size))?;
+    let name = addr2line::demangle_auto(s.name.as_str().into(), None);
+    let off = svma - s.address;
     Some(if off == 0 {
         name.to_string()
     } else {
@@ -661,73 +637,8 @@ fn symbol_covering(symbols: &[(u64, u64, String)], svma: u64) -> Option<String> 
 
 #[cfg(test)]
 mod tests {
+    use super::super::fake::{call, Fake};
     use super::*;
-    use std::collections::HashMap;
-
-    /// A process made of byte literals.
-    #[derive(Default)]
-    struct Fake {
-        proc: HashMap<String, Vec<u8>>,
-        links: HashMap<String, Vec<u8>>,
-        files: HashMap<String, Vec<u8>>,
-        memory: Vec<(u64, Vec<u8>)>,
-        module: Option<Vec<u8>>,
-        now: u64,
-    }
-
-    impl Source for Fake {
-        fn proc_file(&self, rel: &str) -> Option<Vec<u8>> {
-            self.proc.get(rel).cloned()
-        }
-        fn proc_link(&self, rel: &str) -> Option<Vec<u8>> {
-            self.links.get(rel).cloned()
-        }
-        fn file(&self, path: &str) -> Option<Vec<u8>> {
-            self.files.get(path).cloned()
-        }
-        fn read_memory(&self, addr: u64, buf: &mut [u8]) -> usize {
-            for (start, bytes) in &self.memory {
-                if addr >= *start && addr < start + bytes.len() as u64 {
-                    let off = (addr - start) as usize;
-                    let n = buf.len().min(bytes.len() - off);
-                    buf[..n].copy_from_slice(&bytes[off..off + n]);
-                    return n;
-                }
-            }
-            0
-        }
-        fn proc_dir(&self, rel: &str) -> Vec<String> {
-            let prefix = format!("{rel}/");
-            let mut names: Vec<String> = self
-                .proc
-                .keys()
-                .filter_map(|k| k.strip_prefix(&prefix)?.split('/').next())
-                .map(str::to_string)
-                .collect();
-            names.sort();
-            names.dedup();
-            names
-        }
-        fn module(&self, _entry: &MapEntry) -> Option<MappedFile> {
-            self.module.clone().map(MappedFile::owned)
-        }
-        fn now_ns(&self) -> u64 {
-            self.now
-        }
-        fn boottime_ns(&self) -> Option<u64> {
-            None
-        }
-    }
-
-    fn call(name: &'static str, args: [u64; 6]) -> Call {
-        Call {
-            nr: syscalls::number(syscalls::Arch::X86_64, name).unwrap(),
-            name: Some(name),
-            args,
-            blocked: true,
-            resumed: false,
-        }
-    }
 
     #[test]
     fn a_read_on_a_tcp_socket() {
@@ -899,10 +810,11 @@ mod tests {
 
     #[test]
     fn a_static_names_its_futex_word() {
-        let me = Live {
-            pid: std::process::id() as i32,
-        };
-        let mut c = Collector::new(me);
+        let pid = std::process::id() as i32;
+        let mut maps = crate::proc::read_maps(pid).expect("own maps");
+        maps.sort_by_key(|m| m.start);
+        let modules = crate::module::capture(pid, &maps, &mut crate::module::ModuleCache::new());
+        let mut c = Collector::with_modules(Live { pid }, modules);
         let addr = JOURNAL_LOCK.as_ptr() as u64;
         let name = c.data_symbol(addr).expect("a data symbol");
         assert!(name.ends_with("JOURNAL_LOCK"), "{name}");

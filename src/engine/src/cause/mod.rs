@@ -1,14 +1,16 @@
 //! Why a thread is stuck, not only where: a [`Cause`] for a thread of a
 //! snapshot, from what the stop captured (its state letter and registers:
-//! the system call and its arguments), facts read once the target runs
-//! again ([`collect`]: fd targets, socket tables of its network namespace,
+//! the system call and its arguments), facts read as soon as the target
+//! runs again ([`collect`]: fd targets, socket tables of its network namespace,
 //! the owner field of a glibc mutex, paths and timespecs in its memory), and
 //! deltas of counters between two moments ([`Sample`]: `schedstat`, major
 //! faults, the cgroup's `cpu.stat`).
 //!
 //! Computing a cause adds nothing to the freeze: under the stop only the
 //! registers and the stack are copied, as for any snapshot; everything else
-//! is read after the detach. [`classify`] itself is pure.
+//! is read right after the detach, by the capture ([`capture`]: the
+//! snapshot carries it). [`classify`] and [`capture::thread_cause`] are
+//! pure: the offline stage reads nothing of the target.
 //!
 //! Kinds, in the order they are decided:
 //! - `stopped`: job control or a tracer;
@@ -19,7 +21,10 @@
 //! - `on_cpu`: running its own code;
 //! - `unknown`: not enough evidence (no registers, no deltas).
 
+pub mod capture;
 pub mod collect;
+#[cfg(test)]
+mod fake;
 pub mod parse;
 pub mod syscalls;
 mod table;

@@ -637,24 +637,25 @@ mod tests {
 
     #[test]
     fn fd_links() {
-        assert_eq!(parse_fd_link(b"socket:[31337]"), FdLink::Socket(31337));
-        assert_eq!(parse_fd_link(b"pipe:[12]"), FdLink::Pipe(12));
-        assert_eq!(
-            parse_fd_link(b"anon_inode:[eventfd]"),
-            FdLink::Anon("eventfd".into())
-        );
-        assert_eq!(
-            parse_fd_link(b"anon_inode:inotify"),
-            FdLink::Anon("inotify".into())
-        );
-        assert_eq!(
-            parse_fd_link(b"/var/lib/x (deleted)"),
-            FdLink::Path("/var/lib/x (deleted)".into())
-        );
-        assert_eq!(
-            parse_fd_link(b"socket:[x]"),
-            FdLink::Path("socket:[x]".into())
-        );
+        let cases: [(&[u8], FdLink); 6] = [
+            (b"socket:[31337]", FdLink::Socket(31337)),
+            (b"pipe:[12]", FdLink::Pipe(12)),
+            (b"anon_inode:[eventfd]", FdLink::Anon("eventfd".into())),
+            (b"anon_inode:inotify", FdLink::Anon("inotify".into())),
+            (
+                b"/var/lib/x (deleted)",
+                FdLink::Path("/var/lib/x (deleted)".into()),
+            ),
+            (b"socket:[x]", FdLink::Path("socket:[x]".into())),
+        ];
+        for (link, want) in cases {
+            assert_eq!(
+                parse_fd_link(link),
+                want,
+                "{}",
+                String::from_utf8_lossy(link)
+            );
+        }
     }
 
     #[test]

@@ -17,23 +17,31 @@ pub enum Arch {
     Aarch64,
 }
 
-/// The name of system call `nr` on `arch`, if it has one.
-pub fn name(arch: Arch, nr: u64) -> Option<&'static str> {
-    let t: &[&str] = match arch {
+/// The names of `arch` below [`table::COMMON_FROM`].
+fn arch_table(arch: Arch) -> &'static [&'static str] {
+    match arch {
         Arch::X86_64 => &table::X86_64,
         Arch::Aarch64 => &table::AARCH64,
-    };
+    }
+}
+
+/// The name of system call `nr` on `arch`, if it has one.
+pub fn name(arch: Arch, nr: u64) -> Option<&'static str> {
     let n = usize::try_from(nr).ok()?;
-    t.get(n).copied().filter(|s| !s.is_empty())
+    match n.checked_sub(table::COMMON_FROM) {
+        Some(i) => table::COMMON.get(i),
+        None => arch_table(arch).get(n),
+    }
+    .copied()
+    .filter(|s| !s.is_empty())
 }
 
 /// The number of system call `name` on `arch`.
 pub fn number(arch: Arch, name: &str) -> Option<u64> {
-    let t: &[&str] = match arch {
-        Arch::X86_64 => &table::X86_64,
-        Arch::Aarch64 => &table::AARCH64,
-    };
-    t.iter().position(|n| *n == name).map(|i| i as u64)
+    let at = |t: &[&str]| t.iter().position(|n| *n == name);
+    at(arch_table(arch))
+        .or_else(|| Some(at(&table::COMMON)? + table::COMMON_FROM))
+        .map(|i| i as u64)
 }
 
 /// `-ERESTARTSYS`, `-ERESTARTNOINTR`, `-ERESTARTNOHAND`,
@@ -253,6 +261,14 @@ mod tests {
         assert_eq!(name(Arch::Aarch64, 56), Some("openat"));
         assert_eq!(number(Arch::X86_64, "epoll_wait"), Some(232));
         assert_eq!(number(Arch::Aarch64, "epoll_pwait"), Some(22));
+        // The numbers every architecture shares (424 on).
+        for arch in [Arch::X86_64, Arch::Aarch64] {
+            assert_eq!(name(arch, 423), None, "unassigned");
+            assert_eq!(name(arch, 424), Some("pidfd_send_signal"));
+            assert_eq!(name(arch, 449), Some("futex_waitv"));
+            assert_eq!(number(arch, "clone3"), Some(435));
+            assert_eq!(number(arch, "epoll_pwait2"), Some(441));
+        }
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub fn read(data: &[u8]) -> Result<Saved, ReadError> {
         files: crate::module::TargetFiles::default(),
         vanished: Vec::new(),
         exited: false,
+        // A minidump carries no cause facts: its causes come from the
+        // registers alone.
+        cause: Default::default(),
     };
     snap.name = snap
         .threads

@@ -206,6 +206,7 @@ fn sample() -> ProcessSnapshot {
         files: Default::default(),
         vanished: vec![4250],
         exited: false,
+        cause: Default::default(),
     }
 }
 

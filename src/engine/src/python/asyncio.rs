@@ -17,14 +17,11 @@
 //!   state ([`super::capture`]); [`read_task`] decodes it after the detach
 //!   (a task's name and coroutine do not change while it runs).
 
-use object::{Object, ObjectSection};
-
 use super::code::read_unicode;
 use super::layout::Layout;
 use super::locate::{distinct_files, MappedModule};
 use super::memory::{read_c_string, read_u64, read_vec, u32_at, u64_at, PyResult, ReadMemory};
 use crate::elf;
-use crate::mapped::MappedFile;
 use crate::proc::MapEntry;
 
 /// The section `_asyncio` puts its table in.
@@ -107,28 +104,19 @@ pub fn locate(
         if !name.starts_with("_asyncio") && display != runtime_module {
             continue;
         }
-        let Ok(file) = elf::open_mapped_file(pid, first) else {
+        let Ok((mapped, Some(bias))) = elf::map_module(pid, first) else {
             continue;
         };
-        let Ok(mapped) = MappedFile::map(&file) else {
-            continue;
-        };
-        let bytes = mapped.bytes();
-        let Ok(obj) = object::File::parse(bytes) else {
-            continue;
-        };
-        let Some(section) = obj.section_by_name(SECTION) else {
-            continue;
-        };
-        let Some(bias) = elf::load_segments(bytes)
-            .ok()
-            .and_then(|segs| elf::load_bias(&segs, first))
+        let Ok(elf::Addresses {
+            section: Some(section),
+            ..
+        }) = elf::find_addresses(mapped.bytes(), SECTION, &[])
         else {
             continue;
         };
         // Read from the target (the table is initialised data of the
         // loaded module), like _Py_DebugOffsets.
-        let table = read_vec(mem, section.address().wrapping_add(bias), TABLE_LEN)
+        let table = read_vec(mem, section.wrapping_add(bias), TABLE_LEN)
             .map_err(|e| format!("{display}: cannot read {SECTION}: {e}"))?;
         return from_section(&table)
             .map(|t| Some((display.clone(), t)))
@@ -306,15 +294,16 @@ mod tests {
         ty(&mut mem, &l, 0x3_0000, "coroutine");
         ty(&mut mem, &l, 0x4_0000, "int");
         let (task, name, coro, coro_name) = (0x10_0000, 0x11_0000, 0x12_0000, 0x13_0000);
-        mem.add(
-            task,
+        // A Task object naming `name` and running `coro`.
+        let task_obj = |name: u64| {
             obj(
                 &l,
                 0xa8,
                 0x1_0000,
                 &[(a.task_name, name), (a.task_coro, coro)],
-            ),
-        );
+            )
+        };
+        mem.add(task, task_obj(name));
         mem.add(
             name,
             with_type(&l, ascii_str(&l, "handle-order-7"), 0x2_0000),
@@ -329,15 +318,7 @@ mod tests {
         let mut int = obj(&l, 28, 0x4_0000, &[(16, 1 << 3)]);
         int[24..28].copy_from_slice(&7u32.to_le_bytes());
         mem.add(counter, int);
-        mem.add(
-            task,
-            obj(
-                &l,
-                0xa8,
-                0x1_0000,
-                &[(a.task_name, counter), (a.task_coro, coro)],
-            ),
-        );
+        mem.add(task, task_obj(counter));
         assert_eq!(read_task(&mem, &l, &a, task).unwrap().name, "Task-7");
 
         // Not a task (a freed and reused address): an error, not a name.

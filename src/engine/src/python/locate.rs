@@ -11,12 +11,9 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use object::{Object, ObjectSection, ObjectSymbol};
-
 use super::layout::{self, fixed_layout, Layout, Version, DEBUG_OFFSETS_READ};
 use super::memory::{read_u64, PyResult, ReadMemory};
 use crate::elf;
-use crate::mapped::MappedFile;
 use crate::proc::{MapEntry, MapPath};
 
 /// Where a process's CPython runtime is.
@@ -44,22 +41,12 @@ pub struct RuntimeSymbols {
 /// Reads the runtime's static address out of an ELF file's bytes
 /// (section headers and `.dynsym` only: cheap on any executable).
 pub fn runtime_symbols(data: &[u8]) -> Result<RuntimeSymbols, String> {
-    let obj = object::File::parse(data).map_err(|e| e.to_string())?;
-    let mut out = RuntimeSymbols::default();
-    if let Some(s) = obj.section_by_name(".PyRuntime") {
-        out.runtime = Some(s.address());
-    }
-    for sym in obj.dynamic_symbols() {
-        if !sym.is_definition() {
-            continue;
-        }
-        match sym.name_bytes() {
-            Ok(b"_PyRuntime") if out.runtime.is_none() => out.runtime = Some(sym.address()),
-            Ok(b"Py_Version") => out.py_version = Some(sym.address()),
-            _ => {}
-        }
-    }
-    Ok(out)
+    let found = elf::find_addresses(data, ".PyRuntime", &["_PyRuntime", "Py_Version"])?;
+    let symbol = |i: usize| found.symbols.get(i).copied().flatten();
+    Ok(RuntimeSymbols {
+        runtime: found.section.or_else(|| symbol(0)),
+        py_version: symbol(1),
+    })
 }
 
 /// `python3.11`, `libpython3.13.so.1.0` → (3, 11), (3, 13).
@@ -127,8 +114,8 @@ pub fn locate(pid: i32, maps: &[MapEntry]) -> PyResult<Option<RuntimeLocation>> 
     candidates.sort_by_key(|c| !c.1);
     let mut problems = Vec::new();
     for (MappedModule { path, first }, pythonish) in candidates {
-        let file = match elf::open_mapped_file(pid, first) {
-            Ok(f) => f,
+        let (mapped, bias) = match elf::map_module(pid, first) {
+            Ok(m) => m,
             Err(e) => {
                 if pythonish {
                     problems.push(format!("{}: {e}", path.display()));
@@ -136,15 +123,7 @@ pub fn locate(pid: i32, maps: &[MapEntry]) -> PyResult<Option<RuntimeLocation>> 
                 continue;
             }
         };
-        let mapped = match MappedFile::map(&file) {
-            Ok(b) => b,
-            Err(e) => {
-                problems.push(format!("{}: {e}", path.display()));
-                continue;
-            }
-        };
-        let bytes = mapped.bytes();
-        let syms = match runtime_symbols(bytes) {
+        let syms = match runtime_symbols(mapped.bytes()) {
             Ok(s) => s,
             Err(e) => {
                 if pythonish {
@@ -156,9 +135,6 @@ pub fn locate(pid: i32, maps: &[MapEntry]) -> PyResult<Option<RuntimeLocation>> 
         let Some(runtime) = syms.runtime else {
             continue;
         };
-        let bias = elf::load_segments(bytes)
-            .ok()
-            .and_then(|segs| elf::load_bias(&segs, first));
         let Some(bias) = bias else {
             problems.push(format!("{}: no load bias for its mapping", path.display()));
             continue;

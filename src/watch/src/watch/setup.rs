@@ -21,6 +21,8 @@ use std::time::Duration;
 pub(crate) fn dump_options(args: &WatchConfig) -> aiodebug_engine::dump::DumpOptions {
     aiodebug_engine::dump::DumpOptions {
         stacks: args.stacks.into(),
+        // The loop threads' causes (with their counters), not every thread's.
+        cause: aiodebug_engine::cause::capture::CauseScope::Loops,
         keep_snapshot: args.save_minidumps,
         ..crate::dump::debug_options(&args.debug_dirs)
     }
