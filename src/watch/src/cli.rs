@@ -167,8 +167,8 @@ pub struct WatchArgs {
     /// For a loop watched by its wait calls: the fraction of each second its wait calls' returns
     /// and entries are sampled, timing every iteration then (StatsD `loop_busy` with this
     /// sampling rate); 0 turns sampling off, 1 samples all the time (see README, "A loop that
-    /// links nothing").
-    #[arg(long = "busy-sample", value_name = "FRACTION", default_value_t = 0.1, value_parser = parse_fraction)]
+    /// links nothing"; the default keeps a saturated redis within its counters' cost).
+    #[arg(long = "busy-sample", value_name = "FRACTION", default_value_t = 0.02, value_parser = parse_fraction)]
     pub busy_sample: f64,
     /// Also save each snapshot as a minidump beside its text file (same name, `.dmp`;
     /// counted in --max-dump-bytes); `aiodebug-watch symbolize FILE.dmp` renders one.

@@ -82,7 +82,7 @@ impl WatchConfig {
             stacks: Stacks::default(),
             loop_threads: Vec::new(),
             debug_dirs: Vec::new(),
-            busy_sample: 0.1,
+            busy_sample: 0.02,
             save_minidumps: false,
         }
     }
