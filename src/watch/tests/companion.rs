@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use support::cbuild::{
     build, c_loop_shared, c_loop_static, cargo, ffi_dir, fixtures_target, gcc, header_dir,
 };
-use support::{json_events, watch_bin, workspace_root, Fixture, TempDir};
+use support::{events_until, json_events, watch_bin, workspace_root, Fixture, TempDir};
 
 // ---------------------------------------------------------------------------
 // Building the programs (once per test process).
@@ -552,15 +552,10 @@ fn watch_episode(fx: &mut Fixture, cmd: &str, extra: &[&str]) -> (Vec<Value>, Ve
     let rx = json_events(child.stdout.take().expect("stdout"));
     let mut events: Vec<Value> = Vec::new();
     let end = Instant::now() + Duration::from_secs(30);
-    while !events.iter().any(|e| e["event"] == "loop_found") {
-        match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
-            Ok(e) => events.push(e),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("watch found no loop: {events:#?}");
-            }
-        }
+    if !events_until(&rx, "loop_found", end, &mut events) {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("watch found no loop: {events:#?}");
     }
     fx.ok(cmd);
     let status = loop {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::cbuild::ffi_dir;
-use support::{json_events, watch_bin, workspace_root, Fixture, TempDir};
+use support::{events_until, json_events, watch_bin, workspace_root, Fixture, TempDir};
 
 /// One interpreter to test.
 #[derive(Debug, Clone)]
@@ -489,15 +489,10 @@ fn watch_hang(fx: &mut Fixture, cmd: &str) -> (String, Vec<Value>, Vec<String>) 
     let rx = json_events(child.stdout.take().expect("watch stdout"));
     let mut events = Vec::new();
     let end = Instant::now() + Duration::from_secs(60);
-    while !events.iter().any(|e: &Value| e["event"] == "loop_found") {
-        match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
-            Ok(e) => events.push(e),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("watch found no loop; it printed:\n{events:#?}");
-            }
-        }
+    if !events_until(&rx, "loop_found", end, &mut events) {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("watch found no loop; it printed:\n{events:#?}");
     }
     let answer = fx.ok(cmd);
     let mut timed_out = false;
