@@ -14,13 +14,14 @@ mod support;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use support::cbuild::{
     build, c_loop_shared, c_loop_static, cargo, ffi_dir, fixtures_target, gcc, header_dir,
 };
-use support::{events_until, json_events, watch_bin, workspace_root, Fixture, TempDir};
+use support::watcher::Watch;
+use support::{watch_bin, workspace_root, Fixture, TempDir};
 
 // ---------------------------------------------------------------------------
 // Building the programs (once per test process).
@@ -541,43 +542,12 @@ fn the_companion_crate_builds_without_dependencies() {
 /// dump files' texts in snapshot order.
 fn watch_episode(fx: &mut Fixture, cmd: &str, extra: &[&str]) -> (Vec<Value>, Vec<String>) {
     let dir = TempDir::new("companion-watch");
-    let mut child = Command::new(watch_bin())
-        .args(["watch", &fx.pid.to_string(), "--json", "--exit-on-hang"])
-        .args(["--dump-gap", "0.3", "--output-dir"])
-        .arg(dir.path())
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start watch");
-    let rx = json_events(child.stdout.take().expect("stdout"));
-    let mut events: Vec<Value> = Vec::new();
-    let end = Instant::now() + Duration::from_secs(30);
-    if !events_until(&rx, "loop_found", end, &mut events) {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("watch found no loop: {events:#?}");
-    }
+    let mut args = vec!["--exit-on-hang", "--dump-gap", "0.3"];
+    args.extend_from_slice(extra);
+    let watch = Watch::started(fx.pid, dir.path(), &args);
     fx.ok(cmd);
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break st;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("watch did not exit after the episode: {events:#?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    // The reader ends at the pipe's end, which the exit gave.
-    while let Ok(e) = rx.recv_timeout(Duration::from_secs(5)) {
-        events.push(e);
-    }
-    assert_eq!(
-        status.code(),
-        Some(1),
-        "--exit-on-hang exits 1:\n{events:#?}"
-    );
+    let (code, events) = watch.finish(Duration::from_secs(20));
+    assert_eq!(code, Some(1), "--exit-on-hang exits 1:\n{events:#?}");
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path())
         .expect("dir")
         .map(|e| e.expect("entry").path())

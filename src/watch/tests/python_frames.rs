@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::cbuild::ffi_dir;
-use support::{events_until, json_events, watch_bin, workspace_root, Fixture, TempDir};
+use support::watcher::Watch;
+use support::{watch_bin, workspace_root, Fixture, TempDir};
 
 /// One interpreter to test.
 #[derive(Debug, Clone)]
@@ -478,41 +479,9 @@ fn stacks_option_chooses_python_native_or_merged_frames() {
 /// hang lasts, and would then never see it.
 fn watch_hang(fx: &mut Fixture, cmd: &str) -> (String, Vec<Value>, Vec<String>) {
     let dir = TempDir::new("python-frames");
-    let mut child = Command::new(watch_bin())
-        .args(["watch", &fx.pid.to_string(), "--json", "--exit-on-hang"])
-        .args(["--dump-gap", "0.3", "--output-dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start watch");
-    let rx = json_events(child.stdout.take().expect("watch stdout"));
-    let mut events = Vec::new();
-    let end = Instant::now() + Duration::from_secs(60);
-    if !events_until(&rx, "loop_found", end, &mut events) {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("watch found no loop; it printed:\n{events:#?}");
-    }
+    let watch = Watch::started(fx.pid, dir.path(), &["--exit-on-hang", "--dump-gap", "0.3"]);
     let answer = fx.ok(cmd);
-    let mut timed_out = false;
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > end {
-            timed_out = true;
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.wait();
-    // The reader thread ends at the pipe's end, which the exit gave.
-    while let Ok(e) = rx.recv_timeout(Duration::from_secs(5)) {
-        events.push(e);
-    }
-    assert!(
-        !timed_out,
-        "watch did not exit after the episode; it printed:\n{events:#?}"
-    );
+    let (_, events) = watch.finish(Duration::from_secs(60));
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path())
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();

@@ -713,20 +713,3 @@ pub fn json_events(out: std::process::ChildStdout) -> Receiver<serde_json::Value
     });
     rx
 }
-
-/// Collects events from `rx` into `seen` until one of kind `kind` arrives
-/// (true) or `end` passes or the watch's output ends (false).
-pub fn events_until(
-    rx: &Receiver<serde_json::Value>,
-    kind: &str,
-    end: std::time::Instant,
-    seen: &mut Vec<serde_json::Value>,
-) -> bool {
-    while !seen.iter().any(|e| e["event"] == kind) {
-        match rx.recv_timeout(end.saturating_duration_since(std::time::Instant::now())) {
-            Ok(e) => seen.push(e),
-            Err(_) => return false,
-        }
-    }
-    true
-}
