@@ -286,9 +286,7 @@ impl ThreadTrack {
 /// timed twice.) `sightings`: the watcher-clock times of the sightings
 /// (CLOCK_MONOTONIC, the clock of the samples), any order.
 pub fn sighted_during(returned_ns: u64, entered_ns: u64, sightings: &[u64]) -> bool {
-    sightings
-        .iter()
-        .any(|&s| returned_ns < s && s < entered_ns)
+    sightings.iter().any(|&s| returned_ns < s && s < entered_ns)
 }
 
 /// One look at a loop thread, as [`SlowClock`] needs it.
@@ -370,6 +368,13 @@ impl SlowClock {
         }
     }
 
+    /// The latest look known to precede the current iteration's start (or
+    /// the next one's, when the thread waits): an iteration ending now
+    /// lasted at most the time since.
+    pub fn began_after_ns(&self) -> u64 {
+        self.since_ns
+    }
+
     /// Whether the current iteration's frame was captured.
     pub fn is_captured(&self) -> bool {
         self.captured
@@ -378,11 +383,8 @@ impl SlowClock {
     /// When the thread must be looked at next (`None`: nothing pending —
     /// the iteration was captured, or is a hang).
     pub fn deadline(&self) -> Option<u64> {
-        (!self.captured && !self.hung).then(|| {
-            self.since_ns
-                .saturating_add(self.slow_ns)
-                .saturating_add(1)
-        })
+        (!self.captured && !self.hung)
+            .then(|| self.since_ns.saturating_add(self.slow_ns).saturating_add(1))
     }
 
     /// Takes one look into account (looks in time order).
@@ -808,7 +810,10 @@ mod tests {
         for start in 0..5u64 {
             let mut c = SlowClock::new(20 * MS, 0);
             // At 0 it is inside epoll_wait; it returns at `start` + 0.5 ms.
-            assert_eq!(c.observe(slow_look(0, false, Some(Wait))), SlowStep::Nothing);
+            assert_eq!(
+                c.observe(slow_look(0, false, Some(Wait))),
+                SlowStep::Nothing
+            );
             let s = start * MS + MS / 2;
             let e = s + 20 * MS + MS / 2;
             let mut captured_at = None;
@@ -833,17 +838,25 @@ mod tests {
                 });
                 match step {
                     SlowStep::Capture => captured_at = Some(t),
-                    SlowStep::Ended { at_most_ns, at_least_ns } => {
-                        ended = Some((at_most_ns, at_least_ns))
-                    }
+                    SlowStep::Ended {
+                        at_most_ns,
+                        at_least_ns,
+                    } => ended = Some((at_most_ns, at_least_ns)),
                     _ => {}
                 }
                 t = (t / (5 * MS) + 1) * 5 * MS;
             }
             let at = captured_at.unwrap_or_else(|| panic!("start {start}: not captured"));
-            assert!(s < at && at < e, "start {start}: captured at {at}, iteration {s}..{e}");
+            assert!(
+                s < at && at < e,
+                "start {start}: captured at {at}, iteration {s}..{e}"
+            );
             let (most, least) = ended.expect("ended");
-            assert!(least <= e - s && e - s <= most, "{least} <= {} <= {most}", e - s);
+            assert!(
+                least <= e - s && e - s <= most,
+                "{least} <= {} <= {most}",
+                e - s
+            );
         }
     }
 
@@ -853,9 +866,18 @@ mod tests {
         let mut c = SlowClock::new(20 * MS, 0);
         c.observe(slow_look(0, false, Some(Wait)));
         // 10 ms out, then back in the wait: nothing.
-        assert_eq!(c.observe(slow_look(5, false, Some(Elsewhere))), SlowStep::Nothing);
-        assert_eq!(c.observe(slow_look(10, false, Some(Elsewhere))), SlowStep::Nothing);
-        assert_eq!(c.observe(slow_look(15, true, Some(Wait))), SlowStep::Nothing);
+        assert_eq!(
+            c.observe(slow_look(5, false, Some(Elsewhere))),
+            SlowStep::Nothing
+        );
+        assert_eq!(
+            c.observe(slow_look(10, false, Some(Elsewhere))),
+            SlowStep::Nothing
+        );
+        assert_eq!(
+            c.observe(slow_look(15, true, Some(Wait))),
+            SlowStep::Nothing
+        );
         assert_eq!(c.deadline(), Some(35 * MS + 1));
         // A busy loop ticking at every look, out whenever read: never slow.
         for i in 4..100 {
@@ -873,7 +895,10 @@ mod tests {
         use Place::*;
         let mut c = SlowClock::new(20 * MS, 0);
         c.observe(slow_look(0, false, Some(Wait)));
-        assert_eq!(c.observe(slow_look(21, false, Some(Elsewhere))), SlowStep::Capture);
+        assert_eq!(
+            c.observe(slow_look(21, false, Some(Elsewhere))),
+            SlowStep::Capture
+        );
         assert!(c.is_captured());
         assert_eq!(c.deadline(), None);
         let mut hung = slow_look(300, false, Some(Elsewhere));

@@ -425,17 +425,16 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
             // With `--slow` a loop thread's place is read at every look:
             // one that entered and is out again began an iteration between
             // the two looks, which the SlowClock must know.
-            let place = if t.track.needs_wait_check(entries)
-                || (slow_ns.is_some() && t.track.is_loop())
-            {
-                let p = place_now(t.syscall_file.as_ref(), t.last_place);
-                t.last_place = p;
-                Some(p)
-            } else {
-                // It entered since: it sits in the call or just left it.
-                t.last_place = Place::Wait;
-                None
-            };
+            let place =
+                if t.track.needs_wait_check(entries) || (slow_ns.is_some() && t.track.is_loop()) {
+                    let p = place_now(t.syscall_file.as_ref(), t.last_place);
+                    t.last_place = p;
+                    Some(p)
+                } else {
+                    // It entered since: it sits in the call or just left it.
+                    t.last_place = Place::Wait;
+                    None
+                };
             reads.push(Some((entries, place, read_ns)));
         }
         // One peer per thread, in the same order (unread threads say
@@ -479,7 +478,9 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
                 announce(ctx, tid, t, tps, now);
                 let name = loop_name(pid, tid);
                 t.watched = Some(Watched::new(name, tid as u32, hang_cfg, now));
-                t.slow = slow_ns.map(|s| SlowClock::new(s, read_ns));
+                // Without `--slow` the clock only bounds busy times (it
+                // never captures: nothing is longer than u64::MAX ns).
+                t.slow = Some(SlowClock::new(slow_ns.unwrap_or(u64::MAX), read_ns));
                 if windows.fraction() > 0.0 {
                     t.sampling = open_sampling(ctx, tid, t, tps, &mut sample_warned);
                 }
@@ -498,15 +499,22 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
             // windows' (see `drain`), so none is sent twice or lost.
             if v.iteration_ended() && t.out {
                 t.out = false;
+                // At most the time since the last look known to precede
+                // its start (the clock's, read before this look moves it):
+                // an upper bound, where the tracker's `iteration_ns` counts
+                // from the look that saw the entry and may fall short.
+                let busy_ns = t.slow.as_ref().map_or(v.iteration_ns, |c| {
+                    read_ns.saturating_sub(c.began_after_ns())
+                });
                 // Bounded: past the window, the summary's iterations are
                 // the first ones since the last summary.
                 if t.busy.len() < BUSY_WINDOW {
-                    t.busy.push(v.iteration_ns);
+                    t.busy.push(busy_ns);
                 }
                 if let Some(s) = &ctx.stats {
-                    // Each lasted more than one look: at most one a look
-                    // per loop thread, so every one is sent (`|@1`).
-                    s.busy(&w.name, v.iteration_ns, 1.0);
+                    // At most one a look per loop thread (a sighting each),
+                    // so every one is sent (`|@1`).
+                    s.busy(&w.name, busy_ns, 1.0);
                 }
             }
             let obs = Observation {
@@ -551,7 +559,7 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
                         return finish(ctx, &mut threads, code);
                     }
                 }
-                if let Some(d) = c.deadline() {
+                if let Some(d) = c.deadline().filter(|_| slow_ns.is_some()) {
                     deadline = deadline.min(d);
                 }
             }
