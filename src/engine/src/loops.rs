@@ -300,8 +300,9 @@ pub struct SlowLook {
     pub place: Option<Place>,
     /// It is a parked pool thread ([`Verdict::parked`]).
     pub parked: bool,
-    /// Its stall is a hang episode now: a hang is reported as a hang, not as
-    /// a slow iteration.
+    /// Its stall is a hang episode now (a hang is reported as a hang, not as
+    /// a slow iteration), or the process is stopped: the current iteration
+    /// is not judged slow.
     pub hung: bool,
 }
 

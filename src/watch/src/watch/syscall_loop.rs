@@ -562,7 +562,9 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
                     ticked,
                     place,
                     parked: v.parked,
-                    hung: w.tracker.is_hung(),
+                    // A stopped process (job control, a debugger) is not
+                    // slow, as for the tracker: its iteration is not judged.
+                    hung: w.tracker.is_hung() || stopped,
                 });
                 let action = match step {
                     SlowStep::Nothing => None,
