@@ -792,6 +792,72 @@ mod tests {
         assert!(!sighted_during(50 * MS, 60 * MS, &[50 * MS]));
     }
 
+    #[test]
+    fn every_iteration_is_timed_once_by_the_counters_or_a_window() {
+        // Random timelines (a fixed LCG): waits of 0-2 looks, iterations of
+        // 0.05-3 looks, looks every 25 ms with jitter. The counters time an
+        // iteration when it ends after a sighting (the watch's `t.out`
+        // rule), a window every one no sighting falls into: together, each
+        // iteration exactly once.
+        const P: u64 = 25 * MS;
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n.max(1)
+        };
+        for _ in 0..200 {
+            // (entry, return) of each wait; iteration i runs from return i
+            // to entry i + 1.
+            let mut waits = Vec::new();
+            let mut t = 5 * MS;
+            for _ in 0..40 {
+                let wait = if rand(3) == 0 {
+                    1_000
+                } else {
+                    rand(2 * P) + 1_000
+                };
+                waits.push((t, t + wait));
+                t += wait + rand(3 * P) + P / 20;
+            }
+            // A last wait, long enough for the looks to settle.
+            waits.push((t, t + 10 * P));
+            let end = t + 10 * P;
+            let mut track = ThreadTrack::new(0, true);
+            let mut sightings = Vec::new();
+            let mut out = false;
+            let mut counted = 0usize;
+            let mut look = 0u64;
+            while look < end {
+                look += P - P / 4 + rand(P / 2);
+                let entries = waits.iter().filter(|w| w.0 <= look).count() as u64;
+                let inside = waits.iter().any(|w| w.0 <= look && look < w.1);
+                let v = track.observe(Look {
+                    now_ns: look,
+                    entries,
+                    waiting: track.needs_wait_check(entries).then_some(inside),
+                    futex: false,
+                    carried: false,
+                });
+                if v.stall_ns > 0 {
+                    out = true;
+                    sightings.push(look);
+                }
+                if v.iteration_ended() && out {
+                    out = false;
+                    counted += 1;
+                }
+            }
+            let iterations: Vec<(u64, u64)> = waits.windows(2).map(|w| (w[0].1, w[1].0)).collect();
+            let sighted = iterations
+                .iter()
+                .filter(|&&(r, e)| sighted_during(r, e, &sightings))
+                .count();
+            assert_eq!(counted, sighted, "{iterations:?} {sightings:?}");
+        }
+    }
+
     fn slow_look(t: u64, ticked: bool, place: Option<Place>) -> SlowLook {
         SlowLook {
             now_ns: t * MS,
