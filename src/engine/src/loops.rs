@@ -928,6 +928,81 @@ mod tests {
     }
 
     #[test]
+    fn on_random_timelines_every_slow_iteration_is_captured_and_only_near_slow_ones() {
+        // --slow 20 ms, looks 2.5-5 ms apart (at most a quarter) and at the
+        // clock's deadline; waits of 0-10 ms, iterations of 0.1-40 ms.
+        const SLOW: u64 = 20 * MS;
+        const P: u64 = SLOW / 4;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rand = |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n.max(1)
+        };
+        for _ in 0..100 {
+            let mut waits = Vec::new();
+            let mut t = MS;
+            for _ in 0..60 {
+                let wait = rand(10 * MS) + 1_000;
+                waits.push((t, t + wait));
+                t += wait + rand(40 * MS) + MS / 10;
+            }
+            waits.push((t, t + 100 * MS));
+            let end = t + 100 * MS;
+            let iterations: Vec<(u64, u64)> = waits.windows(2).map(|w| (w[0].1, w[1].0)).collect();
+            let mut c = SlowClock::new(SLOW, 0);
+            let mut captures = Vec::new();
+            let mut ended = Vec::new();
+            let (mut look, mut entries0) = (0u64, 0u64);
+            while look < end {
+                let next = look + P / 2 + rand(P / 2);
+                look = c.deadline().map_or(next, |d| d.clamp(look + 1, next));
+                let entries = waits.iter().filter(|w| w.0 <= look).count() as u64;
+                let inside = waits.iter().any(|w| w.0 <= look && look < w.1);
+                let step = c.observe(SlowLook {
+                    now_ns: look,
+                    ticked: entries > entries0,
+                    place: Some(if inside {
+                        Place::Wait
+                    } else {
+                        Place::Elsewhere
+                    }),
+                    parked: false,
+                    hung: false,
+                });
+                entries0 = entries;
+                match step {
+                    SlowStep::Capture => captures.push(look),
+                    SlowStep::Ended {
+                        at_most_ns,
+                        at_least_ns,
+                    } => ended.push((look, at_most_ns, at_least_ns)),
+                    _ => {}
+                }
+            }
+            for &(s, e) in &iterations {
+                let caught: Vec<u64> = captures
+                    .iter()
+                    .copied()
+                    .filter(|&c| s < c && c < e)
+                    .collect();
+                if e - s > SLOW {
+                    assert_eq!(caught.len(), 1, "{s}..{e} past --slow: {captures:?}");
+                }
+                if !caught.is_empty() {
+                    assert!(e - s > SLOW - P, "{s}..{e} captured, too short");
+                    // Warned at the first look after it ended, with bounds.
+                    let &(_, most, least) =
+                        ended.iter().find(|&&(at, _, _)| at >= e).expect("its end");
+                    assert!(least <= e - s && e - s <= most, "{least} {} {most}", e - s);
+                }
+            }
+            assert_eq!(captures.len(), ended.len());
+        }
+    }
+
+    #[test]
     fn a_short_iteration_is_not_captured_and_a_tick_resets_the_clock() {
         use Place::*;
         let mut c = SlowClock::new(20 * MS, 0);
