@@ -694,7 +694,7 @@ fn loop_busy_of_short_iterations_reaches_a_udp_listener_with_the_sampling_rate()
 }
 
 #[test]
-fn slow_iterations_shorter_than_a_look_are_warned() {
+fn a_loop_slow_at_every_iteration_is_warned_with_frames() {
     let dir = TempDir::new("sl-slow-sampled");
     // 30 ms iterations, --slow 0.02 (looks every 5 ms): each is slow and
     // captured while it lasts (frame); the sampling windows warn those the
