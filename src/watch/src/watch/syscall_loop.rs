@@ -151,7 +151,7 @@ struct Sampling {
     pairs: BusyPairs,
     /// The counters' entries when this window began (`None`: no window yet).
     entries0: Option<u64>,
-    /// Busy times (ns) of this window's iterations shorter than a look, at
+    /// Busy times (ns) of this window's iterations no look sighted, at
     /// most [`MAX_TIMED_PER_WINDOW`].
     timed: Vec<u64>,
     /// This window's iterations a look sighted (the counters', not kept
@@ -180,15 +180,17 @@ struct Thread {
     busy: Vec<u64>,
     /// A look sighted it: saw it out of its wait call without having
     /// entered it since the previous look. The counters time such an
-    /// iteration (at most the time since the last look that saw it enter or
-    /// wait); the windows time the others (`loops::sighted_during`: each
-    /// iteration by one side only).
+    /// iteration (at most the time since the last look known to precede its
+    /// start, `SlowClock::began_after_ns`); the windows time the others
+    /// (`loops::sighted_during`: each iteration by one side only).
     out: bool,
     /// When the recent sightings were (watcher clock, the samples' clock),
     /// the last [`MAX_SIGHTINGS`].
     sightings: VecDeque<u64>,
-    /// `--slow`: when to capture its frame (set once it is a loop thread).
-    slow: Option<SlowClock>,
+    /// When its current iteration began, to a look (the counters' busy
+    /// times are bounded by it) and, with `--slow`, when to capture its
+    /// frame; set once it is a loop thread.
+    clock: Option<SlowClock>,
     /// Its sampler, once it is a loop thread (`None`: sampling off, or the
     /// kernel refused it: the counters go on).
     sampling: Option<Sampling>,
@@ -500,7 +502,7 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
                 t.watched = Some(Watched::new(name, tid as u32, hang_cfg, now));
                 // Without `--slow` the clock only bounds busy times (it
                 // never captures: nothing is longer than u64::MAX ns).
-                t.slow = Some(SlowClock::new(slow_ns.unwrap_or(u64::MAX), read_ns));
+                t.clock = Some(SlowClock::new(slow_ns.unwrap_or(u64::MAX), read_ns));
                 if windows.fraction() > 0.0 {
                     t.sampling = open_sampling(ctx, tid, t, tps, &mut sample_warned);
                 }
@@ -513,6 +515,10 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
                 if t.sightings.len() >= MAX_SIGHTINGS {
                     t.sightings.pop_front();
                 }
+                // The read's time, a few µs before the `pread` that found
+                // it out: an iteration boundary inside those µs can make
+                // one iteration timed twice or not at all (not seen so far;
+                // the looks are milliseconds apart).
                 t.sightings.push_back(read_ns);
             }
             // Sighted: timed here, every one; the others are the sampling
@@ -523,7 +529,7 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
                 // its start (the clock's, read before this look moves it):
                 // an upper bound, where the tracker's `iteration_ns` counts
                 // from the look that saw the entry and may fall short.
-                let busy_ns = t.slow.as_ref().map_or(v.iteration_ns, |c| {
+                let busy_ns = t.clock.as_ref().map_or(v.iteration_ns, |c| {
                     read_ns.saturating_sub(c.began_after_ns())
                 });
                 // Bounded: past the window, the summary's iterations are
@@ -556,7 +562,7 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
                     return finish(ctx, &mut threads, code);
                 }
             }
-            if let Some(c) = t.slow.as_mut() {
+            if let Some(c) = t.clock.as_mut() {
                 let step = c.observe(SlowLook {
                     now_ns: read_ns,
                     ticked,
@@ -587,7 +593,7 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
             }
             if w.slow_frames.is_some()
                 || w.tracker.is_hung()
-                || t.slow.as_ref().is_some_and(SlowClock::is_captured)
+                || t.clock.as_ref().is_some_and(SlowClock::is_captured)
             {
                 t.slow_seen_ns = monotonic_ns();
             }
@@ -749,7 +755,7 @@ fn rescan(
                 busy: Vec::new(),
                 out: false,
                 sightings: VecDeque::new(),
-                slow: None,
+                clock: None,
                 sampling: None,
                 slow_seen_ns: 0,
             },
@@ -809,7 +815,8 @@ struct Limits<'a> {
     sightings: &'a [u64],
     /// `--slow`.
     slow_ns: Option<u64>,
-    /// Until when the episode tracker saw the thread slow or hung.
+    /// Until when the SlowClock had its iteration captured (or the tracker
+    /// saw it hung).
     slow_seen_ns: u64,
 }
 
