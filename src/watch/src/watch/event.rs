@@ -789,7 +789,7 @@ impl fmt::Display for Event<'_> {
                 blocked_ns,
             } => write!(
                 f,
-                "WARNING loop '{name}' thread {tid} busy {:.3} s in one iteration (timed by sampling its wait calls; it ended between two looks, so no frame was captured)",
+                "WARNING loop '{name}' thread {tid} busy {:.3} s in one iteration (timed by sampling its wait calls; the watcher was late to look, so no frame was captured)",
                 *blocked_ns as f64 / 1e9
             ),
             Event::SlowTick {
