@@ -11,7 +11,9 @@
 //! - `std::thread::sleep(10 ms)` in a loop for 3 s: the same registers in
 //!   every snapshot (caught in `clock_nanosleep` each time), but ~100 calls
 //!   a second, all `clock_nanosleep`: busy retrying;
-//! - computing for 3 s: on a CPU, no system call at all.
+//! - computing for 3 s: on a CPU, no system call at all;
+//! - the retry loop on a current_thread runtime (the loop itself overdue):
+//!   busy too.
 //!
 //! And, run as nobody (no perf permission): the watch works as before, its
 //! causes lack `syscalls`, one note says why.
@@ -64,7 +66,12 @@ fn service_dir() -> &'static Path {
 /// The shop with two workers (a deployment setting tokio reads), run
 /// directly or through `setpriv` as nobody (which execs it: same pid).
 fn shop(as_nobody: bool) -> (Fixture, u16) {
-    let bin = service_dir().join("shop").to_string_lossy().into_owned();
+    shop_bin("shop", as_nobody)
+}
+
+/// Shop binary `name` (`shop`, or `shop-current`: a current_thread runtime).
+fn shop_bin(name: &str, as_nobody: bool) -> (Fixture, u16) {
+    let bin = service_dir().join(name).to_string_lossy().into_owned();
     let fx = if as_nobody {
         let mut args: Vec<String> = NOBODY.iter().map(|s| s.to_string()).collect();
         args.extend(["env".into(), "TOKIO_WORKER_THREADS=2".into(), bin]);
@@ -157,7 +164,12 @@ struct Episode {
 /// (`--interval 0.25`, three snapshots 0.5 s apart, all inside the 3 s the
 /// handler blocks).
 fn one_blocked_worker(path: &str) -> Episode {
-    let (fx, port) = shop(false);
+    one_blocked("shop", path)
+}
+
+/// [`one_blocked_worker`] on shop binary `bin`.
+fn one_blocked(bin: &str, path: &str) -> Episode {
+    let (fx, port) = shop_bin(bin, false);
     let dir = TempDir::new("hb-sys");
     let mut w = Watch::started(fx.pid, &dir, &["--dump-gap", "0.5", "--interval", "0.25"]);
     // As tokio_default.rs: an idle service's monitor is in its slow period
@@ -197,7 +209,20 @@ fn hung_tid(started: &Value) -> u64 {
 #[test]
 fn a_sleep_retried_every_10_ms_is_busy_with_its_calls_named() {
     let _serial = one_at_a_time();
-    let ep = one_blocked_worker("/orders/retry/3000");
+    check_retrying(&one_blocked_worker("/orders/retry/3000"));
+}
+
+#[test]
+fn on_a_current_thread_runtime_the_loop_thread_retrying_is_busy_too() {
+    let _serial = one_at_a_time();
+    let ep = one_blocked("shop-current", "/orders/retry/3000");
+    // One thread runs everything: the loop itself is overdue.
+    assert_eq!(ep.started["scope"], "loop", "{:#}", ep.started);
+    check_retrying(&ep);
+}
+
+/// What a handler sleeping 10 ms in a loop gives, on any runtime.
+fn check_retrying(ep: &Episode) {
     let s = &ep.started;
     assert_eq!(hung_tid(s), ep.blocked_tid, "{:#?}", ep.events);
     let sys = &s["cause"]["syscalls"];
