@@ -429,3 +429,37 @@ pub fn json(c: &Cause) -> Value {
 pub fn json_or_null(c: Option<&Cause>) -> Value {
     c.map(json).unwrap_or(Value::Null)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The watcher's counters are bounded: past [`MAX_COUNTERS`] a stall gets
+    /// none (and no error), and a place freed is taken again. Real counters
+    /// on this test's own thread (the tests run as root, as the watch).
+    #[test]
+    fn at_most_max_counters_are_open_at_once() {
+        let pid = std::process::id() as i32;
+        let tid = nix::unistd::gettid().as_raw();
+        let mut open = Vec::new();
+        while OPEN_COUNTERS.load(Ordering::Relaxed) < MAX_COUNTERS {
+            let c = Counting::open(pid, tid)
+                .expect("a counter on our own thread (root)")
+                .expect("a free place");
+            open.push(c);
+        }
+        assert!(matches!(Counting::open(pid, tid), Ok(None)));
+        assert_eq!(OPEN_COUNTERS.load(Ordering::Relaxed), MAX_COUNTERS);
+        // Our own calls are counted: reading one is a system call.
+        let a = open[0].0.activity(0).expect("read");
+        let b = open[0].0.activity(0).expect("read");
+        assert!(b.entered > a.entered, "{a:?} {b:?}");
+        open.pop();
+        let again = Counting::open(pid, tid)
+            .expect("open")
+            .expect("a place again");
+        drop(again);
+        drop(open);
+        assert_eq!(OPEN_COUNTERS.load(Ordering::Relaxed), 0);
+    }
+}
