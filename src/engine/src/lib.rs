@@ -17,6 +17,7 @@
 //! - [`cgroup`]: container and pod ids from `/proc/PID/cgroup` (pure);
 //! - [`threadstate`]: what the kernel says a thread is doing (parked or not);
 //! - [`perf`]: count a thread's entries into its wait calls (syscall tracepoints);
+//! - [`syscount`]: count (and name) every system call of a stalled thread;
 //! - [`loops`]: which threads are event loops and which of them hang, from
 //!   those counts (pure).
 //!
@@ -43,6 +44,7 @@ pub mod proc;
 pub mod python;
 pub mod snapshot;
 pub mod symbols;
+pub mod syscount;
 pub mod target;
 pub mod threadstate;
 pub mod tidmap;

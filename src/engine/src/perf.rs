@@ -61,9 +61,14 @@ pub fn parse_id(data: &[u8]) -> Option<u64> {
 }
 
 fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
     // An id file holds a few digits; read at most 64 bytes of anything else.
-    File::open(path)?.take(64).read_to_end(&mut buf)?;
+    read_capped(path, 64)
+}
+
+/// At most `cap` bytes of the file at `path` (tracefs files: never more).
+pub(crate) fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    File::open(path)?.take(cap).read_to_end(&mut buf)?;
     Ok(buf)
 }
 
@@ -87,74 +92,89 @@ impl WaitTracepoints {
     /// again (root only): the ids are all `perf_event_open` needs, so the
     /// host's mount table is left as found.
     pub fn find() -> Result<WaitTracepoints> {
-        for d in TRACEFS_DIRS {
-            let dir = Path::new(d);
-            let calls = ids_in(dir, "enter");
-            if !calls.is_empty() {
-                return Ok(WaitTracepoints {
-                    calls,
-                    exits: ids_in(dir, "exit"),
-                    tracefs: dir.to_path_buf(),
-                    mounted: false,
-                });
-            }
-        }
-        let dir = std::env::temp_dir().join(format!("aiodebug-tracefs-{}", std::process::id()));
-        if let Err(e) = std::fs::create_dir(&dir) {
-            if e.kind() != std::io::ErrorKind::AlreadyExists {
-                return Err(Error::io(format!("creating {}", dir.display()), e));
-            }
-        }
-        let mounted = nix::mount::mount(
-            Some("nodev"),
-            &dir,
-            Some("tracefs"),
-            nix::mount::MsFlags::MS_NOSUID
-                | nix::mount::MsFlags::MS_NODEV
-                | nix::mount::MsFlags::MS_NOEXEC,
-            None::<&str>,
-        );
-        let (calls, exits) = if mounted.is_ok() {
-            (ids_in(&dir, "enter"), ids_in(&dir, "exit"))
-        } else {
-            (Vec::new(), Vec::new())
-        };
-        if mounted.is_ok() {
-            // Lazy: nothing of ours holds a file open there, but a lazy
-            // unmount never fails on a busy mount.
-            let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
-        }
-        let _ = std::fs::remove_dir(&dir);
-        if calls.is_empty() {
-            let why = match mounted {
-                Err(nix::errno::Errno::EPERM) | Err(nix::errno::Errno::EACCES) => {
-                    return Err(Error::PermissionDenied {
-                        pid: 0,
-                        hint: format!(
-                            "the syscall tracepoint ids are unreadable: no tracefs readable at {} \
-                             and mounting one needs root (`mount -t tracefs nodev \
-                             /sys/kernel/tracing`); then {}",
-                            TRACEFS_DIRS.join(", "),
-                            permission_hint(read_paranoid())
-                        ),
-                    })
-                }
-                Err(e) => format!("no tracefs mounted and mounting one failed: {e}"),
-                Ok(()) => "tracefs has no events/syscalls/sys_enter_* (kernel without \
-                           CONFIG_FTRACE_SYSCALLS?)"
-                    .to_string(),
-            };
-            return Err(Error::io(
-                format!("finding the syscall tracepoints: {why}"),
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no syscall tracepoints"),
-            ));
-        }
+        let ((calls, exits), tracefs, mounted) =
+            from_tracefs("events/syscalls/sys_enter_*", |dir| {
+                let calls = ids_in(dir, "enter");
+                (!calls.is_empty()).then(|| (calls, ids_in(dir, "exit")))
+            })?;
         Ok(WaitTracepoints {
             calls,
             exits,
-            tracefs: dir,
-            mounted: true,
+            tracefs,
+            mounted,
         })
+    }
+}
+
+/// Reads something out of tracefs with `read`: from a mounted tracefs if one
+/// has it, or else from a private tracefs mounted on a fresh directory under
+/// the temp dir and unmounted (lazily) right after the read (root only), so
+/// that the host's mount table is left as found. Returns what `read` gave,
+/// the directory it was read from, and whether that was a private mount
+/// (gone by now). `what` names the files for the error.
+pub(crate) fn from_tracefs<T>(
+    what: &str,
+    read: impl Fn(&Path) -> Option<T>,
+) -> Result<(T, PathBuf, bool)> {
+    for d in TRACEFS_DIRS {
+        let dir = Path::new(d);
+        if let Some(v) = read(dir) {
+            return Ok((v, dir.to_path_buf(), false));
+        }
+    }
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    // Unique per call: two watches of one process (the fleet, tests) may
+    // look at the same moment.
+    let dir = std::env::temp_dir().join(format!(
+        "aiodebug-tracefs-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    if let Err(e) = std::fs::create_dir(&dir) {
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            return Err(Error::io(format!("creating {}", dir.display()), e));
+        }
+    }
+    let mounted = nix::mount::mount(
+        Some("nodev"),
+        &dir,
+        Some("tracefs"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        None::<&str>,
+    );
+    let got = if mounted.is_ok() { read(&dir) } else { None };
+    if mounted.is_ok() {
+        // Lazy: nothing of ours holds a file open there, but a lazy
+        // unmount never fails on a busy mount.
+        let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+    }
+    let _ = std::fs::remove_dir(&dir);
+    match (got, mounted) {
+        (Some(v), _) => Ok((v, dir, true)),
+        (None, Err(nix::errno::Errno::EPERM)) | (None, Err(nix::errno::Errno::EACCES)) => {
+            Err(Error::PermissionDenied {
+                pid: 0,
+                hint: format!(
+                    "the syscall tracepoint ids are unreadable: no tracefs readable at {} \
+                     and mounting one needs root (`mount -t tracefs nodev \
+                     /sys/kernel/tracing`); then {}",
+                    TRACEFS_DIRS.join(", "),
+                    permission_hint(read_paranoid())
+                ),
+            })
+        }
+        (None, mounted) => {
+            let why = match mounted {
+                Err(e) => format!("no tracefs mounted and mounting one failed: {e}"),
+                Ok(()) => format!("tracefs has no {what} (kernel without CONFIG_FTRACE_SYSCALLS?)"),
+            };
+            Err(Error::io(
+                format!("finding the syscall tracepoints: {why}"),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no syscall tracepoints"),
+            ))
+        }
     }
 }
 
@@ -256,7 +276,7 @@ pub struct WaitCounters {
 }
 
 /// What went wrong opening counters, for the caller's next step.
-fn classify(pid: i32, tid: i32, e: std::io::Error) -> Error {
+pub(crate) fn classify(pid: i32, tid: i32, e: std::io::Error) -> Error {
     match e.raw_os_error() {
         Some(libc::EACCES) | Some(libc::EPERM) => Error::PermissionDenied {
             pid,
@@ -473,16 +493,105 @@ pub struct WaitSampler {
     fds: Vec<File>,
     /// `(event id, edge)` of each event.
     ids: Vec<(u64, Edge)>,
+    ring: Ring,
+    on: bool,
+}
+
+/// The ring buffer of one perf event (a control page, then `data_len`
+/// bytes of records): mapped on creation, unmapped on drop.
+#[derive(Debug)]
+pub(crate) struct Ring {
     ring: *mut u8,
     ring_len: usize,
     data_len: usize,
     page: usize,
-    on: bool,
 }
 
 // SAFETY: the ring is a private mapping of this value only (never shared or
 // aliased outside it); moving it to another thread moves the whole owner.
-unsafe impl Send for WaitSampler {}
+unsafe impl Send for Ring {}
+
+impl Ring {
+    /// Maps the ring of event `leader`: one control page and `pages` data
+    /// pages (a power of two). `mmap` refused is the error (the locked-memory
+    /// limit, `perf_event_mlock_kb`).
+    pub(crate) fn map(leader: &File, pages: usize) -> std::io::Result<Ring> {
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let data_len = page * pages;
+        let ring_len = page + data_len;
+        // SAFETY: maps `ring_len` bytes of the leader's perf ring (a fresh
+        // mapping chosen by the kernel: no existing memory is affected);
+        // checked against MAP_FAILED below and unmapped once on drop.
+        let ring = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                ring_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                leader.as_raw_fd(),
+                0,
+            )
+        };
+        if ring == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Ring {
+            ring: ring.cast(),
+            ring_len,
+            data_len,
+            page,
+        })
+    }
+
+    /// Takes every byte written since the last drain (at most the ring's
+    /// size), contiguous, and frees their space for the kernel.
+    pub(crate) fn drain(&mut self) -> Vec<u8> {
+        // SAFETY: `ring` maps at least one page (the control page) followed
+        // by `data_len` bytes, alive until drop. data_head and data_tail are
+        // 8-byte-aligned u64 words of the page-aligned control page that the
+        // kernel updates concurrently: read and written only through
+        // atomics, head with Acquire (the records before it are written),
+        // tail with Release (we are done reading them).
+        let (head_w, tail_w) = unsafe {
+            (
+                &*(self.ring.add(DATA_HEAD) as *const std::sync::atomic::AtomicU64),
+                &*(self.ring.add(DATA_TAIL) as *const std::sync::atomic::AtomicU64),
+            )
+        };
+        let head = head_w.load(std::sync::atomic::Ordering::Acquire);
+        let tail = tail_w.load(std::sync::atomic::Ordering::Relaxed);
+        let len = usize::try_from(head.wrapping_sub(tail))
+            .unwrap_or(usize::MAX)
+            .min(self.data_len);
+        let mut bytes = Vec::with_capacity(len);
+        let start = (tail % self.data_len as u64) as usize;
+        let first = len.min(self.data_len - start);
+        // SAFETY: both ranges lie inside the data area (`start + first <=
+        // data_len`, `len - first <= data_len`), which the kernel does not
+        // write between tail and head until we advance the tail.
+        unsafe {
+            let data = self.ring.add(self.page);
+            bytes.extend_from_slice(std::slice::from_raw_parts(data.add(start), first));
+            bytes.extend_from_slice(std::slice::from_raw_parts(data, len - first));
+        }
+        tail_w.store(
+            tail.wrapping_add(len as u64),
+            std::sync::atomic::Ordering::Release,
+        );
+        bytes
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // SAFETY: `ring`/`ring_len` are the mapping made in `map`, unmapped
+        // exactly once here; nothing refers to it after drop.
+        unsafe {
+            libc::munmap(self.ring.cast(), self.ring_len);
+        }
+    }
+}
 
 fn open_sampling(tid: i32, id: u64, group: Option<&File>) -> std::io::Result<OwnedFd> {
     let attr = PerfEventAttrV3 {
@@ -553,33 +662,11 @@ impl WaitSampler {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no wait call to sample"),
             ));
         };
-        // SAFETY: sysconf has no memory-safety preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let data_len = page * RING_PAGES;
-        let ring_len = page + data_len;
-        // SAFETY: maps `ring_len` bytes of the leader's perf ring (a fresh
-        // mapping chosen by the kernel: no existing memory is affected);
-        // checked against MAP_FAILED below and unmapped once on drop.
-        let ring = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                ring_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                leader.as_raw_fd(),
-                0,
-            )
-        };
-        if ring == libc::MAP_FAILED {
-            return Err(classify(pid, tid, std::io::Error::last_os_error()));
-        }
+        let ring = Ring::map(leader, RING_PAGES).map_err(|e| classify(pid, tid, e))?;
         let mut s = WaitSampler {
             ids: Vec::with_capacity(fds.len()),
             fds,
-            ring: ring.cast(),
-            ring_len,
-            data_len,
-            page,
+            ring,
             on: false,
         };
         for (i, edge) in edges.into_iter().enumerate() {
@@ -626,50 +713,93 @@ impl WaitSampler {
     /// Takes every record written since the last drain out of the ring (at
     /// most the ring's size) and frees their space for the kernel.
     pub fn drain(&mut self) -> Vec<RingRecord> {
-        // SAFETY: `ring` maps at least one page (the control page) followed
-        // by `data_len` bytes, alive until drop. data_head and data_tail are
-        // 8-byte-aligned u64 words of the page-aligned control page that the
-        // kernel updates concurrently: read and written only through
-        // atomics, head with Acquire (the records before it are written),
-        // tail with Release (we are done reading them).
-        let (head_w, tail_w) = unsafe {
-            (
-                &*(self.ring.add(DATA_HEAD) as *const std::sync::atomic::AtomicU64),
-                &*(self.ring.add(DATA_TAIL) as *const std::sync::atomic::AtomicU64),
-            )
-        };
-        let head = head_w.load(std::sync::atomic::Ordering::Acquire);
-        let tail = tail_w.load(std::sync::atomic::Ordering::Relaxed);
-        let len = usize::try_from(head.wrapping_sub(tail))
-            .unwrap_or(usize::MAX)
-            .min(self.data_len);
-        let mut bytes = Vec::with_capacity(len);
-        let start = (tail % self.data_len as u64) as usize;
-        let first = len.min(self.data_len - start);
-        // SAFETY: both ranges lie inside the data area (`start + first <=
-        // data_len`, `len - first <= data_len`), which the kernel does not
-        // write between tail and head until we advance the tail.
-        unsafe {
-            let data = self.ring.add(self.page);
-            bytes.extend_from_slice(std::slice::from_raw_parts(data.add(start), first));
-            bytes.extend_from_slice(std::slice::from_raw_parts(data, len - first));
-        }
-        tail_w.store(
-            tail.wrapping_add(len as u64),
-            std::sync::atomic::Ordering::Release,
-        );
-        parse_ring(&bytes)
+        parse_ring(&self.ring.drain())
     }
 }
 
-impl Drop for WaitSampler {
-    fn drop(&mut self) {
-        // SAFETY: `ring`/`ring_len` are the mapping made in `open`, unmapped
-        // exactly once here; nothing refers to it after drop.
-        unsafe {
-            libc::munmap(self.ring.cast(), self.ring_len);
+// ---------------------------------------------------------------------------
+// Every system call of one thread: `raw_syscalls:sys_enter` (see
+// `crate::syscount`, which decides when and reads the records).
+
+const PERF_SAMPLE_RAW: u64 = 1 << 10;
+
+/// One thread's `raw_syscalls:sys_enter` event, enabled at once: it counts
+/// every entry; with a ring it also samples each one (`sample_period` 1,
+/// `PERF_SAMPLE_RAW`: the tracepoint's record, which holds the call's
+/// number). Closed and unmapped on drop.
+#[derive(Debug)]
+pub(crate) struct SysEnterEvent {
+    fd: File,
+    ring: Option<Ring>,
+}
+
+impl SysEnterEvent {
+    /// Opens the event on thread `tid` for tracepoint `id`, sampling into a
+    /// ring of `ring_pages` data pages when `ring_pages > 0`. A sampling
+    /// event the kernel refuses (raw records need CAP_PERFMON or
+    /// `perf_event_paranoid` -1) or a ring it will not map (the locked-memory
+    /// limit) falls back to counting only: the count is what matters, the
+    /// names are a bonus. Errors are the counting event's.
+    pub(crate) fn open(tid: i32, id: u64, ring_pages: usize) -> std::io::Result<SysEnterEvent> {
+        if ring_pages > 0 {
+            let attr = PerfEventAttr {
+                type_: PERF_TYPE_TRACEPOINT,
+                size: PERF_ATTR_SIZE_VER0,
+                config: id,
+                sample_period: 1,
+                sample_type: PERF_SAMPLE_RAW,
+                // Enabled at once; never woken: the watcher drains the ring
+                // at each snapshot. A full ring costs the thread only the
+                // kernel's failed reservation (counted as lost).
+                flags: 0,
+                wakeup_events: 0,
+                ..Default::default()
+            };
+            if let Ok(fd) = perf_event_open(&attr, tid, None) {
+                let fd = File::from(fd);
+                if let Ok(ring) = Ring::map(&fd, ring_pages) {
+                    return Ok(SysEnterEvent {
+                        fd,
+                        ring: Some(ring),
+                    });
+                }
+            }
         }
+        let attr = PerfEventAttr {
+            type_: PERF_TYPE_TRACEPOINT,
+            size: PERF_ATTR_SIZE_VER0,
+            config: id,
+            ..Default::default()
+        };
+        let fd = perf_event_open(&attr, tid, None)?;
+        Ok(SysEnterEvent {
+            fd: File::from(fd),
+            ring: None,
+        })
     }
+
+    /// Entries counted so far (sampled or not).
+    pub(crate) fn count(&self) -> std::io::Result<u64> {
+        let mut buf = [0u8; 8];
+        let n = (&self.fd).read(&mut buf)?;
+        parse_count(&buf[..n])
+            .ok_or_else(|| std::io::Error::other(format!("short perf read ({n} bytes)")))
+    }
+
+    /// Whether entries are sampled (a ring is mapped).
+    pub(crate) fn samples(&self) -> bool {
+        self.ring.is_some()
+    }
+
+    /// The ring's unread bytes (empty without a ring).
+    pub(crate) fn drain(&mut self) -> Vec<u8> {
+        self.ring.as_mut().map(Ring::drain).unwrap_or_default()
+    }
+}
+
+/// Parses a plain counting read (no `read_format`): one native-endian u64.
+pub fn parse_count(data: &[u8]) -> Option<u64> {
+    Some(u64::from_ne_bytes(data.get(..8)?.try_into().ok()?))
 }
 
 #[cfg(test)]
@@ -695,6 +825,13 @@ mod tests {
         // An absurd count is capped, not allocated.
         let huge = u64::MAX.to_ne_bytes();
         assert_eq!(parse_group(&huge), None);
+    }
+
+    #[test]
+    fn counts_parse() {
+        assert_eq!(parse_count(&42u64.to_ne_bytes()), Some(42));
+        assert_eq!(parse_count(&[1, 2, 3]), None);
+        assert_eq!(parse_count(&[]), None);
     }
 
     #[test]

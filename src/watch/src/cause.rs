@@ -7,17 +7,27 @@
 //! (the start of the window), the previous snapshot's sample, the
 //! episode's first registers (stuck or busy), and the call a previous
 //! capture interrupted (a sleep resumes as `restart_syscall`).
+//!
+//! From the same baseline on, the loop thread's system calls are counted
+//! (`aiodebug_engine::syscount`): registers alone cannot tell a thread
+//! blocked in one `clock_nanosleep` from one that sleeps 10 ms in a loop
+//! (both are caught in the same call at the same place), the count can.
+//! The counter is closed when the loop ticks again or the episode's last
+//! snapshot is taken: while it is open every thread of the host pays for
+//! the tracepoint.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use aiodebug_engine::cause::capture::{self, Stall};
 use aiodebug_engine::cause::collect::{Collector, Live};
 use aiodebug_engine::cause::parse::CgroupVersion;
 pub use aiodebug_engine::cause::Cause;
-use aiodebug_engine::cause::{self, FdTarget, Motion, Progress, Sample};
+use aiodebug_engine::cause::{self, FdTarget, Motion, Progress, Sample, SyscallActivity};
 use aiodebug_engine::dump::{Dump, ThreadDump};
 use aiodebug_engine::snapshot::Registers;
+use aiodebug_engine::syscount::{SysEnter, SyscallCounter};
 use serde_json::{json, Value};
 
 use crate::watch::render::{culprit, short_frame};
@@ -25,6 +35,46 @@ use crate::watch::render::{culprit, short_frame};
 /// Shortest window over which CPU shares are computed: below it the
 /// counters say more about our own stop than about the stall.
 const MIN_WINDOW_NS: u64 = 20_000_000;
+
+/// System-call counters open at once in this watcher (`watch --all`: one
+/// per stalled loop or worker, a stall past this many gets none).
+pub const MAX_COUNTERS: usize = 8;
+
+/// Counters open now, in the whole watcher.
+static OPEN_COUNTERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether the note that system calls cannot be counted was handed out.
+static NOTED: AtomicBool = AtomicBool::new(false);
+
+/// A counter that holds one of the [`MAX_COUNTERS`] places until dropped.
+#[derive(Debug)]
+struct Counting(SyscallCounter);
+
+impl Counting {
+    /// Opens a counter on `tid` if a place is free; `Err` says why not (no
+    /// tracepoint, refused, thread gone), `Ok(None)` that all places are taken.
+    fn open(pid: i32, tid: i32) -> Result<Option<Counting>, String> {
+        let tp = SysEnter::cached()?;
+        let taken = OPEN_COUNTERS.fetch_add(1, Ordering::Relaxed);
+        if taken >= MAX_COUNTERS {
+            OPEN_COUNTERS.fetch_sub(1, Ordering::Relaxed);
+            return Ok(None);
+        }
+        match SyscallCounter::open(pid, tid, tp) {
+            Ok(c) => Ok(Some(Counting(c))),
+            Err(e) => {
+                OPEN_COUNTERS.fetch_sub(1, Ordering::Relaxed);
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
+impl Drop for Counting {
+    fn drop(&mut self) {
+        OPEN_COUNTERS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// What the cause of one loop's stalls needs to remember.
 #[derive(Debug, Default)]
@@ -50,6 +100,15 @@ pub struct LoopCause {
     pub slow: Option<Cause>,
     /// Time spent computing causes (reads after the detach, classification).
     pub spent: Duration,
+    /// The stalled thread's system calls, counted from the baseline on.
+    counter: Option<Counting>,
+    /// Our stops of the thread since the counter was opened.
+    stops: u32,
+    /// This stall's counting is over (the episode's snapshots are all
+    /// taken): not reopened until the loop ticks again.
+    counted: bool,
+    /// Why no counter could be opened, until handed out by [`LoopCause::take_note`].
+    note: Option<String>,
 }
 
 impl LoopCause {
@@ -69,13 +128,50 @@ impl LoopCause {
         if stall_ns == 0 {
             self.baseline = None;
             self.d_since_ns = None;
+            self.stop_counting();
+            self.counted = false;
         } else if self.baseline.is_none() {
             if stall_ns < baseline_ns {
                 return Some(baseline_ns - stall_ns);
             }
             self.baseline = Some(Collector::new(Live { pid }).sample(tid as i32));
+            self.start_counting(pid, tid as i32);
         }
         None
+    }
+
+    /// Opens the system-call counter of the stalled thread (once per stall;
+    /// not allowed: noted, the cause simply lacks the field).
+    fn start_counting(&mut self, pid: i32, tid: i32) {
+        if self.counter.is_some() || self.counted {
+            return;
+        }
+        self.stops = 0;
+        match Counting::open(pid, tid) {
+            Ok(c) => self.counter = c,
+            Err(why) => {
+                // One attempt per stall: a refusal is the same next time.
+                self.counted = true;
+                if self.note.is_none() {
+                    self.note = Some(why);
+                }
+            }
+        }
+    }
+
+    /// Closes the system-call counter: the episode's last snapshot is taken
+    /// (or the loop ticked); this stall is not counted again.
+    pub fn stop_counting(&mut self) {
+        if self.counter.take().is_some() {
+            self.counted = true;
+        }
+    }
+
+    /// Why system calls cannot be counted, once per watcher process (every
+    /// loop that fails the same way afterwards says nothing).
+    pub fn take_note(&mut self) -> Option<String> {
+        let note = self.note.take()?;
+        (!NOTED.swap(true, Ordering::Relaxed)).then_some(note)
     }
 
     /// A hang was detected: take the episode's first snapshot now, so that
@@ -139,11 +235,20 @@ impl LoopCause {
             .get(tid)
             .and_then(|f| f.sample.clone())
             .unwrap_or_else(|| Collector::new(Live { pid }).sample(tid));
+        if self.counter.is_some() {
+            // The stop this snapshot made may have restarted the thread's call.
+            self.stops += 1;
+        }
         if self.baseline.is_none() {
             // No read saw the stall before it crossed the interval: the
             // window starts now (later snapshots get deltas).
             self.baseline = Some(now.clone());
+            if episode {
+                self.start_counting(pid, tid);
+            }
         }
+        let stops = self.stops;
+        let syscalls = self.counter.as_mut().and_then(|c| c.0.activity(stops).ok());
         let delta = self
             .baseline
             .as_ref()
@@ -160,7 +265,7 @@ impl LoopCause {
             .then(|| self.d_since_ns.map(|s| now.at_ns.saturating_sub(s)))
             .flatten();
         let progress = if episode {
-            self.progress(t.regs.as_ref(), &now)
+            self.progress(t.regs.as_ref(), &now, syscalls.as_ref())
         } else {
             None
         };
@@ -168,6 +273,7 @@ impl LoopCause {
             delta,
             d_state_ns,
             progress,
+            syscalls,
         };
         let cause = capture::thread_cause(dump, tid, &owner_frame, stall);
         if episode {
@@ -176,28 +282,44 @@ impl LoopCause {
         cause
     }
 
-    fn progress(&mut self, regs: Option<&Registers>, now: &Sample) -> Option<Progress> {
+    /// Stuck or busy: the registers moved in some snapshot, or (same
+    /// registers) the thread keeps entering system calls — the same call
+    /// retried, which the registers alone would call stuck. At the first
+    /// snapshot only the calls can tell (busy), else `None`.
+    fn progress(
+        &mut self,
+        regs: Option<&Registers>,
+        now: &Sample,
+        syscalls: Option<&SyscallActivity>,
+    ) -> Option<Progress> {
         let regs = regs?;
         self.snapshots += 1;
         let cpu_since_previous_ns = self
             .previous
             .as_ref()
             .and_then(|p| now.sched?.run_ns.checked_sub(p.sched?.run_ns));
+        let calling = syscalls.is_some_and(SyscallActivity::busy);
         match &self.first_regs {
             None => {
                 self.first_regs = Some(*regs);
-                None
+                calling.then_some(Progress {
+                    motion: Motion::Busy,
+                    snapshots: self.snapshots,
+                    cpu_since_previous_ns,
+                    retrying: true,
+                })
             }
             Some(first) => {
                 self.moved |= !cause::same_place(first, regs);
                 Some(Progress {
-                    motion: if self.moved {
+                    motion: if self.moved || calling {
                         Motion::Busy
                     } else {
                         Motion::Stuck
                     },
                     snapshots: self.snapshots,
                     cpu_since_previous_ns,
+                    retrying: calling && !self.moved,
                 })
             }
         }
@@ -270,6 +392,12 @@ pub fn json(c: &Cause) -> Value {
         Motion::Stuck => "stuck",
         Motion::Busy => "busy",
     });
+    let syscalls = c.syscalls.as_ref().map(|a| {
+        json!({"entered": a.entered, "window_ms": ms(a.window_ns), "our_stops": a.ours,
+               "busy": a.busy(), "sampled": a.sampled, "lost": a.lost,
+               "top": a.top.iter().map(|t| json!({"name": t.display_name(), "number": t.nr,
+                                                   "count": t.count})).collect::<Vec<_>>()})
+    });
     json!({
         "kind": c.kind.as_str(),
         "summary": c.summary,
@@ -291,6 +419,8 @@ pub fn json(c: &Cause) -> Value {
         "progress": progress,
         "snapshots_compared": c.progress.map(|p| p.snapshots),
         "cpu_since_previous_ms": c.progress.and_then(|p| p.cpu_since_previous_ns).map(ms),
+        "retrying": c.progress.map(|p| p.retrying),
+        "syscalls": syscalls,
         "raw": c.raw,
     })
 }
@@ -298,4 +428,38 @@ pub fn json(c: &Cause) -> Value {
 /// `Some(json)` or `null`.
 pub fn json_or_null(c: Option<&Cause>) -> Value {
     c.map(json).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The watcher's counters are bounded: past [`MAX_COUNTERS`] a stall gets
+    /// none (and no error), and a place freed is taken again. Real counters
+    /// on this test's own thread (the tests run as root, as the watch).
+    #[test]
+    fn at_most_max_counters_are_open_at_once() {
+        let pid = std::process::id() as i32;
+        let tid = nix::unistd::gettid().as_raw();
+        let mut open = Vec::new();
+        while OPEN_COUNTERS.load(Ordering::Relaxed) < MAX_COUNTERS {
+            let c = Counting::open(pid, tid)
+                .expect("a counter on our own thread (root)")
+                .expect("a free place");
+            open.push(c);
+        }
+        assert!(matches!(Counting::open(pid, tid), Ok(None)));
+        assert_eq!(OPEN_COUNTERS.load(Ordering::Relaxed), MAX_COUNTERS);
+        // Our own calls are counted: reading one is a system call.
+        let a = open[0].0.activity(0).expect("read");
+        let b = open[0].0.activity(0).expect("read");
+        assert!(b.entered > a.entered, "{a:?} {b:?}");
+        open.pop();
+        let again = Counting::open(pid, tid)
+            .expect("open")
+            .expect("a place again");
+        drop(again);
+        drop(open);
+        assert_eq!(OPEN_COUNTERS.load(Ordering::Relaxed), 0);
+    }
 }

@@ -212,6 +212,8 @@ pub struct Stall {
     pub d_state_ns: Option<u64>,
     /// Progress across the episode's snapshots.
     pub progress: Option<Progress>,
+    /// The thread's system calls since the stall began, if counted.
+    pub syscalls: Option<super::SyscallActivity>,
 }
 
 /// The cause of thread `tid` of `dump`, from what the capture recorded
@@ -247,6 +249,7 @@ pub fn thread_cause(
         delta: stall.delta,
         d_state_ns: stall.d_state_ns,
         progress: stall.progress,
+        syscalls: stall.syscalls,
     }))
 }
 

@@ -385,6 +385,97 @@ pub struct Progress {
     pub snapshots: u32,
     /// CPU the thread used since the previous snapshot, ns.
     pub cpu_since_previous_ns: Option<u64>,
+    /// Busy although the registers did not change: the same call entered
+    /// again and again (a retry or poll loop, from [`SyscallActivity`]).
+    pub retrying: bool,
+}
+
+/// Entries (beyond our own stops) into system calls during a stall that
+/// make a thread busy rather than stuck: a sleep or read retried in a loop
+/// makes hundreds a second; a thread blocked in one call makes none, and
+/// each snapshot may add one (the call restarted after the stop).
+pub const BUSY_ENTRIES: u64 = 10;
+
+/// A thread's system calls since its stall began (see `crate::syscount`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyscallActivity {
+    /// Entries into any system call, counted by the kernel.
+    pub entered: u64,
+    /// Over how long (from when the counter was opened), ns.
+    pub window_ns: u64,
+    /// Our own stops of the thread in that time: each may restart the call
+    /// it was blocked in, one entry that is not its own doing.
+    pub ours: u32,
+    /// The most frequent calls among the sampled entries, most first (at
+    /// most 3).
+    pub top: Vec<SyscallCount>,
+    /// Entries sampled (`None`: counted only, no names).
+    pub sampled: Option<u64>,
+    /// Samples dropped because the ring was full between two reads.
+    pub lost: u64,
+}
+
+/// One call among a thread's sampled entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyscallCount {
+    /// Its number.
+    pub nr: u64,
+    /// Its name, if the table has one.
+    pub name: Option<&'static str>,
+    /// Sampled entries.
+    pub count: u64,
+}
+
+impl SyscallActivity {
+    /// Entries that are the thread's own doing (ours subtracted).
+    pub fn own_entries(&self) -> u64 {
+        self.entered.saturating_sub(u64::from(self.ours))
+    }
+
+    /// Busy: it keeps entering system calls ([`BUSY_ENTRIES`] or more of its own).
+    pub fn busy(&self) -> bool {
+        self.own_entries() >= BUSY_ENTRIES
+    }
+
+    /// `287 system calls in 2.95 s (clock_nanosleep 285, futex 2)` or `no
+    /// system call in 0.75 s` (our own restarts said apart).
+    pub fn text(&self) -> String {
+        let over = secs2(self.window_ns);
+        let mut s = match self.entered {
+            0 => format!("no system call in {over}"),
+            1 => format!("1 system call in {over}"),
+            n => format!("{n} system calls in {over}"),
+        };
+        if !self.busy() && self.entered > 0 && self.ours > 0 {
+            // A stop makes a blocked call restart: those are ours.
+            s.push_str(if self.entered <= u64::from(self.ours) {
+                ", only the restarts after our snapshots"
+            } else {
+                ", few beyond the restarts after our snapshots"
+            });
+        }
+        if !self.top.is_empty() {
+            let names: Vec<String> = self
+                .top
+                .iter()
+                .map(|c| format!("{} {}", c.display_name(), c.count))
+                .collect();
+            let _ = write!(s, " ({}", names.join(", "));
+            if let Some(n) = self.sampled.filter(|&n| n < self.entered) {
+                let _ = write!(s, " of {n} sampled");
+            }
+            s.push(')');
+        }
+        s
+    }
+}
+
+impl SyscallCount {
+    /// The name, or `syscall 999` for a number without one.
+    pub fn display_name(&self) -> String {
+        self.name
+            .map_or_else(|| format!("syscall {}", self.nr), str::to_string)
+    }
 }
 
 /// Whether two captures of a thread are at the same place: the same
@@ -424,6 +515,8 @@ pub struct Input<'a> {
     pub d_state_ns: Option<u64>,
     /// Progress across the episode's snapshots.
     pub progress: Option<Progress>,
+    /// Its system calls since the stall began, if counted.
+    pub syscalls: Option<SyscallActivity>,
 }
 
 /// Why a thread is where it is.
@@ -444,8 +537,11 @@ pub struct Cause {
     pub facts: Facts,
     /// Counters over the stall, if measured.
     pub delta: Option<Delta>,
-    /// Progress across the episode's snapshots, if more than one was taken.
+    /// Progress across the episode's snapshots, if more than one was taken
+    /// (or, at the first, if its system calls already show it busy).
     pub progress: Option<Progress>,
+    /// Its system calls since the stall began, if counted.
+    pub syscalls: Option<SyscallActivity>,
 }
 
 impl Cause {
@@ -454,6 +550,9 @@ impl Cause {
         let mut s = self.summary.clone();
         if let Some(p) = self.progress_text() {
             let _ = write!(s, "; {p}");
+        }
+        if let Some(a) = &self.syscalls {
+            let _ = write!(s, "; {}", a.text());
         }
         if !self.raw.is_empty() {
             let _ = write!(s, " [{}]", self.raw);
@@ -473,6 +572,12 @@ impl Cause {
             Motion::Stuck => format!(
                 "stuck: same instruction and registers in {} snapshots{cpu}",
                 p.snapshots
+            ),
+            Motion::Busy if p.retrying => format!(
+                "busy retrying: the same call entered again and again (same registers in {} \
+                 snapshot{}){cpu}",
+                p.snapshots,
+                if p.snapshots == 1 { "" } else { "s" }
             ),
             Motion::Busy => format!("busy, making progress{cpu}"),
         })
@@ -676,6 +781,7 @@ pub fn classify(input: &Input<'_>) -> Cause {
         facts: facts.clone(),
         delta: input.delta.clone(),
         progress: input.progress,
+        syscalls: input.syscalls.clone(),
     }
 }
 
@@ -748,6 +854,15 @@ fn decide(input: &Input<'_>) -> (CauseKind, String) {
                 CauseKind::Syscall,
                 "blocked in restart_syscall() (a sleep or wait that an earlier stop interrupted, resumed)"
                     .into(),
+            );
+        }
+        if input.syscalls.as_ref().is_some_and(SyscallActivity::busy) {
+            return (
+                CauseKind::Syscall,
+                format!(
+                    "in a loop of system calls, now in {} (not blocked in one call)",
+                    describe_call(c, facts)
+                ),
             );
         }
         return (

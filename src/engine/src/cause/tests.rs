@@ -35,6 +35,7 @@ fn input<'a>(state: char, facts: &'a Facts, regs: &'a Registers) -> Input<'a> {
         delta: None,
         d_state_ns: None,
         progress: None,
+        syscalls: None,
     }
 }
 
@@ -309,6 +310,7 @@ fn progress_across_snapshots() {
         motion: Motion::Stuck,
         snapshots: 3,
         cpu_since_previous_ns: Some(0),
+        retrying: false,
     });
     let c = classify(&i);
     assert_eq!(
@@ -368,4 +370,95 @@ fn deltas_between_samples() {
         (c.nr_throttled, c.nr_periods, c.throttled_ns),
         (9, 18, 8000)
     );
+}
+
+fn activity(entered: u64, ours: u32, top: &[(u64, &'static str, u64)]) -> SyscallActivity {
+    SyscallActivity {
+        entered,
+        window_ns: 2_950_000_000,
+        ours,
+        top: top
+            .iter()
+            .map(|&(nr, name, count)| SyscallCount {
+                nr,
+                name: Some(name),
+                count,
+            })
+            .collect(),
+        sampled: Some(top.iter().map(|t| t.2).sum()),
+        lost: 0,
+    }
+}
+
+#[test]
+fn a_sleep_retried_in_a_loop_is_busy_not_blocked_in_one_call() {
+    let regs = regs();
+    let f = Facts::default();
+    let mut i = input('S', &f, &regs);
+    i.call = Some(call("clock_nanosleep", [1, 0, 0, 0, 0, 0]));
+    i.syscalls = Some(activity(
+        290,
+        2,
+        &[(230, "clock_nanosleep", 288), (1, "write", 2)],
+    ));
+    i.progress = Some(Progress {
+        motion: Motion::Busy,
+        snapshots: 2,
+        cpu_since_previous_ns: None,
+        retrying: true,
+    });
+    let c = classify(&i);
+    assert_eq!(c.kind, CauseKind::Syscall);
+    assert!(
+        c.summary
+            .starts_with("in a loop of system calls, now in clock_nanosleep("),
+        "{}",
+        c.summary
+    );
+    let line = c.line();
+    assert!(
+        line.contains(
+            "; busy retrying: the same call entered again and again (same registers in 2 snapshots)"
+        ),
+        "{line}"
+    );
+    assert!(
+        line.contains("; 290 system calls in 2.95 s (clock_nanosleep 288, write 2)"),
+        "{line}"
+    );
+    // Blocked once: a few entries, as many as our snapshots restart.
+    i.syscalls = Some(activity(2, 2, &[(219, "restart_syscall", 2)]));
+    i.progress = None;
+    let c = classify(&i);
+    assert!(
+        c.summary.starts_with("blocked in clock_nanosleep("),
+        "{}",
+        c.summary
+    );
+    assert!(
+        c.line().contains(
+            "; 2 system calls in 2.95 s, only the restarts after our snapshots (restart_syscall 2)"
+        ),
+        "{}",
+        c.line()
+    );
+    // Below the bar even without our stops: still one call.
+    assert!(!activity(BUSY_ENTRIES + 1, 2, &[]).busy());
+    assert!(activity(BUSY_ENTRIES + 2, 2, &[]).busy());
+    assert_eq!(activity(0, 0, &[]).text(), "no system call in 2.95 s");
+    let unnamed = SyscallCount {
+        nr: 9999,
+        name: None,
+        count: 1,
+    };
+    assert_eq!(unnamed.display_name(), "syscall 9999");
+    // Counted only, or fewer sampled than entered: said.
+    let mut a = activity(500, 0, &[(24, "sched_yield", 400)]);
+    assert_eq!(
+        a.text(),
+        "500 system calls in 2.95 s (sched_yield 400 of 400 sampled)"
+    );
+    a.sampled = None;
+    a.top.clear();
+    assert_eq!(a.text(), "500 system calls in 2.95 s");
 }

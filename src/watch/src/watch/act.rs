@@ -75,6 +75,12 @@ pub(super) fn act(
                         .hang_snapshot(ctx.dumper.as_mut(), ctx.pid, w.tid, &tid_loops)
                 })
                 .flatten();
+            if let Some(error) = w.cause.take_note() {
+                ctx.log.emit(&Event::Warning(Warning::NoSyscallCount {
+                    tid: w.tid,
+                    error,
+                }));
+            }
             if let Some(s) = &ctx.stats {
                 s.hang(&w.name, cause.as_ref().map(|c| c.kind.as_str()));
             }
@@ -180,6 +186,11 @@ fn dump_now(
         .is_none()
         .then(|| w.cause.for_snapshot(ctx.pid, w.tid, &dump))
         .flatten();
+    if index + 1 >= ctx.args.dumps {
+        // The episode's last snapshot: its system calls are counted no
+        // longer (the tracepoint costs every thread of the host).
+        w.cause.stop_counting();
+    }
     let cause_line = cause.as_ref().map(|c| c.line());
     let marked =
         workers::marked_threads(&ctx.view, reading, &w.name, w.tid, w.stuck_poll.is_some());

@@ -60,6 +60,14 @@ pub enum Warning<'a> {
         /// Why.
         error: String,
     },
+    /// A stalled thread's system calls cannot be counted (the cause lacks
+    /// `syscalls`; said once per watcher).
+    NoSyscallCount {
+        /// The thread.
+        tid: u32,
+        /// Why.
+        error: String,
+    },
     /// `--statsd` could not be set up.
     NoStatsd(String),
     /// The target's symbols could not be loaded ahead of the first hang.
@@ -417,6 +425,9 @@ impl Warning<'_> {
             Warning::NoSampling { tid, error } => {
                 json!({"message": format!("no busy-time sampling: {error}"), "tid": tid})
             }
+            Warning::NoSyscallCount { tid, error } => {
+                json!({"message": format!("no system-call count: {error}"), "tid": tid})
+            }
         }
     }
 }
@@ -456,6 +467,10 @@ impl fmt::Display for Warning<'_> {
             Warning::NoSampling { tid, error } => write!(
                 f,
                 "WARNING cannot sample the wait calls of thread {tid} (loop_busy only for iterations longer than a look): {error}"
+            ),
+            Warning::NoSyscallCount { tid, error } => write!(
+                f,
+                "NOTE cannot count the system calls of stalled thread {tid} (causes say stuck or busy from registers alone): {error}"
             ),
         }
     }

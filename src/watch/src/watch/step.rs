@@ -353,6 +353,8 @@ fn watch_workers(
             // episode's remaining snapshots.
             stopped,
         };
+        // Its poll ended: the stall is over (closes its system-call counter).
+        w.cause.observe(ctx.pid, w.tid, 0, cfg.baseline_ns());
         for action in w.tracker.observe(obs) {
             if let Some(code) = act(ctx, w, action, reading) {
                 result = Err(code);
