@@ -60,6 +60,11 @@ pub trait ThreadView {
     fn syscall(&mut self, tid: u32) -> Option<threadstate::Syscall>;
     /// Every thread with its name.
     fn threads(&mut self) -> Vec<(u32, String)>;
+    /// How long the thread has been runnable but waiting for a CPU, in all
+    /// (ns, cumulative: `schedstat`'s run-queue delay, which includes time
+    /// its cgroup was throttled); None if unknown. Asked only of a thread
+    /// out of its wait (see [`Workers::own_since`]).
+    fn run_wait_ns(&mut self, tid: u32) -> Option<u64>;
 }
 
 /// [`ThreadView`] over `/proc/PID/task`.
@@ -73,6 +78,9 @@ pub struct ProcView {
     /// `status` files kept open likewise (read only when a thread is out of
     /// its wait).
     status_files: HashMap<u32, std::fs::File>,
+    /// `schedstat` files kept open likewise (read only when a thread is out
+    /// of its wait).
+    sched_files: HashMap<u32, std::fs::File>,
 }
 
 /// One `pread` at offset 0 of a kept-open `/proc` file of `tid` (opened
@@ -117,6 +125,7 @@ impl ProcView {
             names: HashMap::new(),
             syscall_files: HashMap::new(),
             status_files: HashMap::new(),
+            sched_files: HashMap::new(),
         }
     }
 }
@@ -159,12 +168,25 @@ impl ThreadView for ProcView {
         threadstate::parse_syscall(data)
     }
 
+    fn run_wait_ns(&mut self, tid: u32) -> Option<u64> {
+        let pid = self.pid;
+        let mut buf = [0u8; 128];
+        let data = pread_kept(
+            &mut self.sched_files,
+            tid,
+            || format!("/proc/{pid}/task/{tid}/schedstat"),
+            &mut buf,
+        )?;
+        aiodebug_engine::cause::parse::parse_schedstat(data).map(|s| s.wait_ns)
+    }
+
     fn threads(&mut self) -> Vec<(u32, String)> {
         let tids = aiodebug_engine::proc::list_tasks(self.pid).unwrap_or_default();
         self.names.retain(|t, _| tids.contains(&(*t as i32)));
         self.syscall_files
             .retain(|t, _| tids.contains(&(*t as i32)));
         self.status_files.retain(|t, _| tids.contains(&(*t as i32)));
+        self.sched_files.retain(|t, _| tids.contains(&(*t as i32)));
         tids.iter()
             .take(MAX_TRACKED * 4)
             .map(|&t| {
@@ -215,6 +237,11 @@ pub struct View {
 struct Track {
     voluntary: u64,
     quiet_since: Option<u64>,
+    /// The thread's run-queue delay ([`ThreadView::run_wait_ns`]) when the
+    /// watcher first saw it out of its wait (None: unknown).
+    wait_at_quiet: Option<u64>,
+    /// [`Workers::own_since`], as of the last look.
+    own_since: Option<u64>,
 }
 
 /// The watcher's memory of a target's runtime threads.
@@ -252,6 +279,20 @@ impl Workers {
     /// Threads `tid` out of its wait since (target clock), per the kernel.
     pub fn quiet_since(&self, tid: u32) -> Option<u64> {
         self.tracks.get(&tid).and_then(|t| t.quiet_since)
+    }
+
+    /// [`Workers::quiet_since`] moved later by the time the thread spent
+    /// since then runnable but waiting for a CPU: the stretch of its own
+    /// (running, or blocked in a call) that a poll can account for. On a
+    /// loaded host a worker woken for the monitor's timer or for a request
+    /// is out of its wait at once but may wait for a CPU for hundreds of
+    /// milliseconds (measured: 100-360 ms, once 1.3 s, with 9 busy loops on
+    /// 2 cores) before it parks again or starts the handler; counted as a
+    /// stuck poll, that wait decided a loop hang that marked a thread about
+    /// to park. The monitor's own lateness still counts in full through its
+    /// due time (see [`loop_stall`]). On a quiet host the two are equal.
+    pub fn own_since(&self, tid: u32) -> Option<u64> {
+        self.tracks.get(&tid).and_then(|t| t.own_since)
     }
 
     /// Looks at the target once: `reading` just read, `view` for the kernel.
@@ -330,11 +371,31 @@ impl Workers {
                             _ => Some(now),
                         }
                     };
+                    // Run-queue delay: read only out of the wait (a healthy
+                    // loop's thread costs no extra read), from the stretch's
+                    // first look on.
+                    let (wait_at_quiet, own_since) = match quiet_since {
+                        None => (None, None),
+                        Some(q) => {
+                            let wait = view.run_wait_ns(tid);
+                            let start = match prev {
+                                Some(p) if p.quiet_since == Some(q) => p.wait_at_quiet,
+                                _ => wait,
+                            };
+                            let waited = match (wait, start) {
+                                (Some(w), Some(s)) => w.saturating_sub(s),
+                                _ => 0,
+                            };
+                            (start, Some(q.saturating_add(waited).min(now.max(q))))
+                        }
+                    };
                     self.tracks.insert(
                         tid,
                         Track {
                             voluntary: st.voluntary_switches,
                             quiet_since,
+                            wait_at_quiet,
+                            own_since,
                         },
                     );
                 }
@@ -418,16 +479,24 @@ impl Workers {
             let idle_gap = lp.next_due_ns.is_some();
             out.idle_gap |= idle_gap;
             // The loop: its monitor is held up past its due time and its
-            // thread has been out of its wait since after the last tick.
-            if let (Some(due), Some(q)) = (lp.next_due_ns, self.quiet_since(lp.tid)) {
+            // thread has been out of its wait since after the last tick;
+            // its stall counts from when the thread's own stretch began
+            // (time spent waiting for a CPU is the host's, see own_since).
+            if let (Some(due), Some(q), Some(own)) = (
+                lp.next_due_ns,
+                self.quiet_since(lp.tid),
+                self.own_since(lp.tid),
+            ) {
                 if q > lp.last_tick_ns && now > due.saturating_add(DUE_SLACK_NS) {
-                    out.loop_quiet_since.insert(id, q);
+                    out.loop_quiet_since.insert(id, own);
                 }
             }
             // Threads of this runtime out of their wait now.
             let known: Vec<u32> = entries.iter().filter_map(|w| w.tid).collect();
+            // Longest own stretch first (a thread waiting for a CPU since
+            // it woke sorts after one blocked in its handler).
             let mut busy: Vec<(u64, u32)> = if current_thread {
-                self.quiet_since(lp.tid)
+                self.own_since(lp.tid)
                     .map(|q| (q, lp.tid))
                     .into_iter()
                     .collect()
@@ -435,7 +504,7 @@ impl Workers {
                 tracked
                     .iter()
                     .filter(|&&t| t == lp.tid || known.contains(&t) || !self.is_other_loop(t, reg))
-                    .filter_map(|&t| self.quiet_since(t).map(|q| (q, t)))
+                    .filter_map(|&t| self.own_since(t).map(|q| (q, t)))
                     .collect()
             };
             busy.sort_unstable();
@@ -674,6 +743,8 @@ mod tests {
         names: Vec<(u32, String)>,
         /// Looks at a thread so far (`state` and `syscall`).
         looks: u32,
+        /// Run-queue delay per thread (ns, cumulative; absent: unknown).
+        waits: HashMap<u32, u64>,
     }
 
     impl Fake {
@@ -702,6 +773,9 @@ mod tests {
         fn syscall(&mut self, tid: u32) -> Option<Syscall> {
             self.looks += 1;
             self.states.get(&tid).map(|s| s.syscall)
+        }
+        fn run_wait_ns(&mut self, tid: u32) -> Option<u64> {
+            self.waits.get(&tid).copied()
         }
     }
 
@@ -1037,5 +1111,104 @@ mod tests {
         let gap = reading(130 * MS, lp(7, 100 * MS, Some(300 * MS)), vec![w]);
         ws.observe(&mut k, &gap);
         assert_eq!(k.looks, 2);
+    }
+
+    /// The shape of the early loop hang under load: the idle monitor's
+    /// worker (10) is woken (for its timer, or to help with a request) and
+    /// is out of its wait at 130 ms, but waits for a CPU until 320 ms; the
+    /// monitor, due at 300 ms, misses its due time. Counted from 130 ms, the
+    /// stall crossed 250 ms (a 0.25 s interval) at 380 ms while the thread
+    /// had not run; counted from its own stretch it starts at 320 ms. The
+    /// monitor's lateness itself still counts from its due time.
+    #[test]
+    fn a_thread_waiting_for_a_cpu_does_not_date_a_held_up_loop() {
+        let mut k = Fake::default();
+        k.set(10, Syscall::In(232), 5);
+        k.set(11, FUTEX, 3);
+        let mut ws = Workers::default();
+        let at = |now| {
+            reading(
+                now,
+                lp(10, 100 * MS, Some(300 * MS)),
+                vec![
+                    worker(0, Some(10), None, 100 * MS, 100 * MS),
+                    worker(1, Some(11), None, 100 * MS, 100 * MS),
+                ],
+            )
+        };
+        ws.observe(&mut k, &at(110 * MS));
+        // Woken at 130 ms (out of epoll_wait, no switch since), runnable.
+        k.set(10, Syscall::Running, 6);
+        k.waits.insert(10, 1_000 * MS);
+        ws.observe(&mut k, &at(130 * MS));
+        assert_eq!(ws.quiet_since(10), Some(130 * MS));
+        assert_eq!(ws.own_since(10), Some(130 * MS));
+        // At 390 ms it has waited for a CPU for 190 ms of the 260 ms.
+        k.waits.insert(10, 1_190 * MS);
+        let v = ws.observe(&mut k, &at(390 * MS));
+        assert_eq!(ws.quiet_since(10), Some(130 * MS), "still one stretch");
+        assert_eq!(v.loop_quiet_since.get(&(0x1000, 0)), Some(&(320 * MS)));
+        let l = lp(10, 100 * MS, Some(300 * MS));
+        let stall = loop_stall(&v, 0x1000, &l, 390 * MS);
+        assert_eq!(stall, 90 * MS, "the monitor's own lateness, not 260 ms");
+        assert!(stall < 250 * MS, "no hang at a 0.25 s interval yet");
+        // Starved for good, the monitor's due time keeps counting in full:
+        // at 560 ms the loop is 260 ms overdue (a hang, as before).
+        k.waits.insert(10, 1_420 * MS);
+        let v = ws.observe(&mut k, &at(560 * MS));
+        assert_eq!(loop_stall(&v, 0x1000, &l, 560 * MS), 260 * MS);
+    }
+
+    /// A thread blocked in its handler waits for no CPU: its stretch is
+    /// dated when it left its wait, and it is marked before a sibling that
+    /// left its wait earlier but has mostly waited for a CPU since.
+    #[test]
+    fn the_handler_is_marked_before_a_thread_waiting_for_a_cpu() {
+        let mut k = Fake::default();
+        k.set(10, FUTEX, 5);
+        k.set(11, Syscall::In(232), 3);
+        let mut ws = Workers::default();
+        let at = |now| {
+            reading(
+                now,
+                lp(12, 100 * MS, Some(300 * MS)),
+                vec![
+                    worker(0, Some(10), None, 100 * MS, 100 * MS),
+                    worker(1, Some(11), None, 100 * MS, 100 * MS),
+                ],
+            )
+        };
+        ws.observe(&mut k, &at(110 * MS));
+        // 10 woken at 120 ms, runnable; 11 in the handler from 140 ms.
+        k.set(10, Syscall::Running, 6);
+        k.waits.insert(10, 0);
+        ws.observe(&mut k, &at(120 * MS));
+        k.set(11, NANOSLEEP, 4);
+        k.waits.insert(11, 7 * MS);
+        ws.observe(&mut k, &at(140 * MS));
+        k.waits.insert(10, 200 * MS);
+        let v = ws.observe(&mut k, &at(400 * MS));
+        assert_eq!(ws.own_since(10), Some(320 * MS));
+        assert_eq!(ws.own_since(11), Some(140 * MS), "no wait for a CPU");
+        assert_eq!(v.busy_threads[&(0x1000, 0)], vec![11, 10], "{v:?}");
+    }
+
+    /// Without a run-queue figure (None) the stretch is the kernel's, as
+    /// before.
+    #[test]
+    fn without_a_run_queue_figure_the_stretch_is_the_kernels() {
+        let mut k = Fake::default();
+        k.set(10, Syscall::In(232), 5);
+        let mut ws = Workers::default();
+        let mut w = worker(0, Some(10), None, 100 * MS, 100 * MS);
+        w.current_thread = true;
+        w.workers = 1;
+        let r = |now| reading(now, lp(10, 100 * MS, Some(300 * MS)), vec![w.clone()]);
+        ws.observe(&mut k, &r(110 * MS));
+        k.set(10, Syscall::In(0), 6);
+        ws.observe(&mut k, &r(130 * MS));
+        let v = ws.observe(&mut k, &r(400 * MS));
+        assert_eq!(ws.own_since(10), Some(130 * MS));
+        assert_eq!(v.loop_quiet_since.get(&(0x1000, 0)), Some(&(130 * MS)));
     }
 }
