@@ -22,7 +22,11 @@
 //! sample after the gap is up to 200 ms late) and *which thread* when the
 //! monitor has not learnt a worker's thread id. A loop whose monitor sleeps
 //! in an idle gap is hung when its thread left its wait, stayed out, and the
-//! monitor missed its due time.
+//! monitor missed its due time; its stall counts from when the thread's own
+//! stretch began, leaving out the time it was runnable but waiting for a CPU
+//! (on a loaded host a woken worker may wait hundreds of milliseconds before
+//! it runs at all; see [`Workers::own_since`]). The monitor's lateness past
+//! its due time counts in full either way.
 //!
 //! The rules are pure ([`Workers::observe`] over a [`ThreadView`]); the
 //! /proc reader is [`ProcView`].
@@ -223,10 +227,13 @@ pub struct View {
     /// Workers of multi-thread runtimes frozen right now (any duration).
     pub frozen: Vec<Frozen>,
     /// Loops whose monitor missed its due time while their thread has been
-    /// out of its wait since (target clock): their stall counts from then.
+    /// out of its wait since after their last tick: when the thread's own
+    /// stretch began ([`Workers::own_since`], target clock); their stall
+    /// counts from then.
     pub loop_quiet_since: HashMap<LoopId, u64>,
     /// Per loop with a worker board, the threads of its runtime that are out
-    /// of their wait now, longest first (what a hang snapshot marks).
+    /// of their wait now, longest own stretch first (what a hang snapshot
+    /// marks).
     pub busy_threads: HashMap<LoopId, Vec<u32>>,
     /// A monitor sleeps through an idle gap: while the watcher sleeps, it
     /// should look at where the waiting threads are (see [`Workers::sleep`]).
