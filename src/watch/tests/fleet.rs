@@ -76,9 +76,18 @@ impl Fleet {
         }
     }
 
+    /// Every event left, once the watch has exited: until its stdout ends.
     fn drain(&mut self) {
-        while let Ok(e) = self.events.try_recv() {
-            self.seen.push(e);
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(e) => self.seen.push(e),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("the stdout of watch --all did not end within 5 s of its exit")
+                }
+            }
         }
     }
 
@@ -206,18 +215,28 @@ fn twenty_processes_started_later_one_hangs_only_it_gets_an_episode() {
         );
     }
 
-    // Five exit meanwhile (two asked to, three killed): no error.
+    // Five exit meanwhile (two asked to, three killed): no error, and each
+    // is seen gone.
+    let mut exited = Vec::new();
     for _ in 0..2 {
         let fx = fxs.pop().expect("fixture");
+        exited.push(fx.pid);
         assert!(fx.exit().success());
     }
     for _ in 0..3 {
-        drop(fxs.pop());
+        let fx = fxs.pop().expect("fixture");
+        exited.push(fx.pid);
+        drop(fx);
+    }
+    for pid in exited {
+        fleet.wait_for(
+            |v| v["event"] == "target_gone" && v["pid"] == pid,
+            Duration::from_secs(10),
+        );
     }
 
     // One hangs.
     let hung = fxs[7].pid;
-    std::thread::sleep(Duration::from_millis(300));
     fxs[7].ok("block main 1500");
     let (_, hang) = fleet.wait_for(|v| v["event"] == "hang_started", Duration::from_secs(5));
     assert_eq!(hang["pid"], hung, "{hang}");
@@ -264,7 +283,9 @@ fn twenty_processes_started_later_one_hangs_only_it_gets_an_episode() {
         "{got}"
     );
 
-    // Exactly one folder, the hung process's, with exactly its two files.
+    // Exactly one folder, the hung process's, with exactly its two files
+    // (half a second more for a file that should not come: a fixed time, as
+    // that nothing comes is what is tested).
     std::thread::sleep(Duration::from_millis(500));
     let dirs: Vec<String> = std::fs::read_dir(out.path())
         .expect("read out")
@@ -298,7 +319,6 @@ fn twenty_processes_started_later_one_hangs_only_it_gets_an_episode() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(0));
-    std::thread::sleep(Duration::from_millis(200));
     fleet.drain();
     let mut stderr = String::new();
     if let Some(mut e) = fleet.child.stderr.take() {
