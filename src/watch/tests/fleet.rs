@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use support::watcher::Kid;
 use support::{fixture_path, watch_bin, Fixture, Variant};
 
 /// `watch --all --json` with its events (and when each arrived).
@@ -349,11 +350,23 @@ fn an_untraceable_process_is_reported_once() {
     let mut cmd = Command::new(&exe);
     std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
     std::os::unix::process::CommandExt::gid(&mut cmd, 65534);
-    let mut target = cmd
+    let mut target = Kid(cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("spawn as nobody");
+        .expect("spawn as nobody"));
+    // Its loop registered (READY) before the watch looks.
+    let target_out = target.stdout.take().expect("stdout");
+    let (tx, ready) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(target_out).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = ready
+        .recv_timeout(support::TIMEOUT)
+        .unwrap_or_else(|e| panic!("{} printed no READY ({e})", exe.display()));
+    assert!(line.starts_with("READY "), "{line:?}");
     // The watcher runs as uid 1 (daemon): not the target's user, no
     // CAP_SYS_PTRACE. Its output directory must be writable by it.
     std::fs::set_permissions(
@@ -380,8 +393,8 @@ fn an_untraceable_process_is_reported_once() {
     std::os::unix::process::CommandExt::uid(&mut watcher, 1);
     std::os::unix::process::CommandExt::gid(&mut watcher, 1);
     let result = watcher.output().expect("run the watcher");
-    let _ = target.kill();
-    let _ = target.wait();
+    let target_pid = target.id();
+    drop(target);
     assert_eq!(result.status.code(), Some(0), "{result:?}");
     let events: Vec<Value> = String::from_utf8_lossy(&result.stdout)
         .lines()
@@ -389,7 +402,7 @@ fn an_untraceable_process_is_reported_once() {
         .collect();
     let refused: Vec<&Value> = events
         .iter()
-        .filter(|v| v["event"] == "unwatchable" && v["pid"] == target.id())
+        .filter(|v| v["event"] == "unwatchable" && v["pid"] == target_pid)
         .collect();
     assert_eq!(refused.len(), 1, "{events:#?}");
     let msg = refused[0]["message"].as_str().expect("message");

@@ -283,7 +283,11 @@ fn two_watchers_on_one_target_both_write_every_snapshot() {
     };
     let wa = start(a.path());
     let wb = start(b.path());
-    fx.ok("block c-loop 1500");
+    // Three snapshots 0.3 s apart from 0.25 s in, by each watcher, all
+    // during the block: 3 s leaves room for slow snapshots on a loaded host
+    // (with 1.5 s the last one came after the block under load, as if the
+    // test timed them).
+    fx.ok("block c-loop 3000");
     for (w, dir) in [(wa, a.path()), (wb, b.path())] {
         let (code, seen) = w.finish(Duration::from_secs(30));
         let stdout = json_lines(&seen);
