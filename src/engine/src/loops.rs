@@ -268,6 +268,176 @@ impl ThreadTrack {
     }
 }
 
+/// Who times an iteration's busy time: the counters, or a sampling window.
+///
+/// The counters time an iteration that a look *sighted*: saw out of its
+/// wait call without an entry since the previous look (the stall of
+/// [`Verdict::stall_ns`] above zero); they cannot time the others (counts
+/// say "entered N times between two looks", not when). A window times
+/// every iteration it saw begin (`returned_ns`, the wait call's return) and
+/// end (`entered_ns`, the next entry) exactly, so it takes those that no
+/// sighting falls into and leaves the sighted ones to the counters: each
+/// iteration is timed once, by one side. (A rule by length — "a look or
+/// longer is the counters'" — left a hole: an iteration of one to two looks
+/// that began just after a look at which its thread had entered the wait
+/// call, and ended just before the next-but-one, is sighted by no look, so
+/// the counters did not time it and the window, seeing it a look long,
+/// left it to them; and an iteration sighted but shorter than a look was
+/// timed twice.) `sightings`: the watcher-clock times of the sightings
+/// (CLOCK_MONOTONIC, the clock of the samples), any order.
+pub fn sighted_during(returned_ns: u64, entered_ns: u64, sightings: &[u64]) -> bool {
+    sightings.iter().any(|&s| returned_ns < s && s < entered_ns)
+}
+
+/// One look at a loop thread, as [`SlowClock`] needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlowLook {
+    /// Watcher's clock, ns, taken before the thread's counters were read.
+    pub now_ns: u64,
+    /// It entered a wait call since the previous look.
+    pub ticked: bool,
+    /// Where it was, read after the counters (`None`: not read).
+    pub place: Option<Place>,
+    /// It is a parked pool thread ([`Verdict::parked`]).
+    pub parked: bool,
+    /// Its stall is a hang episode now (a hang is reported as a hang, not as
+    /// a slow iteration), or the process is stopped: the current iteration
+    /// is not judged slow.
+    pub hung: bool,
+}
+
+/// What [`SlowClock::observe`] asks of the watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowStep {
+    /// Nothing to do.
+    Nothing,
+    /// The current iteration may have passed `--slow`: capture the thread's
+    /// frame now, while it lasts.
+    Capture,
+    /// The captured iteration ended: warn. It lasted at most `at_most_ns`
+    /// (from the last look before it began to the look that saw it end) and
+    /// at least `at_least_ns` (between the first and the last look that saw
+    /// it out).
+    Ended {
+        /// Upper bound of its busy time.
+        at_most_ns: u64,
+        /// Lower bound of its busy time.
+        at_least_ns: u64,
+    },
+    /// The captured iteration became a hang: drop the capture.
+    Dropped,
+}
+
+/// `--slow SECS` from outside: when to capture a loop thread's frame so that
+/// every iteration longer than SECS is captured while it lasts, from counts
+/// and places only (pure: the caller gives the looks).
+///
+/// It keeps `since`: the latest look known to precede the current
+/// iteration's start — a look that found the thread inside its wait call
+/// (or parked), or the look before one at which it had entered it (it
+/// returned after that entry, so after that look). The iteration began
+/// after `since`, so a look at `since + SECS` (plus 1 ns: strictly past)
+/// that finds it still out, with no entry since, falls inside every
+/// iteration longer than SECS: [`SlowStep::Capture`]. The caller looks at
+/// [`SlowClock::deadline`] besides its periodic looks. The price of not
+/// knowing the start exactly: the iteration began at most one look period
+/// after `since` (the next look saw it out), so a captured iteration is
+/// longer than SECS minus one look period; the watch keeps that period at
+/// a quarter of SECS or less.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlowClock {
+    slow_ns: u64,
+    since_ns: u64,
+    last_look_ns: u64,
+    first_out_ns: Option<u64>,
+    last_out_ns: u64,
+    captured: bool,
+    hung: bool,
+}
+
+impl SlowClock {
+    /// A clock for `--slow` = `slow_ns`, the thread first looked at `now_ns`.
+    pub fn new(slow_ns: u64, now_ns: u64) -> SlowClock {
+        SlowClock {
+            slow_ns,
+            since_ns: now_ns,
+            last_look_ns: now_ns,
+            first_out_ns: None,
+            last_out_ns: now_ns,
+            captured: false,
+            hung: false,
+        }
+    }
+
+    /// The latest look known to precede the current iteration's start (or
+    /// the next one's, when the thread waits): an iteration ending now
+    /// lasted at most the time since.
+    pub fn began_after_ns(&self) -> u64 {
+        self.since_ns
+    }
+
+    /// Whether the current iteration's frame was captured.
+    pub fn is_captured(&self) -> bool {
+        self.captured
+    }
+
+    /// When the thread must be looked at next (`None`: nothing pending —
+    /// the iteration was captured, or is a hang).
+    pub fn deadline(&self) -> Option<u64> {
+        (!self.captured && !self.hung)
+            .then(|| self.since_ns.saturating_add(self.slow_ns).saturating_add(1))
+    }
+
+    /// Takes one look into account (looks in time order).
+    pub fn observe(&mut self, l: SlowLook) -> SlowStep {
+        let prev = self.last_look_ns;
+        self.last_look_ns = l.now_ns;
+        let inside = l.place == Some(Place::Wait) || l.parked;
+        if l.ticked || inside {
+            // The iteration (if one was under way) ended since `prev`.
+            let step = if self.captured && !self.hung {
+                SlowStep::Ended {
+                    at_most_ns: l.now_ns.saturating_sub(self.since_ns),
+                    at_least_ns: self
+                        .first_out_ns
+                        .map_or(0, |f| self.last_out_ns.saturating_sub(f)),
+                }
+            } else {
+                SlowStep::Nothing
+            };
+            self.captured = false;
+            self.hung = false;
+            if inside {
+                self.since_ns = l.now_ns;
+                self.first_out_ns = None;
+            } else {
+                // It entered after `prev`: whatever it runs now began later.
+                self.since_ns = prev;
+                let out_now = l.place.is_some();
+                self.first_out_ns = out_now.then_some(l.now_ns);
+                self.last_out_ns = l.now_ns;
+            }
+            return step;
+        }
+        // Out of its wait call (or not read), no entry since `prev`.
+        self.first_out_ns.get_or_insert(l.now_ns);
+        self.last_out_ns = l.now_ns;
+        if l.hung {
+            self.hung = true;
+            return if std::mem::replace(&mut self.captured, false) {
+                SlowStep::Dropped
+            } else {
+                SlowStep::Nothing
+            };
+        }
+        if !self.captured && !self.hung && l.now_ns.saturating_sub(self.since_ns) > self.slow_ns {
+            self.captured = true;
+            return SlowStep::Capture;
+        }
+        SlowStep::Nothing
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -603,5 +773,304 @@ mod tests {
         let v = t.observe(l);
         assert!(!v.parked);
         assert_eq!(v.stall_ns, 1000 * MS);
+    }
+
+    #[test]
+    fn an_iteration_is_timed_by_the_counters_only_when_a_look_sighted_it() {
+        // Looks sighted the thread out at 50 and 75 ms.
+        let seen = [50 * MS, 75 * MS];
+        assert!(sighted_during(40 * MS, 60 * MS, &seen));
+        assert!(sighted_during(70 * MS, 80 * MS, &seen));
+        // The old hole: 30 ms (over a 25 ms look), begun just after a look
+        // (at 25 ms, where it ticked) and ended before 50: no sighting, so
+        // the window's.
+        assert!(!sighted_during(26 * MS, 49 * MS, &seen));
+        // Short ones between sightings, and the sighting instants
+        // themselves (not strictly inside).
+        assert!(!sighted_during(51 * MS, 52 * MS, &seen));
+        assert!(!sighted_during(50 * MS, 75 * MS, &[]));
+        assert!(!sighted_during(50 * MS, 60 * MS, &[50 * MS]));
+    }
+
+    #[test]
+    fn every_iteration_is_timed_once_by_the_counters_or_a_window() {
+        // Random timelines (a fixed LCG): waits of 0-2 looks, iterations of
+        // 0.05-3 looks, looks every 25 ms with jitter. The counters time an
+        // iteration when it ends after a sighting (the watch's `t.out`
+        // rule), a window every one no sighting falls into: together, each
+        // iteration exactly once.
+        const P: u64 = 25 * MS;
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n.max(1)
+        };
+        for _ in 0..200 {
+            // (entry, return) of each wait; iteration i runs from return i
+            // to entry i + 1.
+            let mut waits = Vec::new();
+            let mut t = 5 * MS;
+            for _ in 0..40 {
+                let wait = if rand(3) == 0 {
+                    1_000
+                } else {
+                    rand(2 * P) + 1_000
+                };
+                waits.push((t, t + wait));
+                t += wait + rand(3 * P) + P / 20;
+            }
+            // A last wait, long enough for the looks to settle.
+            waits.push((t, t + 10 * P));
+            let end = t + 10 * P;
+            let mut track = ThreadTrack::new(0, true);
+            let mut sightings = Vec::new();
+            let mut out = false;
+            let mut counted = 0usize;
+            let mut look = 0u64;
+            while look < end {
+                look += P - P / 4 + rand(P / 2);
+                let entries = waits.iter().filter(|w| w.0 <= look).count() as u64;
+                let inside = waits.iter().any(|w| w.0 <= look && look < w.1);
+                let v = track.observe(Look {
+                    now_ns: look,
+                    entries,
+                    waiting: track.needs_wait_check(entries).then_some(inside),
+                    futex: false,
+                    carried: false,
+                });
+                if v.stall_ns > 0 {
+                    out = true;
+                    sightings.push(look);
+                }
+                if v.iteration_ended() && out {
+                    out = false;
+                    counted += 1;
+                }
+            }
+            let iterations: Vec<(u64, u64)> = waits.windows(2).map(|w| (w[0].1, w[1].0)).collect();
+            let sighted = iterations
+                .iter()
+                .filter(|&&(r, e)| sighted_during(r, e, &sightings))
+                .count();
+            assert_eq!(counted, sighted, "{iterations:?} {sightings:?}");
+        }
+    }
+
+    fn slow_look(t: u64, ticked: bool, place: Option<Place>) -> SlowLook {
+        SlowLook {
+            now_ns: t * MS,
+            ticked,
+            place,
+            parked: false,
+            hung: false,
+        }
+    }
+
+    #[test]
+    fn every_iteration_past_slow_is_captured_while_it_lasts() {
+        // --slow 20 ms, looks every 5 ms (a quarter), the iteration begins
+        // anywhere between two looks and lasts just over 20 ms: the look at
+        // the deadline falls inside it.
+        use Place::*;
+        for start in 0..5u64 {
+            let mut c = SlowClock::new(20 * MS, 0);
+            // At 0 it is inside epoll_wait; it returns at `start` + 0.5 ms.
+            assert_eq!(
+                c.observe(slow_look(0, false, Some(Wait))),
+                SlowStep::Nothing
+            );
+            let s = start * MS + MS / 2;
+            let e = s + 20 * MS + MS / 2;
+            let mut captured_at = None;
+            let mut t = 5 * MS;
+            let mut ended = None;
+            let mut entered = false;
+            while t <= e + 10 * MS {
+                if let Some(d) = c.deadline() {
+                    if d < t {
+                        t = d;
+                    }
+                }
+                let place = if t < s || t > e { Wait } else { Elsewhere };
+                // Entered once, at `e`: the first look after it ticks.
+                let ticked = t > e && !std::mem::replace(&mut entered, t > e);
+                let step = c.observe(SlowLook {
+                    now_ns: t,
+                    ticked,
+                    place: Some(place),
+                    parked: false,
+                    hung: false,
+                });
+                match step {
+                    SlowStep::Capture => captured_at = Some(t),
+                    SlowStep::Ended {
+                        at_most_ns,
+                        at_least_ns,
+                    } => ended = Some((at_most_ns, at_least_ns)),
+                    _ => {}
+                }
+                t = (t / (5 * MS) + 1) * 5 * MS;
+            }
+            let at = captured_at.unwrap_or_else(|| panic!("start {start}: not captured"));
+            assert!(
+                s < at && at < e,
+                "start {start}: captured at {at}, iteration {s}..{e}"
+            );
+            let (most, least) = ended.expect("ended");
+            assert!(
+                least <= e - s && e - s <= most,
+                "{least} <= {} <= {most}",
+                e - s
+            );
+        }
+    }
+
+    #[test]
+    fn on_random_timelines_every_slow_iteration_is_captured_and_only_near_slow_ones() {
+        // --slow 20 ms, looks 2.5-5 ms apart (at most a quarter) and at the
+        // clock's deadline; waits of 0-10 ms, iterations of 0.1-40 ms.
+        const SLOW: u64 = 20 * MS;
+        const P: u64 = SLOW / 4;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rand = |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n.max(1)
+        };
+        for _ in 0..100 {
+            let mut waits = Vec::new();
+            let mut t = MS;
+            for _ in 0..60 {
+                let wait = rand(10 * MS) + 1_000;
+                waits.push((t, t + wait));
+                t += wait + rand(40 * MS) + MS / 10;
+            }
+            waits.push((t, t + 100 * MS));
+            let end = t + 100 * MS;
+            let iterations: Vec<(u64, u64)> = waits.windows(2).map(|w| (w[0].1, w[1].0)).collect();
+            let mut c = SlowClock::new(SLOW, 0);
+            let mut captures = Vec::new();
+            let mut ended = Vec::new();
+            let (mut look, mut entries0) = (0u64, 0u64);
+            while look < end {
+                let next = look + P / 2 + rand(P / 2);
+                look = c.deadline().map_or(next, |d| d.clamp(look + 1, next));
+                let entries = waits.iter().filter(|w| w.0 <= look).count() as u64;
+                let inside = waits.iter().any(|w| w.0 <= look && look < w.1);
+                let step = c.observe(SlowLook {
+                    now_ns: look,
+                    ticked: entries > entries0,
+                    place: Some(if inside {
+                        Place::Wait
+                    } else {
+                        Place::Elsewhere
+                    }),
+                    parked: false,
+                    hung: false,
+                });
+                entries0 = entries;
+                match step {
+                    SlowStep::Capture => captures.push(look),
+                    SlowStep::Ended {
+                        at_most_ns,
+                        at_least_ns,
+                    } => ended.push((look, at_most_ns, at_least_ns)),
+                    _ => {}
+                }
+            }
+            for &(s, e) in &iterations {
+                let caught: Vec<u64> = captures
+                    .iter()
+                    .copied()
+                    .filter(|&c| s < c && c < e)
+                    .collect();
+                if e - s > SLOW {
+                    assert_eq!(caught.len(), 1, "{s}..{e} past --slow: {captures:?}");
+                }
+                if !caught.is_empty() {
+                    assert!(e - s > SLOW - P, "{s}..{e} captured, too short");
+                    // Warned at the first look after it ended, with bounds.
+                    let &(_, most, least) =
+                        ended.iter().find(|&&(at, _, _)| at >= e).expect("its end");
+                    assert!(least <= e - s && e - s <= most, "{least} {} {most}", e - s);
+                }
+            }
+            assert_eq!(captures.len(), ended.len());
+        }
+    }
+
+    #[test]
+    fn a_short_iteration_is_not_captured_and_a_tick_resets_the_clock() {
+        use Place::*;
+        let mut c = SlowClock::new(20 * MS, 0);
+        c.observe(slow_look(0, false, Some(Wait)));
+        // 10 ms out, then back in the wait: nothing.
+        assert_eq!(
+            c.observe(slow_look(5, false, Some(Elsewhere))),
+            SlowStep::Nothing
+        );
+        assert_eq!(
+            c.observe(slow_look(10, false, Some(Elsewhere))),
+            SlowStep::Nothing
+        );
+        assert_eq!(
+            c.observe(slow_look(15, true, Some(Wait))),
+            SlowStep::Nothing
+        );
+        assert_eq!(c.deadline(), Some(35 * MS + 1));
+        // A busy loop ticking at every look, out whenever read: never slow.
+        for i in 4..100 {
+            assert_eq!(
+                c.observe(slow_look(i * 5, true, Some(Elsewhere))),
+                SlowStep::Nothing
+            );
+        }
+        // Ticked at 495 (entered after 490): the deadline is 490 + 20 ms.
+        assert_eq!(c.deadline(), Some(510 * MS + 1));
+    }
+
+    #[test]
+    fn a_slow_iteration_that_becomes_a_hang_is_dropped() {
+        use Place::*;
+        let mut c = SlowClock::new(20 * MS, 0);
+        c.observe(slow_look(0, false, Some(Wait)));
+        assert_eq!(
+            c.observe(slow_look(21, false, Some(Elsewhere))),
+            SlowStep::Capture
+        );
+        assert!(c.is_captured());
+        assert_eq!(c.deadline(), None);
+        let mut hung = slow_look(300, false, Some(Elsewhere));
+        hung.hung = true;
+        assert_eq!(c.observe(hung), SlowStep::Dropped);
+        assert_eq!(c.observe(hung), SlowStep::Nothing);
+        assert_eq!(c.deadline(), None);
+        // Its end is the hang's recovery, not a slow iteration.
+        assert_eq!(c.observe(slow_look(2000, true, None)), SlowStep::Nothing);
+        // The next one is judged afresh, from the look before the entry
+        // (the thread entered somewhere after 300 ms).
+        assert_eq!(c.deadline(), Some(320 * MS + 1));
+    }
+
+    #[test]
+    fn a_parked_thread_ends_its_iteration() {
+        let mut c = SlowClock::new(20 * MS, 0);
+        c.observe(slow_look(0, true, None));
+        assert_eq!(
+            c.observe(slow_look(30, false, Some(Place::Futex))),
+            SlowStep::Capture
+        );
+        let mut parked = slow_look(35, false, Some(Place::Futex));
+        parked.parked = true;
+        assert_eq!(
+            c.observe(parked),
+            SlowStep::Ended {
+                at_most_ns: 35 * MS,
+                at_least_ns: 0
+            }
+        );
     }
 }

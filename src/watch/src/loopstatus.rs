@@ -7,8 +7,12 @@
 //! Two phases, so that only loop-shaped threads are sampled: every thread's
 //! wait calls counted for [`FIND_NS`] (a thread that entered one, or sits in
 //! one, is a candidate), then the candidates' `sys_exit_*`/`sys_enter_*`
-//! sampled for the whole `--sample` (counters staying on for the rate). The
-//! target is never stopped; it pays a sampled wait call's cost for that long.
+//! sampled for the rest of `--sample` (counters staying on for the rate).
+//! During the sample the threads are looked at again every [`FIND_NS`]: a
+//! thread that appeared gets counters, one that became a candidate since
+//! (it began iterating late) gets sampled from then on, its rate over its
+//! own part of the sample. The target is never stopped; it pays a sampled
+//! wait call's cost for that long.
 
 use crate::config::StatusConfig;
 use crate::exit;
@@ -26,6 +30,8 @@ use std::time::Duration;
 const FIND_NS: u64 = 200_000_000;
 /// The rings are drained this often while sampling.
 const DRAIN_NS: u64 = 10_000_000;
+/// Threads counted at most (as `watch`: 7 descriptors each).
+const MAX_COUNTED: usize = 256;
 /// Busy times kept per thread at most (the rest counted, not kept).
 const MAX_TIMED: usize = 100_000;
 
@@ -34,9 +40,14 @@ struct Counted {
     tid: i32,
     counters: WaitCounters,
     syscall: Option<std::fs::File>,
-    /// Entries at the start of each phase.
+    /// Entries when it was first counted, at its last candidacy check, and
+    /// when its sample began.
     at_find: u64,
+    at_check: u64,
     at_sample: u64,
+    /// When its sample began (watcher clock): the end of the first phase,
+    /// or when it became a candidate later.
+    sample_from: u64,
     sampler: Option<WaitSampler>,
     pairs: BusyPairs,
     busy: Vec<u64>,
@@ -88,57 +99,16 @@ pub fn status(args: &StatusConfig, no_hb: &Error) -> ExitCode {
         Err(e) => return exit::report(&e),
     };
     let mut threads: Vec<Counted> = Vec::new();
-    for tid in tids {
-        match WaitCounters::open(pid, tid, &tps) {
-            Ok(counters) => threads.push(Counted {
-                tid,
-                at_find: total(&counters).unwrap_or(0),
-                at_sample: 0,
-                counters,
-                syscall: std::fs::File::open(format!("/proc/{pid}/task/{tid}/syscall")).ok(),
-                sampler: None,
-                pairs: BusyPairs::default(),
-                busy: Vec::new(),
-                gaps: 0,
-            }),
-            Err(e) if e.kind() == ErrorKind::Gone => continue,
-            Err(e) => return refused(pid, e),
-        }
+    if let Err(e) = count_new(pid, &tps, &tids, &mut threads) {
+        return refused(pid, e);
     }
     std::thread::sleep(Duration::from_nanos(FIND_NS));
-    for t in &mut threads {
-        let n = total(&t.counters).unwrap_or(t.at_find);
-        t.at_sample = n;
-        let waiting = place_now(t.syscall.as_ref(), Place::Elsewhere) == Place::Wait;
-        if n == t.at_find && !waiting {
-            continue;
-        }
-        let used: Vec<&str> = t
-            .counters
-            .read()
-            .unwrap_or_default()
-            .iter()
-            .zip(t.counters.calls())
-            .filter(|(&n, _)| n > 0)
-            .map(|(_, c)| *c)
-            .collect();
-        let calls = if used.is_empty() {
-            aiodebug_engine::perf::WAIT_CALLS
-        } else {
-            &used[..]
-        };
-        match WaitSampler::open(pid, t.tid, &tps, calls) {
-            Ok(mut s) => {
-                if s.enable(true).is_ok() {
-                    t.sampler = Some(s);
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::Gone => {}
-            Err(e) => return refused(pid, e),
-        }
+    if let Err(e) = check_candidates(pid, &tps, &mut threads, true) {
+        return refused(pid, e);
     }
     let started = monotonic_ns();
     let end = started.saturating_add(secs_to_ns(args.sample));
+    let mut last_check = started;
     loop {
         for t in &mut threads {
             drain(t);
@@ -146,6 +116,21 @@ pub fn status(args: &StatusConfig, no_hb: &Error) -> ExitCode {
         let now = monotonic_ns();
         if now >= end {
             break;
+        }
+        if now.saturating_sub(last_check) >= FIND_NS {
+            last_check = now;
+            // Threads that appeared (a new loop thread, a pool growing)
+            // are counted; those that became candidates since, sampled.
+            // Gone threads stay: their counters read what they counted.
+            let check = match list_threads(pid) {
+                Ok((tids, _)) => count_new(pid, &tps, &tids, &mut threads),
+                Err(e) if e.kind() == ErrorKind::Gone => Ok(()),
+                Err(e) => Err(e),
+            }
+            .and_then(|()| check_candidates(pid, &tps, &mut threads, false));
+            if let Err(e) = check {
+                return refused(pid, e);
+            }
         }
         std::thread::sleep(Duration::from_nanos(DRAIN_NS.min(end - now)));
     }
@@ -162,7 +147,7 @@ pub fn status(args: &StatusConfig, no_hb: &Error) -> ExitCode {
     let comm = stat.map(|s| s.comm).unwrap_or_default();
     let rows: Vec<LoopRow> = threads
         .iter_mut()
-        .filter_map(|t| row(pid, t, secs, ended))
+        .filter_map(|t| row(pid, t, ended))
         .collect();
     if rows.is_empty() {
         crate::errln!(
@@ -271,6 +256,93 @@ fn refused(pid: i32, e: Error) -> ExitCode {
     ExitCode::from(exit::code_for(&e))
 }
 
+/// Opens counters on the threads of `tids` not counted yet (at most
+/// [`MAX_COUNTED`] in all); a thread gone meanwhile is skipped.
+fn count_new(
+    pid: i32,
+    tps: &WaitTracepoints,
+    tids: &[i32],
+    threads: &mut Vec<Counted>,
+) -> Result<(), Error> {
+    for &tid in tids {
+        if threads.len() >= MAX_COUNTED || threads.iter().any(|t| t.tid == tid) {
+            continue;
+        }
+        match WaitCounters::open(pid, tid, tps) {
+            Ok(counters) => {
+                let n = total(&counters).unwrap_or(0);
+                threads.push(Counted {
+                    tid,
+                    at_find: n,
+                    at_check: n,
+                    at_sample: n,
+                    sample_from: monotonic_ns(),
+                    counters,
+                    syscall: std::fs::File::open(format!("/proc/{pid}/task/{tid}/syscall")).ok(),
+                    sampler: None,
+                    pairs: BusyPairs::default(),
+                    busy: Vec::new(),
+                    gaps: 0,
+                })
+            }
+            Err(e) if e.kind() == ErrorKind::Gone => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Samples the threads that became candidates since their last check
+/// (entered a wait call, or sit in one), from now on. `first`: the end of
+/// the first phase, which starts every thread's sample (candidate or not:
+/// the rate of a thread that is none still counts from there).
+fn check_candidates(
+    pid: i32,
+    tps: &WaitTracepoints,
+    threads: &mut [Counted],
+    first: bool,
+) -> Result<(), Error> {
+    for t in threads.iter_mut().filter(|t| t.sampler.is_none()) {
+        let Some(n) = total(&t.counters) else {
+            continue;
+        };
+        let moved = n != t.at_check;
+        t.at_check = n;
+        let waiting = place_now(t.syscall.as_ref(), Place::Elsewhere) == Place::Wait;
+        if first || moved || waiting {
+            t.at_sample = n;
+            t.sample_from = monotonic_ns();
+        }
+        if !moved && !waiting {
+            continue;
+        }
+        let used: Vec<&str> = t
+            .counters
+            .read()
+            .unwrap_or_default()
+            .iter()
+            .zip(t.counters.calls())
+            .filter(|(&n, _)| n > 0)
+            .map(|(_, c)| *c)
+            .collect();
+        let calls = if used.is_empty() {
+            aiodebug_engine::perf::WAIT_CALLS
+        } else {
+            &used[..]
+        };
+        match WaitSampler::open(pid, t.tid, tps, calls) {
+            Ok(mut s) => {
+                if s.enable(true).is_ok() {
+                    t.sampler = Some(s);
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Gone => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn drain(t: &mut Counted) {
     let Some(s) = t.sampler.as_mut() else { return };
     for rec in s.drain() {
@@ -294,8 +366,10 @@ fn drain(t: &mut Counted) {
 }
 
 /// The row of a loop thread (one that entered wait calls [`MIN_ENTRIES`]
-/// times in both phases), `None` for any other.
-fn row(pid: i32, t: &mut Counted, secs: f64, now: u64) -> Option<LoopRow> {
+/// times since it was first counted), `None` for any other; its rate over
+/// its own part of the sample.
+fn row(pid: i32, t: &mut Counted, now: u64) -> Option<LoopRow> {
+    let secs = now.saturating_sub(t.sample_from) as f64 / 1e9;
     let counts = t.counters.read().ok()?;
     let n = counts.iter().fold(0u64, |a, &b| a.saturating_add(b));
     if n.saturating_sub(t.at_find) < MIN_ENTRIES {

@@ -12,12 +12,17 @@
 //! snapshots with the thread first and marked, the culprit, the recovery,
 //! StatsD `loop_stall` — through the same `act()` and `dump_now()`.
 //!
-//! The watcher looks every `--interval / 10` (2–50 ms): one `read(2)` of the
-//! counter group per thread, plus one `pread(2)` of
-//! `/proc/PID/task/TID/syscall` for a thread whose count did not move. The
-//! target is never stopped except for the episode's snapshots.
+//! The watcher looks every `--interval / 10`, with `--slow` at most every
+//! SECS / 4 (2–50 ms, [`look_period`]): one `read(2)` of the counter group
+//! per thread, plus one `pread(2)` of `/proc/PID/task/TID/syscall` for a
+//! thread whose count did not move (with `--slow`, for every loop thread).
+//! `--slow` is judged by `loops::SlowClock`, which captures the frame of
+//! every iteration past SECS while it lasts. Busy times come from the
+//! counters for iterations a look sighted and from duty-cycled sampling
+//! windows for the others (`loops::sighted_during`). The target is never
+//! stopped except for the episode's snapshots and the slow captures.
 
-use super::episode::Observation;
+use super::episode::{Action, Config, Observation};
 use super::event::{Event, Warning};
 use super::files::OutputDir;
 use super::{
@@ -29,14 +34,16 @@ use crate::exit;
 use aiodebug_engine::cause::parse::{parse_proc_syscall, ProcSyscall};
 use aiodebug_engine::cause::syscalls;
 use aiodebug_engine::dump::Dumper;
-use aiodebug_engine::loops::{self, Look, Peer, Place, ThreadTrack, NATIVE};
+use aiodebug_engine::loops::{
+    self, Look, Peer, Place, SlowClock, SlowLook, SlowStep, ThreadTrack, NATIVE,
+};
 use aiodebug_engine::perf::{
     BusyPairs, RingRecord, WaitCounters, WaitSampler, WaitTracepoints, WAIT_CALLS,
 };
 use aiodebug_engine::target::{monotonic_ns, Reading};
 use aiodebug_engine::{proc, Error, ErrorKind};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -59,6 +66,25 @@ const DRAIN_NS: u64 = 5_000_000;
 /// StatsD at the window's end); past it they are counted but not kept, and
 /// the sampling rate sent says so.
 const MAX_TIMED_PER_WINDOW: usize = 1000;
+/// Sightings kept per thread (see [`Thread::sightings`]): a window's ring
+/// is drained every [`DRAIN_NS`], a few looks at most, so the last 64 cover
+/// every iteration a drain can still see.
+const MAX_SIGHTINGS: usize = 64;
+
+/// How often the watcher looks: ten times per interval, so a stall is seen
+/// at most a tenth late; with `--slow`, also four times per SECS, so that
+/// an iteration's start is known to a quarter of SECS (see
+/// [`SlowClock`]: a captured iteration lasted more than SECS minus one look,
+/// and every one past SECS is captured). Bounded to 2–50 ms: below 2 ms
+/// the watcher's own looks (a `read` per thread, a `pread` of its
+/// `syscall` file, the `stat` of the process) would cost more than 1 % of
+/// a core (README, cost of `--slow`); above 50 ms a hang is seen late.
+pub(crate) fn look_period(interval_ns: u64, slow_ns: Option<u64>) -> u64 {
+    let by_interval = interval_ns / 10;
+    slow_ns
+        .map_or(by_interval, |s| by_interval.min(s / 4))
+        .clamp(2_000_000, 50_000_000)
+}
 
 /// The duty cycle of the sampling windows: on for `on_ns` at the start of
 /// every [`CYCLE_NS`] (pure: the caller gives the time).
@@ -111,7 +137,7 @@ impl Windows {
 /// times the fraction of the iterations that ended in the window that were
 /// timed (`entries` counted in it: the first one closes an iteration begun
 /// before the window; lost samples and the cap lower it). `long`: the
-/// window's iterations of a look or more, left to the counters (timed there,
+/// window's iterations a look sighted, left to the counters (timed there,
 /// every one): not among those the rate is of. 4 decimals.
 pub(crate) fn window_rate(fraction: f64, timed: usize, entries: u64, long: u64) -> f64 {
     let ended = entries.saturating_sub(1).saturating_sub(long).max(1) as f64;
@@ -125,10 +151,11 @@ struct Sampling {
     pairs: BusyPairs,
     /// The counters' entries when this window began (`None`: no window yet).
     entries0: Option<u64>,
-    /// Busy times (ns) of this window's iterations shorter than a look, at
+    /// Busy times (ns) of this window's iterations no look sighted, at
     /// most [`MAX_TIMED_PER_WINDOW`].
     timed: Vec<u64>,
-    /// This window's iterations of a look or more (not kept here).
+    /// This window's iterations a look sighted (the counters', not kept
+    /// here).
     long: u64,
 }
 
@@ -148,15 +175,22 @@ struct Thread {
     parked_said: bool,
     /// Set once it is a loop thread: the episode state, as a heartbeat loop's.
     watched: Option<Watched>,
-    /// Busy times (ns) of its recent long iterations (see [`Thread::out`]).
+    /// Busy times (ns) of its recent iterations, timed by the counters or
+    /// the windows (see [`Thread::out`]).
     busy: Vec<u64>,
-    /// A look saw it out of its wait call without having entered it since
-    /// the previous look: the current iteration is longer than one look.
-    /// Only such iterations get a busy time: counts say "it entered N times
-    /// between two looks", not when, so shorter ones are not timed (see the
-    /// README on sampling). Their busy time is at most the time since the
-    /// last look that saw it enter or wait, at least the stall seen.
+    /// A look sighted it: saw it out of its wait call without having
+    /// entered it since the previous look. The counters time such an
+    /// iteration (at most the time since the last look known to precede its
+    /// start, `SlowClock::began_after_ns`); the windows time the others
+    /// (`loops::sighted_during`: each iteration by one side only).
     out: bool,
+    /// When the recent sightings were (watcher clock, the samples' clock),
+    /// the last [`MAX_SIGHTINGS`].
+    sightings: VecDeque<u64>,
+    /// When its current iteration began, to a look (the counters' busy
+    /// times are bounded by it) and, with `--slow`, when to capture its
+    /// frame; set once it is a loop thread.
+    clock: Option<SlowClock>,
     /// Its sampler, once it is a loop thread (`None`: sampling off, or the
     /// kernel refused it: the counters go on).
     sampling: Option<Sampling>,
@@ -206,6 +240,25 @@ pub(crate) fn place_now(file: Option<&std::fs::File>, prev: Place) -> Place {
         Ok(n) => place_in_line(&buf[..n], prev),
         Err(_) => prev,
     }
+}
+
+/// The process's state letter, from `/proc/PID/stat` kept open (`file`): a
+/// `pread` per look instead of an open, reads and a close — at a look every
+/// 2–5 ms (`--slow`) that was a third of the watcher's system calls. On any
+/// failure (the process gone: ESRCH) the file is read afresh, so the error
+/// is classified as usual (`Error::Exited`).
+fn state_now(file: Option<&std::fs::File>, pid: i32) -> Result<char, Error> {
+    if let Some(f) = file {
+        let mut buf = [0u8; 1024];
+        if let Ok(n) = f.read_at(&mut buf, 0) {
+            // A `stat` line is ~300 bytes; one cut at 1024 still has the
+            // state, which follows the comm.
+            if let Some(st) = proc::parse_stat(&buf[..n]) {
+                return Ok(st.state);
+            }
+        }
+    }
+    proc::read_stat(pid).map(|s| s.state)
 }
 
 /// [`place_now`] on the contents of `/proc/PID/task/TID/syscall` (pure).
@@ -292,8 +345,15 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
         .args
         .duration
         .map(|d| started.saturating_add(crate::status::secs_to_ns(d)));
-    // Look ten times per interval: a stall is seen at most a tenth late.
-    let look_ns = (cfg.interval_ns / 10).clamp(2_000_000, 50_000_000);
+    let look_ns = look_period(cfg.interval_ns, cfg.slow_ns);
+    // The episode tracker judges hangs only; `--slow` is the SlowClock's,
+    // which knows when an iteration began to a look (the tracker's stall
+    // is counted from the look that saw an entry, late on purpose so that
+    // hangs are never overestimated: too late to capture every slow one).
+    let hang_cfg = Config {
+        slow_ns: None,
+        ..cfg
+    };
     let calls: Vec<&str> = tps.calls.iter().map(|(c, _)| *c).collect();
     let forced: Vec<i32> = ctx.args.loop_threads.clone();
     ctx.log.emit(&Event::StartedSyscalls {
@@ -311,13 +371,14 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
     let mut windows = Windows::new(ctx.args.busy_sample, started);
     let mut sample_warned = false;
     let slow_ns = cfg.slow_ns;
+    let stat_file = std::fs::File::open(format!("/proc/{pid}/stat")).ok();
     loop {
         if stop.load(Ordering::Relaxed) {
             ctx.log.emit(&Event::Stopped);
             return finish(ctx, &mut threads, exit::OK);
         }
-        let state = match proc::read_stat(pid) {
-            Ok(s) => s.state,
+        let state = match state_now(stat_file.as_ref(), pid) {
+            Ok(s) => s,
             Err(e) => return end_with(ctx, &mut threads, &e),
         };
         if state == 'Z' || state == 'X' {
@@ -372,24 +433,31 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
         // First every thread's counts and place, then the verdicts: whether
         // a loop thread in a futex is parked depends on the others
         // (`loops::carried_by_other`).
-        let mut reads: Vec<Option<(u64, Option<Place>)>> = Vec::with_capacity(threads.len());
+        // Each read's time: taken before the counters are read (an entry
+        // counted later happened after it).
+        let mut reads: Vec<Option<(u64, Option<Place>, u64)>> = Vec::with_capacity(threads.len());
         for t in threads.values_mut() {
+            let read_ns = monotonic_ns();
             let Ok(counts) = t.counters.read() else {
                 reads.push(None);
                 continue;
             };
             let entries = counts.iter().fold(0u64, |a, &b| a.saturating_add(b));
             t.counts = counts;
-            let place = if t.track.needs_wait_check(entries) {
-                let p = place_now(t.syscall_file.as_ref(), t.last_place);
-                t.last_place = p;
-                Some(p)
-            } else {
-                // It entered since: it sits in the call or just left it.
-                t.last_place = Place::Wait;
-                None
-            };
-            reads.push(Some((entries, place)));
+            // With `--slow` a loop thread's place is read at every look:
+            // one that entered and is out again began an iteration between
+            // the two looks, which the SlowClock must know.
+            let place =
+                if t.track.needs_wait_check(entries) || (slow_ns.is_some() && t.track.is_loop()) {
+                    let p = place_now(t.syscall_file.as_ref(), t.last_place);
+                    t.last_place = p;
+                    Some(p)
+                } else {
+                    // It entered since: it sits in the call or just left it.
+                    t.last_place = Place::Wait;
+                    None
+                };
+            reads.push(Some((entries, place, read_ns)));
         }
         // One peer per thread, in the same order (unread threads say
         // nothing: neither ticked nor anywhere).
@@ -397,7 +465,7 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
             .values()
             .zip(&reads)
             .map(|(t, r)| match r {
-                Some((entries, place)) => Peer {
+                Some((entries, place, _)) => Peer {
                     is_loop: t.track.is_loop(),
                     ticked: !t.track.needs_wait_check(*entries),
                     place: *place,
@@ -410,10 +478,11 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
             })
             .collect();
         for (me, ((&tid, t), r)) in threads.iter_mut().zip(reads).enumerate() {
-            let Some((entries, place)) = r else {
+            let Some((entries, place, read_ns)) = r else {
                 continue;
             };
             let futex = place == Some(Place::Futex);
+            let ticked = !t.track.needs_wait_check(entries);
             let v = t.track.observe(Look {
                 now_ns: monotonic_ns(),
                 entries,
@@ -430,7 +499,10 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
             if v.became_loop || (v.is_loop && t.watched.is_none()) {
                 announce(ctx, tid, t, tps, now);
                 let name = loop_name(pid, tid);
-                t.watched = Some(Watched::new(name, tid as u32, cfg, now));
+                t.watched = Some(Watched::new(name, tid as u32, hang_cfg, now));
+                // Without `--slow` the clock only bounds busy times (it
+                // never captures: nothing is longer than u64::MAX ns).
+                t.clock = Some(SlowClock::new(slow_ns.unwrap_or(u64::MAX), read_ns));
                 if windows.fraction() > 0.0 {
                     t.sampling = open_sampling(ctx, tid, t, tps, &mut sample_warned);
                 }
@@ -440,20 +512,35 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
             };
             if v.stall_ns > 0 {
                 t.out = true;
+                if t.sightings.len() >= MAX_SIGHTINGS {
+                    t.sightings.pop_front();
+                }
+                // The read's time, a few µs before the `pread` that found
+                // it out: an iteration boundary inside those µs can make
+                // one iteration timed twice or not at all (not seen so far;
+                // the looks are milliseconds apart).
+                t.sightings.push_back(read_ns);
             }
-            // Longer than one look: timed here, every one; shorter ones are
-            // the sampling windows' (see `drain`), so none is sent twice.
-            if v.iteration_ended() && t.out && v.iteration_ns >= look_ns {
+            // Sighted: timed here, every one; the others are the sampling
+            // windows' (see `drain`), so none is sent twice or lost.
+            if v.iteration_ended() && t.out {
                 t.out = false;
+                // At most the time since the last look known to precede
+                // its start (the clock's, read before this look moves it):
+                // an upper bound, where the tracker's `iteration_ns` counts
+                // from the look that saw the entry and may fall short.
+                let busy_ns = t.clock.as_ref().map_or(v.iteration_ns, |c| {
+                    read_ns.saturating_sub(c.began_after_ns())
+                });
                 // Bounded: past the window, the summary's iterations are
                 // the first ones since the last summary.
                 if t.busy.len() < BUSY_WINDOW {
-                    t.busy.push(v.iteration_ns);
+                    t.busy.push(busy_ns);
                 }
                 if let Some(s) = &ctx.stats {
-                    // Each lasted more than one look: at most one a look
-                    // per loop thread, so every one is sent (`|@1`).
-                    s.busy(&w.name, v.iteration_ns, 1.0);
+                    // At most one a look per loop thread (a sighting each),
+                    // so every one is sent (`|@1`).
+                    s.busy(&w.name, busy_ns, 1.0);
                 }
             }
             let obs = Observation {
@@ -475,7 +562,39 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
                     return finish(ctx, &mut threads, code);
                 }
             }
-            if w.slow_frames.is_some() || w.tracker.is_hung() {
+            if let Some(c) = t.clock.as_mut() {
+                let step = c.observe(SlowLook {
+                    now_ns: read_ns,
+                    ticked,
+                    place,
+                    parked: v.parked,
+                    // A stopped process (job control, a debugger) is not
+                    // slow, as for the tracker: its iteration is not judged.
+                    hung: w.tracker.is_hung() || stopped,
+                });
+                let action = match step {
+                    SlowStep::Nothing => None,
+                    SlowStep::Capture => Some(Action::SlowStarted),
+                    // The upper bound: what a heartbeat's slow tick says
+                    // too (the time since the loop was last seen on time).
+                    SlowStep::Ended { at_most_ns, .. } => Some(Action::SlowEnded {
+                        blocked_ns: at_most_ns,
+                    }),
+                    SlowStep::Dropped => Some(Action::SlowAbandoned),
+                };
+                if let Some(a) = action {
+                    if let Some(code) = act(ctx, w, a, &reading) {
+                        return finish(ctx, &mut threads, code);
+                    }
+                }
+                if let Some(d) = c.deadline().filter(|_| slow_ns.is_some()) {
+                    deadline = deadline.min(d);
+                }
+            }
+            if w.slow_frames.is_some()
+                || w.tracker.is_hung()
+                || t.clock.as_ref().is_some_and(SlowClock::is_captured)
+            {
                 t.slow_seen_ns = monotonic_ns();
             }
             if let Some(s) = &ctx.stats {
@@ -503,7 +622,7 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
                 t.track.total(),
                 windows.fraction(),
                 Limits {
-                    look_ns,
+                    sightings: t.sightings.make_contiguous(),
                     slow_ns,
                     slow_seen_ns: t.slow_seen_ns,
                 },
@@ -635,6 +754,8 @@ fn rescan(
                 watched: None,
                 busy: Vec::new(),
                 out: false,
+                sightings: VecDeque::new(),
+                clock: None,
                 sampling: None,
                 slow_seen_ns: 0,
             },
@@ -688,12 +809,14 @@ fn open_sampling(
 
 /// The bounds a sampled iteration is judged by.
 #[derive(Debug, Clone, Copy)]
-struct Limits {
-    /// One look: iterations this long or longer are timed by the counters.
-    look_ns: u64,
+struct Limits<'a> {
+    /// When looks sighted the thread out (`loops::sighted_during`): the
+    /// iterations they fall into are timed by the counters.
+    sightings: &'a [u64],
     /// `--slow`.
     slow_ns: Option<u64>,
-    /// Until when the episode tracker saw the thread slow or hung.
+    /// Until when the SlowClock had its iteration captured (or the tracker
+    /// saw it hung).
     slow_seen_ns: u64,
 }
 
@@ -710,7 +833,7 @@ fn step_window(
     busy: &mut Vec<u64>,
     entries: u64,
     fraction: f64,
-    lim: Limits,
+    lim: Limits<'_>,
 ) {
     let was_on = sm.sampler.is_on();
     if was_on {
@@ -745,11 +868,18 @@ fn step_window(
     }
 }
 
-/// Busy times of the iterations sampled since the last drain: those shorter
-/// than a look kept for the window (and the summary), `--slow` said for
-/// those the episode tracker did not see (they ended between two looks: no
-/// frame could be captured while they lasted).
-fn drain(ctx: &Ctx<'_>, tid: i32, name: &str, sm: &mut Sampling, busy: &mut Vec<u64>, lim: Limits) {
+/// Busy times of the iterations sampled since the last drain: those no look
+/// sighted kept for the window (and the summary), `--slow` said for those
+/// the SlowClock did not capture (the watcher was late: it ran too late to
+/// look at the deadline; no frame).
+fn drain(
+    ctx: &Ctx<'_>,
+    tid: i32,
+    name: &str,
+    sm: &mut Sampling,
+    busy: &mut Vec<u64>,
+    lim: Limits<'_>,
+) {
     for rec in sm.sampler.drain() {
         let RingRecord::Sample { id, time_ns, .. } = rec else {
             sm.pairs.gap();
@@ -763,7 +893,14 @@ fn drain(ctx: &Ctx<'_>, tid: i32, name: &str, sm: &mut Sampling, busy: &mut Vec<
         let Some(b) = sm.pairs.edge(edge, time_ns) else {
             continue;
         };
-        if b >= lim.look_ns {
+        if lim.slow_ns.is_some_and(|s| b > s) && returned > lim.slow_seen_ns {
+            ctx.log.emit(&Event::SampledSlow {
+                name,
+                tid,
+                blocked_ns: b,
+            });
+        }
+        if loops::sighted_during(returned, time_ns, lim.sightings) {
             sm.long += 1;
             continue;
         }
@@ -772,13 +909,6 @@ fn drain(ctx: &Ctx<'_>, tid: i32, name: &str, sm: &mut Sampling, busy: &mut Vec<
             if busy.len() < BUSY_WINDOW {
                 busy.push(b);
             }
-        }
-        if lim.slow_ns.is_some_and(|s| b > s) && returned > lim.slow_seen_ns {
-            ctx.log.emit(&Event::SampledSlow {
-                name,
-                tid,
-                blocked_ns: b,
-            });
         }
     }
 }
@@ -851,6 +981,19 @@ mod tests {
         assert_eq!(place_in_line(restart, Futex), Futex);
         assert_eq!(place_in_line(restart, Elsewhere), Elsewhere);
         assert_eq!(place_in_line(b"", Wait), Wait);
+    }
+
+    #[test]
+    fn slow_makes_the_looks_a_quarter_of_it() {
+        const MS: u64 = 1_000_000;
+        assert_eq!(look_period(250 * MS, None), 25 * MS);
+        assert_eq!(look_period(10_000 * MS, None), 50 * MS);
+        assert_eq!(look_period(1000 * MS, Some(20 * MS)), 5 * MS);
+        // The interval's tenth when it is shorter.
+        assert_eq!(look_period(250 * MS, Some(200 * MS)), 25 * MS);
+        // Never below 2 ms.
+        assert_eq!(look_period(250 * MS, Some(MS)), 2 * MS);
+        assert_eq!(look_period(10 * MS, None), 2 * MS);
     }
 
     #[test]
