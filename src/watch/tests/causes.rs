@@ -7,14 +7,13 @@
 mod support;
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
-use support::{watch_bin, Fixture};
+use std::time::Duration;
+use support::watcher::{wait_until, Watch};
+use support::{watch_bin, Fixture, TempDir};
 
 /// `fixtures/c/causes.c`, built once per test process.
 fn causes_bin() -> &'static Path {
@@ -27,30 +26,6 @@ fn spawn() -> Fixture {
     assert_eq!(fx.kind(), "causes");
     fx
 }
-
-/// A directory removed on drop, also when the test fails.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let d = std::env::temp_dir().join(format!(
-            "aiodebug-causes-{tag}-{}-{:?}",
-            std::process::id(),
-            Instant::now()
-        ));
-        std::fs::create_dir_all(&d).expect("create a scratch dir");
-        Scratch(d)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A child process killed and reaped on drop.
-use support::watcher::Kid as Killed;
 
 /// What one watch saw.
 struct Seen {
@@ -90,41 +65,24 @@ impl Seen {
 /// once the loop is found, and returns everything the watch printed and
 /// wrote once it exits.
 fn watch_through(fx: &mut Fixture, cmd: &str, extra: &[&str]) -> Seen {
-    let dir = Scratch::new("watch");
-    let mut child = Command::new(watch_bin())
-        .args(["watch", &fx.pid.to_string(), "--json", "--output-dir"])
-        .arg(&dir.0)
-        .args(["--interval", "0.25", "--dumps", "2", "--dump-gap", "0.5"])
-        .arg("--exit-on-hang")
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start watch");
-    let out = child.stdout.take().expect("stdout");
-    let watch = Killed(child);
-    let rx = support::json_events(out);
-    let mut events = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut answer = None;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(v) => {
-                let found = v["event"] == "loop_found";
-                events.push(v);
-                if found && answer.is_none() {
-                    answer = Some(fx.ok(cmd));
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                panic!("the watch did not finish within 30 s; events: {events:#?}")
-            }
-        }
-    }
-    drop(watch);
-    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir.0)
+    let dir = TempDir::new("causes-watch");
+    let args = [
+        &[
+            "--interval",
+            "0.25",
+            "--dumps",
+            "2",
+            "--dump-gap",
+            "0.5",
+            "--exit-on-hang",
+        ][..],
+        extra,
+    ]
+    .concat();
+    let w = Watch::started(fx.pid, &dir, &args);
+    let answer = fx.ok(cmd);
+    let (_, events) = w.finish(Duration::from_secs(30));
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("list the output dir")
         .map(|e| e.expect("dir entry").path())
         .collect();
@@ -136,8 +94,18 @@ fn watch_through(fx: &mut Fixture, cmd: &str, extra: &[&str]) -> Seen {
     Seen {
         events,
         files,
-        answer: answer.expect("the loop was found"),
+        answer,
     }
+}
+
+/// Whether thread `tid` of `pid` is blocked in system call `nr` now (the
+/// first field of /proc/PID/task/TID/syscall; the kernel reads it without
+/// stopping the thread).
+fn in_syscall(pid: i32, tid: i64, nr: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<i64>().ok())
+        == Some(nr)
 }
 
 /// The `cause:` line of a dump file.
@@ -459,30 +427,15 @@ fn a_cpu_quota_is_throttling() {
 #[test]
 fn a_slow_tick_carries_its_cause() {
     let mut fx = spawn();
-    let dir = Scratch::new("slow");
-    let mut child = Command::new(watch_bin())
-        .args(["watch", &fx.pid.to_string(), "--json", "--output-dir"])
-        .arg(&dir.0)
-        .args(["--interval", "5", "--slow", "0.05", "--duration", "20"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start watch");
-    let out = BufReader::new(child.stdout.take().expect("stdout"));
-    let _watch = Killed(child);
-    let mut lines = out.lines().map_while(Result::ok);
-    let mut sent = false;
-    let slow = loop {
-        let line = lines.next().expect("the watch ended before a slow tick");
-        let v: Value = serde_json::from_str(&line).expect("JSON");
-        if v["event"] == "loop_found" && !sent {
-            fx.ok("sleep 400");
-            sent = true;
-        }
-        if v["event"] == "slow_tick" {
-            break v;
-        }
-    };
+    let dir = TempDir::new("causes-slow");
+    let mut w = Watch::started(
+        fx.pid,
+        &dir,
+        &["--interval", "5", "--slow", "0.05", "--duration", "20"],
+    );
+    fx.ok("sleep 400");
+    // `--duration 20`: a slow tick before the watch ends by itself.
+    let slow = w.wait_for("slow_tick", Duration::from_secs(25));
     let cause = &slow["cause"];
     assert_eq!(cause["kind"], "syscall", "{slow}");
     assert_eq!(
@@ -498,7 +451,19 @@ fn dump_json_gives_every_thread_a_cause() {
     let writer: i64 = fx.ready_field("writer").unwrap().parse().unwrap();
     let answer = fx.ok("lock 3000");
     assert!(answer.contains(&format!("owner={writer}")), "{answer}");
-    std::thread::sleep(Duration::from_millis(200));
+    // The loop waits for the lock (in futex), its owner sleeps holding it.
+    wait_until(
+        &format!(
+            "thread {} in futex and thread {writer} in clock_nanosleep",
+            fx.pid
+        ),
+        Duration::from_secs(10),
+        || {
+            (in_syscall(fx.pid, fx.pid as i64, nix::libc::SYS_futex)
+                && in_syscall(fx.pid, writer, nix::libc::SYS_clock_nanosleep))
+            .then_some(())
+        },
+    );
     let out = Command::new(watch_bin())
         .args(["dump", "--json", &fx.pid.to_string()])
         .output()

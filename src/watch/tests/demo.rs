@@ -7,11 +7,11 @@ use std::process::Command;
 
 #[test]
 fn the_demo_catches_the_hang_and_names_the_culprit() {
-    let dir = std::env::temp_dir().join(format!("aiodebug-demo-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    // Removed on drop, also when the test fails.
+    let dir = support::TempDir::new("demo-test");
     let out = Command::new(support::watch_bin())
         .args(["demo", "--output-dir"])
-        .arg(&dir)
+        .arg(dir.path())
         .output()
         .expect("run demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -28,7 +28,7 @@ fn the_demo_catches_the_hang_and_names_the_culprit() {
         ),
         "{stdout}"
     );
-    let files: Vec<_> = std::fs::read_dir(&dir)
+    let files: Vec<_> = std::fs::read_dir(dir.path())
         .expect("demo dir")
         .map(|e| e.expect("entry").path())
         .collect();
@@ -40,5 +40,4 @@ fn the_demo_catches_the_hang_and_names_the_culprit() {
             f.display()
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use support::watcher::Kid;
 use support::{fixture_path, watch_bin, Fixture, Variant};
 
 /// `watch --all --json` with its events (and when each arrived).
@@ -76,9 +77,18 @@ impl Fleet {
         }
     }
 
+    /// Every event left, once the watch has exited: until its stdout ends.
     fn drain(&mut self) {
-        while let Ok(e) = self.events.try_recv() {
-            self.seen.push(e);
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(e) => self.seen.push(e),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("the stdout of watch --all did not end within 5 s of its exit")
+                }
+            }
         }
     }
 
@@ -206,18 +216,28 @@ fn twenty_processes_started_later_one_hangs_only_it_gets_an_episode() {
         );
     }
 
-    // Five exit meanwhile (two asked to, three killed): no error.
+    // Five exit meanwhile (two asked to, three killed): no error, and each
+    // is seen gone.
+    let mut exited = Vec::new();
     for _ in 0..2 {
         let fx = fxs.pop().expect("fixture");
+        exited.push(fx.pid);
         assert!(fx.exit().success());
     }
     for _ in 0..3 {
-        drop(fxs.pop());
+        let fx = fxs.pop().expect("fixture");
+        exited.push(fx.pid);
+        drop(fx);
+    }
+    for pid in exited {
+        fleet.wait_for(
+            |v| v["event"] == "target_gone" && v["pid"] == pid,
+            Duration::from_secs(10),
+        );
     }
 
     // One hangs.
     let hung = fxs[7].pid;
-    std::thread::sleep(Duration::from_millis(300));
     fxs[7].ok("block main 1500");
     let (_, hang) = fleet.wait_for(|v| v["event"] == "hang_started", Duration::from_secs(5));
     assert_eq!(hang["pid"], hung, "{hang}");
@@ -264,7 +284,9 @@ fn twenty_processes_started_later_one_hangs_only_it_gets_an_episode() {
         "{got}"
     );
 
-    // Exactly one folder, the hung process's, with exactly its two files.
+    // Exactly one folder, the hung process's, with exactly its two files
+    // (half a second more for a file that should not come: a fixed time, as
+    // that nothing comes is what is tested).
     std::thread::sleep(Duration::from_millis(500));
     let dirs: Vec<String> = std::fs::read_dir(out.path())
         .expect("read out")
@@ -298,7 +320,6 @@ fn twenty_processes_started_later_one_hangs_only_it_gets_an_episode() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(0));
-    std::thread::sleep(Duration::from_millis(200));
     fleet.drain();
     let mut stderr = String::new();
     if let Some(mut e) = fleet.child.stderr.take() {
@@ -329,11 +350,23 @@ fn an_untraceable_process_is_reported_once() {
     let mut cmd = Command::new(&exe);
     std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
     std::os::unix::process::CommandExt::gid(&mut cmd, 65534);
-    let mut target = cmd
+    let mut target = Kid(cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("spawn as nobody");
+        .expect("spawn as nobody"));
+    // Its loop registered (READY) before the watch looks.
+    let target_out = target.stdout.take().expect("stdout");
+    let (tx, ready) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(target_out).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = ready
+        .recv_timeout(support::TIMEOUT)
+        .unwrap_or_else(|e| panic!("{} printed no READY ({e})", exe.display()));
+    assert!(line.starts_with("READY "), "{line:?}");
     // The watcher runs as uid 1 (daemon): not the target's user, no
     // CAP_SYS_PTRACE. Its output directory must be writable by it.
     std::fs::set_permissions(
@@ -360,8 +393,8 @@ fn an_untraceable_process_is_reported_once() {
     std::os::unix::process::CommandExt::uid(&mut watcher, 1);
     std::os::unix::process::CommandExt::gid(&mut watcher, 1);
     let result = watcher.output().expect("run the watcher");
-    let _ = target.kill();
-    let _ = target.wait();
+    let target_pid = target.id();
+    drop(target);
     assert_eq!(result.status.code(), Some(0), "{result:?}");
     let events: Vec<Value> = String::from_utf8_lossy(&result.stdout)
         .lines()
@@ -369,7 +402,7 @@ fn an_untraceable_process_is_reported_once() {
         .collect();
     let refused: Vec<&Value> = events
         .iter()
-        .filter(|v| v["event"] == "unwatchable" && v["pid"] == target.id())
+        .filter(|v| v["event"] == "unwatchable" && v["pid"] == target_pid)
         .collect();
     assert_eq!(refused.len(), 1, "{events:#?}");
     let msg = refused[0]["message"].as_str().expect("message");

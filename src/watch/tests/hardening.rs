@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use support::cbuild::c_loop_static;
+use support::watcher::{Kid, Watch};
 use support::{watch_bin, Fixture};
 
 /// A temporary directory removed on drop, also when the test fails.
@@ -61,41 +62,9 @@ fn dump_files(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Starts `aiodebug-watch ARGS --json --output-dir DIR` and waits until it
-/// watches the loop (start-up takes a while on a loaded machine); the rest
-/// of its stdout is collected by the returned thread.
-fn start_watch(
-    args: &[&str],
-    dir: &Path,
-) -> (std::process::Child, std::thread::JoinHandle<String>) {
-    let mut child = Command::new(watch_bin())
-        .args(args)
-        .arg("--json")
-        .arg("--output-dir")
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start watch");
-    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        if std::io::BufRead::read_line(&mut lines, &mut line).unwrap_or(0) == 0 {
-            panic!("watch ended before finding the loop: {seen}");
-        }
-        seen.push_str(&line);
-        if line.contains("\"loop_found\"") {
-            break;
-        }
-    }
-    let rest = std::thread::spawn(move || {
-        let mut s = seen;
-        let _ = std::io::Read::read_to_string(&mut lines, &mut s);
-        s
-    });
-    (child, rest)
+/// A watch's events as the JSON lines it printed.
+fn json_lines(seen: &[serde_json::Value]) -> String {
+    seen.iter().map(|v| format!("{v}\n")).collect()
 }
 
 /// Item 1: a thread in uninterruptible sleep (a vfork parent) while a hang
@@ -106,18 +75,15 @@ fn a_thread_in_d_state_during_a_snapshot_is_never_left_traced() {
     let out = temp_dir("dstate");
     let mut fx = c_loop();
     let pid = fx.pid;
-    let pid_s = pid.to_string();
-    let (mut watcher, rest) = start_watch(
-        &["watch", &pid_s, "--interval", "0.25", "--duration", "5"],
-        out.path(),
-    );
-    let watcher_pid = watcher.id() as i32;
+    let w = Watch::started(pid, out.path(), &["--interval", "0.25", "--duration", "5"]);
+    let watcher_pid = w.child.id() as i32;
     // A thread in D for 1.5 s, and the loop blocked for 2.6 s (three
     // snapshots at 0.25, 1.25 and 2.25 s).
     fx.ok("vfork 1500");
     let t0 = Instant::now();
     fx.ok("block c-loop 2600");
-    // Sample every thread's tracer until the watch ends.
+    // Sample every thread's tracer through the three snapshots and past the
+    // last (a fixed window: what is sampled in it is the test).
     let mut traced_since: HashMap<i32, Instant> = HashMap::new();
     let mut longest = Duration::ZERO;
     let mut longest_tid = 0;
@@ -138,13 +104,10 @@ fn a_thread_in_d_state_during_a_snapshot_is_never_left_traced() {
         traced_since.retain(|tid, _| threads.contains_key(tid));
         std::thread::sleep(Duration::from_millis(2));
     }
-    let status = watcher.wait().expect("wait for watch");
-    let stderr = std::io::read_to_string(watcher.stderr.take().unwrap()).unwrap_or_default();
-    let stdout = rest.join().unwrap_or_default();
-    assert!(
-        status.success(),
-        "watch failed ({status}):\n{stdout}\n{stderr}"
-    );
+    // `--duration 5`: it ends by itself (its stderr is the test's).
+    let (code, seen) = w.finish(Duration::from_secs(30));
+    let stdout = json_lines(&seen);
+    assert_eq!(code, Some(0), "watch failed:\n{stdout}");
     // The watcher was running the whole time: a thread held past its
     // snapshot would show TracerPid = watcher (or its capture thread) for
     // over a second (the D sleep ends 1.5 s in, the next snapshot is ~1 s
@@ -161,11 +124,7 @@ fn a_thread_in_d_state_during_a_snapshot_is_never_left_traced() {
         );
     }
     let files = dump_files(out.path());
-    assert_eq!(
-        files.len(),
-        3,
-        "three snapshots expected:\n{stdout}\n{stderr}"
-    );
+    assert_eq!(files.len(), 3, "three snapshots expected:\n{stdout}");
     let first = &files[0];
     assert!(
         first.contains("not captured: did not stop within 5.0 ms (state D"),
@@ -259,20 +218,40 @@ fn watch_keeps_writing_files_when_stdout_closes() {
     let mut fx = c_loop();
     let pid = fx.pid.to_string();
     let dir = out.path().to_str().unwrap().to_string();
-    let mut watcher = Command::new(watch_bin())
+    let mut watcher = Kid(Command::new(watch_bin())
         .args(["watch", &pid, "--interval", "0.25", "--dump-gap", "0.3"])
         .args(["--exit-on-hang", "--json", "--output-dir", &dir])
         .stdin(Stdio::null())
         .stdout(closed_pipe())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start watch");
-    // Its stdout is closed, so readiness cannot be read from it: give it
-    // time, and block long enough to be caught even after a slow start.
-    std::thread::sleep(Duration::from_millis(1500));
-    fx.ok("block c-loop 2500");
-    let status = watcher.wait().expect("wait for watch");
-    let stderr = std::io::read_to_string(watcher.stderr.take().unwrap()).unwrap_or_default();
+        .expect("start watch"));
+    // Its stdout is closed, so when it watches the loop cannot be read from
+    // it: block, and block again whenever a block's time (and a second)
+    // passed without a snapshot file (the watch was not watching yet; its
+    // start takes seconds on a loaded machine). The files are polled;
+    // `--exit-on-hang` ends it after the third.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut blocks = 0;
+    let mut block_over = Instant::now();
+    let status = loop {
+        if let Some(status) = watcher.try_wait().expect("wait for watch") {
+            break status;
+        }
+        if dump_files(out.path()).is_empty() && Instant::now() >= block_over {
+            fx.ok("block c-loop 2500");
+            blocks += 1;
+            block_over = Instant::now() + Duration::from_millis(3500);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the watch did not exit within 60 s ({blocks} blocks, {} files)",
+            dump_files(out.path()).len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr =
+        std::io::read_to_string(watcher.stderr.take().expect("stderr")).unwrap_or_default();
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(status.code(), Some(1), "--exit-on-hang: {stderr}");
     assert_eq!(dump_files(out.path()).len(), 3, "{stderr}");
@@ -287,28 +266,41 @@ fn two_watchers_on_one_target_both_write_every_snapshot() {
     let a = temp_dir("twoa");
     let b = temp_dir("twob");
     let mut fx = c_loop();
-    let pid = fx.pid.to_string();
     let start = |dir: &Path| {
-        let args = ["watch", &pid, "--interval", "0.25", "--dump-gap", "0.3"];
-        start_watch(
-            &[&args[..], &["--exit-on-hang", "--duration", "20"]].concat(),
+        Watch::started(
+            fx.pid,
             dir,
+            &[
+                "--interval",
+                "0.25",
+                "--dump-gap",
+                "0.3",
+                "--exit-on-hang",
+                "--duration",
+                "20",
+            ],
         )
     };
     let wa = start(a.path());
     let wb = start(b.path());
-    fx.ok("block c-loop 1500");
-    for ((w, rest), dir) in [(wa, a.path()), (wb, b.path())] {
-        let out = w.wait_with_output().expect("wait watch");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let stdout = rest.join().unwrap_or_default();
-        assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    // Three snapshots 0.3 s apart from 0.25 s in, by each watcher, all
+    // during the block: 3 s leaves room for slow snapshots on a loaded host
+    // (with 1.5 s the last one came after the block under load, as if the
+    // test timed them).
+    fx.ok("block c-loop 3000");
+    for (w, dir) in [(wa, a.path()), (wb, b.path())] {
+        let (code, seen) = w.finish(Duration::from_secs(30));
+        let stdout = json_lines(&seen);
+        assert_eq!(code, Some(1), "{stdout}");
         assert!(!stdout.contains("already traced"), "{stdout}");
         let files = dump_files(dir);
-        assert_eq!(files.len(), 3, "{stdout}\n{stderr}");
-        assert!(files
-            .iter()
-            .all(|f| f.contains("blocked in: block_callback")));
+        assert_eq!(files.len(), 3, "{stdout}");
+        assert!(
+            files
+                .iter()
+                .all(|f| f.contains("blocked in: block_callback")),
+            "every snapshot during the block: {stdout}"
+        );
     }
     fx.exit();
 }

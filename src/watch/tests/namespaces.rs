@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use support::watcher::{wait_until, Watch};
 use support::{fixture_path, watch_bin, workspace_root, Variant};
 
 /// A fixture running as PID 1 of a new PID namespace (and mount namespace,
@@ -182,7 +183,20 @@ fn status_shows_host_thread_ids_for_several_namespaced_targets() {
             false,
         ),
     ];
-    std::thread::sleep(Duration::from_millis(100));
+    // Each target's loops registered and seen by `status`.
+    for fx in &targets {
+        wait_until(
+            &format!("a loop of namespaced target {} in `status`", fx.pid),
+            Duration::from_secs(10),
+            || {
+                let out = watch(&["status", &fx.pid.to_string(), "--json"]);
+                json_lines(&out)
+                    .iter()
+                    .any(|l| l["event"] == "loop")
+                    .then_some(())
+            },
+        );
+    }
     for fx in &targets {
         let threads = host_and_ns_tids(fx.pid);
         assert!(
@@ -267,42 +281,19 @@ fn a_hang_in_a_namespace_marks_the_right_thread_and_names_the_culprit() {
     let _quiet = NsFixture::spawn(&fixture_path("fx-thread-loop", Variant::Pie), &[], false);
     let mut fx = NsFixture::spawn(&fixture_path("fx-tokio-current", Variant::Pie), &[], true);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(watch_bin())
-        .args(["watch", &fx.pid.to_string(), "--json", "--dumps", "2"])
-        .args(["--dump-gap", "0.3", "--exit-on-hang", "--output-dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("watch");
-    let out = child.stdout.take().expect("stdout");
-    let (tx, events) = mpsc::channel::<Value>();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str(&l) {
-                let _ = tx.send(v);
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    let mut wait = |kind: &str| loop {
-        let v = events
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|_| panic!("no {kind} event; seen {seen:#?}"));
-        seen.push(v.clone());
-        if v["event"] == kind {
-            return v;
-        }
-    };
-    let found = wait("loop_found");
+    let mut w = Watch::started(
+        fx.pid,
+        dir.path(),
+        &["--dumps", "2", "--dump-gap", "0.3", "--exit-on-hang"],
+    );
+    let found = w.first("loop_found", Duration::from_secs(10));
     // fx-tokio-current runs its loop on the main thread: PID 1 inside, the
     // host pid outside.
     assert_eq!(found["tid"], fx.pid, "{found}");
-    std::thread::sleep(Duration::from_millis(300));
     fx.ok("block main 1500");
-    let hang = wait("hang_started");
+    let hang = w.wait_for("hang_started", Duration::from_secs(10));
     assert_eq!(hang["tid"], fx.pid, "{hang}");
-    let written = wait("dump_written");
+    let written = w.wait_for("dump_written", Duration::from_secs(10));
     assert!(
         written["culprit"]
             .as_str()
@@ -326,15 +317,8 @@ fn a_hang_in_a_namespace_marks_the_right_thread_and_names_the_culprit() {
     );
     // file:line although the binary's path exists only inside the namespace.
     assert!(text.contains("fixtures/src/lib.rs:"), "{text}");
-    let end = Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break st.code();
-        }
-        assert!(Instant::now() < end, "watch did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(code, Some(1), "--exit-on-hang");
+    let (code, seen) = w.finish(Duration::from_secs(10));
+    assert_eq!(code, Some(1), "--exit-on-hang: {seen:#?}");
 
     // `dump` marks the same thread with its loop.
     let out = watch(&["dump", &fx.pid.to_string(), "--json"]);

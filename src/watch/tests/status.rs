@@ -5,8 +5,10 @@ mod support;
 
 use serde_json::Value;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use support::watcher::wait_until;
 use support::{watch_bin, Fixture, Variant};
 
 const ALL_VARIANTS: [Variant; 4] = [
@@ -37,6 +39,53 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// Waits until every loop of `names` ticked in the fixture's own registry
+/// (in `elf`, read by the tests' naive reader, not by the code under test)
+/// past the ticks it has now, so each has a fresh tick and a lag.
+fn until_ticking(fx: &Fixture, elf: &Path, names: &[&str]) {
+    let ticks = |name: &str| fx.ticks_of(elf, name);
+    let before: Vec<Option<u64>> = names.iter().map(|n| ticks(n)).collect();
+    wait_until(
+        &format!("loops {names:?} of {} ticking in its registry", fx.pid),
+        Duration::from_secs(10),
+        || {
+            names
+                .iter()
+                .zip(&before)
+                .all(|(n, b)| ticks(n).is_some_and(|t| Some(t) > *b && t > 0))
+                .then_some(())
+        },
+    );
+}
+
+/// `status PID --json EXTRA...` again and again until `ok` holds for its
+/// lines (within 10 s); that reading. Panics with the last reading, saying
+/// `what` was not seen, otherwise.
+fn status_until(pid: &str, extra: &[&str], what: &str, ok: impl Fn(&[Value]) -> bool) -> Output {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let args = [&["status", pid, "--json"][..], extra].concat();
+        let out = watch(&args);
+        if ok(&json_lines(&out)) {
+            return out;
+        }
+        assert!(
+            Instant::now() < end,
+            "status never showed {what} within 10 s; last:\n{}",
+            text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `stall_ms` of loop `name` among `lines`, if it is there.
+fn stall_of(lines: &[Value], name: &str) -> Option<f64> {
+    lines
+        .iter()
+        .find(|l| l["event"] == "loop" && l["loop"] == name)
+        .and_then(|l| l["stall_ms"].as_f64())
 }
 
 /// `status --json` of a healthy fixture: returns the loop objects.
@@ -80,7 +129,7 @@ fn every_heartbeat_fixture_in_every_build_variant() {
             ("fx-thread-loop", &["ticker"][..]),
         ] {
             let fx = Fixture::spawn(bin, v, &[]);
-            std::thread::sleep(Duration::from_millis(100));
+            until_ticking(&fx, &fx.path, names);
             let loops = healthy_loops(&fx);
             for name in names {
                 assert_live_loop(&fx, loop_named(&loops, name));
@@ -93,11 +142,20 @@ fn every_heartbeat_fixture_in_every_build_variant() {
 #[test]
 fn a_blocked_loop_is_stalled_and_only_that_one() {
     let mut fx = Fixture::spawn("fx-tokio-multi", Variant::Pie, &[]);
-    std::thread::sleep(Duration::from_millis(100));
+    until_ticking(&fx, &fx.path, &["workers", "background"]);
     assert!(fx.send("block background 1500").starts_with("OK"));
-    std::thread::sleep(Duration::from_millis(600));
     let pid = fx.pid.to_string();
-    let out = watch(&["status", &pid, "--json", "--threshold", "0.25"]);
+    // The block has begun and lasted long enough.
+    let out = status_until(
+        &pid,
+        &["--threshold", "0.25"],
+        "loop 'background' stalled for over 300 ms",
+        |lines| stall_of(lines, "background").is_some_and(|s| s > 300.0),
+    );
+    // Blocked: its tick count stays until the block ends.
+    let held_at = fx
+        .ticks_of(&fx.path, "background")
+        .expect("loop 'background' in the registry");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let lines = json_lines(&out);
     let bg = loop_named(&lines, "background");
@@ -120,7 +178,15 @@ fn a_blocked_loop_is_stalled_and_only_that_one() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
     // Once the block is over the loop recovers.
-    std::thread::sleep(Duration::from_millis(1200));
+    wait_until(
+        &format!("loop 'background' of {pid} ticking past tick {held_at}"),
+        Duration::from_secs(10),
+        || {
+            fx.ticks_of(&fx.path, "background")
+                .is_some_and(|t| t > held_at)
+                .then_some(())
+        },
+    );
     let loops = healthy_loops(&fx);
     let bg = loop_named(&loops, "background");
     assert!(
@@ -137,7 +203,7 @@ fn a_library_loaded_with_dlopen_is_found() {
         Variant::Pie,
         &[lib.to_str().expect("utf-8 path")],
     );
-    std::thread::sleep(Duration::from_millis(100));
+    until_ticking(&fx, &lib, &["plugin"]);
     let loops = healthy_loops(&fx);
     assert_live_loop(&fx, loop_named(&loops, "plugin"));
 }
@@ -145,15 +211,17 @@ fn a_library_loaded_with_dlopen_is_found() {
 #[test]
 fn a_stopped_process_is_reported_stopped_not_hung() {
     let fx = Fixture::spawn("fx-thread-loop", Variant::Pie, &[]);
-    std::thread::sleep(Duration::from_millis(100));
+    until_ticking(&fx, &fx.path, &["ticker"]);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(fx.pid),
         nix::sys::signal::SIGSTOP,
     )
     .expect("SIGSTOP");
-    std::thread::sleep(Duration::from_millis(700));
     let pid = fx.pid.to_string();
-    let out = watch(&["status", &pid, "--json"]);
+    // Stopped long enough that the loop is overdue by more than 500 ms.
+    let out = status_until(&pid, &[], "loop 'ticker' overdue by 500 ms", |lines| {
+        stall_of(lines, "ticker").is_some_and(|s| s > 500.0)
+    });
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let lines = json_lines(&out);
     let process = lines.last().expect("process line");
@@ -266,7 +334,8 @@ fn list_shows_heartbeat_processes_only() {
     let a = Fixture::spawn("fx-tokio-current", Variant::Pie, &[]);
     let b = Fixture::spawn("fx-thread-loop", Variant::NoPieStripped, &[]);
     let none = Fixture::spawn("fx-no-heartbeat", Variant::Pie, &[]);
-    std::thread::sleep(Duration::from_millis(100));
+    until_ticking(&a, &a.path, &["main"]);
+    until_ticking(&b, &b.path, &["ticker"]);
     let out = watch(&["list", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let procs = json_lines(&out);
@@ -335,7 +404,8 @@ fn a_target_in_another_time_namespace_is_measured_on_its_own_clock() {
     let offsets =
         std::fs::read_to_string(format!("/proc/{pid}/timens_offsets")).expect("timens_offsets");
     assert!(offsets.contains("100000"), "{offsets}");
-    std::thread::sleep(Duration::from_millis(100));
+    // `unshare` execs the fixture: its registry is in `bin`.
+    until_ticking(&fx, &bin, &["ticker"]);
     let out = watch(&["status", &pid, "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let lines = json_lines(&out);
@@ -348,8 +418,10 @@ fn a_target_in_another_time_namespace_is_measured_on_its_own_clock() {
     );
 
     assert!(fx.send("block ticker 1500").starts_with("OK"));
-    std::thread::sleep(Duration::from_millis(700));
-    let out = watch(&["status", &pid, "--json"]);
+    // The block has begun and lasted long enough.
+    let out = status_until(&pid, &[], "loop 'ticker' stalled for 400 ms", |lines| {
+        stall_of(lines, "ticker").is_some_and(|s| s >= 400.0)
+    });
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stall = loop_named(&json_lines(&out), "ticker")["stall_ms"]
         .as_f64()

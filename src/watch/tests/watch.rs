@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::watcher::Watch;
+use support::watcher::{wait_until, Watch};
 use support::{watch_bin, Fixture, Variant};
 
 fn tempdir(tag: &str) -> support::TempDir {
@@ -50,6 +50,23 @@ fn parse_name(p: &Path) -> (f64, u32) {
     (h * 3600.0 + m * 60.0 + s + us / 1e6, n.parse().expect("N"))
 }
 
+/// The tick count of loop `name` in the fixture's own registry (read by the
+/// tests' naive reader, not by the code under test).
+fn ticks(fx: &Fixture, name: &str) -> u64 {
+    fx.ticks_of(&fx.path, name)
+        .unwrap_or_else(|| panic!("no loop {name:?} in the registry of {}", fx.pid))
+}
+
+/// Waits until loop `name` of `fx` ticked past tick `n`: a block that held it
+/// at `n` is over.
+fn until_ticked_past(fx: &Fixture, name: &str, n: u64) {
+    wait_until(
+        &format!("loop {name:?} of {} ticking past tick {n}", fx.pid),
+        Duration::from_secs(10),
+        || (ticks(fx, name) > n).then_some(()),
+    );
+}
+
 fn state_of(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .expect("status")
@@ -63,7 +80,6 @@ fn a_hang_gives_exactly_three_files_a_second_apart_naming_the_blocker() {
     let mut fx = Fixture::spawn("fx-tokio-current", Variant::Pie, &[]);
     let dir = tempdir("three");
     let mut w = Watch::started(fx.pid, &dir, &[]);
-    std::thread::sleep(Duration::from_millis(300));
     fx.ok("block main 1500");
     let hang = w.wait_for("hang_started", Duration::from_secs(5));
     assert_eq!(hang["loop"], "main");
@@ -74,8 +90,9 @@ fn a_hang_gives_exactly_three_files_a_second_apart_naming_the_blocker() {
     let rec = w.first("recovered", Duration::from_secs(5));
     let hang_ms = rec["hang_ms"].as_f64().expect("hang_ms");
     assert!((1300.0..2500.0).contains(&hang_ms), "hang of {hang_ms} ms");
-    // Healthy for two more seconds: nothing more is written.
-    std::thread::sleep(Duration::from_secs(2));
+    // Healthy for two more seconds: nothing more is written (a fixed time:
+    // that nothing happens in it is what is tested; its events are read).
+    w.collect_for(Duration::from_secs(2));
     let files = dump_files(&dir);
     assert_eq!(files.len(), 3, "{files:?}");
     let parsed: Vec<(f64, u32)> = files.iter().map(|p| parse_name(p)).collect();
@@ -132,12 +149,16 @@ fn only_the_blocked_loop_has_an_episode() {
     let mut fx = Fixture::spawn("fx-tokio-multi", Variant::Pie, &[]);
     let dir = tempdir("two-loops");
     let mut w = Watch::started(fx.pid, &dir, &["--dumps", "1"]);
-    std::thread::sleep(Duration::from_millis(300));
+    // Two loops, each said in turn: the blocked one must be watched.
+    w.loop_found("background", Duration::from_secs(10));
     fx.ok("block background 1000");
     let hang = w.wait_for("hang_started", Duration::from_secs(5));
     assert_eq!(hang["loop"], "background");
+    w.first("dump_written", Duration::from_secs(5));
     w.first("recovered", Duration::from_secs(5));
-    std::thread::sleep(Duration::from_millis(500));
+    // Half a second more of both loops ticking: no second episode (a fixed
+    // time: that nothing happens in it is what is tested).
+    w.collect_for(Duration::from_millis(500));
     let _ = w.child.kill();
     let (_, seen) = w.finish(Duration::from_secs(5));
     let hung: Vec<&Value> = seen
@@ -164,7 +185,9 @@ fn statsd_gets_lags_stall_gauges_and_counters_on_a_real_socket() {
             "--statsd", &addr, "--tag", "env:test", "--prefix", "svc", "--dumps", "2",
         ],
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // A dozen healthy ticks after the watch's first read: each one's lag is
+    // sent as a timing.
+    until_ticked_past(&fx, "main", ticks(&fx, "main") + 11);
     fx.ok("block main 1200");
     w.wait_for("recovered", Duration::from_secs(5));
     while w.count("dump_written") < 2 {
@@ -247,9 +270,12 @@ fn no_statsd_listener_and_an_unresolvable_host_do_not_stop_the_watch() {
             &dir,
             &["--statsd", &target, "--dumps", "1", "--exit-on-hang"],
         );
-        std::thread::sleep(Duration::from_millis(200));
         fx.ok("block ticker 600");
         let (code, seen) = w.finish(Duration::from_secs(10));
+        // With one dump the watch exits while the loop may still be blocked:
+        // the next watch starts once it ticks again, so that its hang is
+        // the next block's, not the rest of this one.
+        until_ticked_past(&fx, "ticker", ticks(&fx, "ticker"));
         assert_eq!(code, Some(1), "--exit-on-hang: {seen:#?}");
         assert!(
             seen.iter().any(|v| v["event"] == "dump_written"),
@@ -262,7 +288,6 @@ fn no_statsd_listener_and_an_unresolvable_host_do_not_stop_the_watch() {
                 "{seen:#?}"
             );
         }
-        std::thread::sleep(Duration::from_millis(700));
     }
 }
 
@@ -271,7 +296,6 @@ fn exit_on_hang_waits_for_the_episode_files() {
     let mut fx = Fixture::spawn("fx-thread-loop", Variant::NoPieStripped, &[]);
     let dir = tempdir("exit-on-hang");
     let w = Watch::started(fx.pid, &dir, &["--exit-on-hang", "--dump-gap", "0.3"]);
-    std::thread::sleep(Duration::from_millis(200));
     fx.ok("block ticker 2000");
     let start = Instant::now();
     let (code, seen) = w.finish(Duration::from_secs(10));
@@ -291,7 +315,6 @@ fn slow_ticks_are_warned_with_the_blocking_frame() {
     let mut fx = Fixture::spawn("fx-tokio-current", Variant::Pie, &[]);
     let dir = tempdir("slow");
     let mut w = Watch::started(fx.pid, &dir, &["--slow", "0.05"]);
-    std::thread::sleep(Duration::from_millis(300));
     fx.ok("block main 150");
     let slow = w.wait_for("slow_tick", Duration::from_secs(5));
     assert_eq!(slow["loop"], "main");
@@ -315,16 +338,28 @@ fn a_watcher_killed_mid_episode_leaves_the_target_running() {
         let mut w = Watch::started(fx.pid, &dir, &["--dump-gap", "0.2"]);
         fx.ok("block main 1500");
         w.wait_for("hang_started", Duration::from_secs(5));
+        // The loop is blocked now: its tick count stays until the block ends.
+        let held_at = ticks(&fx, "main");
+        // The delay is the test: a kill at each moment of an episode.
         std::thread::sleep(Duration::from_millis(delay_ms));
         w.child.kill().expect("SIGKILL watcher");
         let _ = w.child.wait();
-        std::thread::sleep(Duration::from_millis(50));
-        let st = state_of(fx.pid);
+        // Reaped: the kernel has detached every thread it held. Not
+        // stopped, within a second at most of being scheduled again.
+        let end = Instant::now() + Duration::from_secs(1);
+        let st = loop {
+            let st = state_of(fx.pid);
+            if !(st.starts_with('T') || st.starts_with('t')) || Instant::now() >= end {
+                break st;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
         assert!(
             !st.starts_with('T') && !st.starts_with('t'),
             "left in state {st}"
         );
-        std::thread::sleep(Duration::from_millis(1600));
+        // The block ends and the loop ticks again.
+        until_ticked_past(&fx, "main", held_at);
         assert_eq!(
             fx.send("ping"),
             "OK pong",
@@ -343,7 +378,9 @@ fn a_stopped_target_gives_no_dumps() {
     let pid = nix::unistd::Pid::from_raw(fx.pid);
     nix::sys::signal::kill(pid, nix::sys::signal::SIGSTOP).expect("SIGSTOP");
     w.wait_for("process_stopped", Duration::from_secs(5));
-    std::thread::sleep(Duration::from_millis(1500));
+    // A second and a half stopped (a fixed time: that no episode starts in
+    // it is what is tested; its events are read).
+    w.collect_for(Duration::from_millis(1500));
     assert_eq!(w.count("hang_started"), 0, "{:#?}", w.seen);
     assert!(dump_files(&dir).is_empty());
     assert!(state_of(fx.pid).starts_with('T'), "still stopped");
@@ -423,7 +460,6 @@ fn a_full_disk_is_a_warning_and_the_budget_deletes_nothing() {
     std::fs::write(dir.join("filler"), vec![0u8; 60 * 1024]).expect("fill");
     let mut fx = Fixture::spawn("fx-tokio-current", Variant::Pie, &[]);
     let w = Watch::started(fx.pid, &dir, &["--dump-gap", "0.2", "--exit-on-hang"]);
-    std::thread::sleep(Duration::from_millis(200));
     fx.ok("block main 1000");
     let (code, seen) = w.finish(Duration::from_secs(10));
     assert_eq!(code, Some(1), "{seen:#?}");
@@ -446,6 +482,10 @@ fn a_full_disk_is_a_warning_and_the_budget_deletes_nothing() {
         "{names:?}"
     );
 
+    // The first watch exited after its files, the loop maybe still blocked:
+    // the second one watches the next block.
+    until_ticked_past(&fx, "main", ticks(&fx, "main"));
+
     // Budget: 1 KiB allowed (the smallest), so every dump is skipped with one warning.
     let dir2 = tempdir("budget");
     let w = Watch::started(
@@ -459,7 +499,6 @@ fn a_full_disk_is_a_warning_and_the_budget_deletes_nothing() {
             "--exit-on-hang",
         ],
     );
-    std::thread::sleep(Duration::from_millis(200));
     fx.ok("block main 1000");
     let (code, seen) = w.finish(Duration::from_secs(10));
     assert_eq!(code, Some(1));

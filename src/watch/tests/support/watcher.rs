@@ -59,10 +59,14 @@ impl Watch {
         }
     }
 
-    /// Starts the watch and waits for its first `loop_found`.
+    /// Starts the watch and waits for its first `loop_found`: from then on
+    /// that loop's hangs are caught (the target's symbols are loaded before
+    /// the first read, so nothing slow is left to do).
     pub fn started(pid: i32, dir: &Path, extra: &[&str]) -> Watch {
         let mut w = Watch::start(pid, dir, extra);
-        w.wait_for("loop_found", Duration::from_secs(10));
+        // As long as a fixture may take to start: loading the target's debug
+        // info on a loaded 2-core machine takes seconds.
+        w.wait_for("loop_found", super::TIMEOUT);
         w
     }
 
@@ -79,8 +83,8 @@ impl Watch {
                         return v;
                     }
                 }
-                Err(_) => panic!(
-                    "no {kind:?} event within {timeout:?}; seen: {:#?}",
+                Err(e) => panic!(
+                    "no {kind:?} event within {timeout:?} ({e}); seen: {:#?}",
                     self.seen
                 ),
             }
@@ -93,6 +97,59 @@ impl Watch {
             Some(v) => v.clone(),
             None => self.wait_for(kind, timeout),
         }
+    }
+
+    /// The next event for which `pred` holds, within `timeout`; panics
+    /// naming `what` (and with every event seen) otherwise, also when the
+    /// watch exits first.
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Err(e) => panic!(
+                    "no event {what} within {timeout:?} ({e}); seen: {:#?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// The `loop_found` of the loop `name`, already seen or still to come:
+    /// a target with several loops says each in turn, and a loop is watched
+    /// (its hang can be caught) only from its own `loop_found` on.
+    pub fn loop_found(&mut self, name: &str, timeout: Duration) -> Value {
+        let is_it = |v: &Value| v["event"] == "loop_found" && v["loop"] == name;
+        match self.seen.iter().find(|v| is_it(v)) {
+            Some(v) => v.clone(),
+            None => self.wait_until(&format!("loop_found of loop {name:?}"), timeout, is_it),
+        }
+    }
+
+    /// Collects events until `done` holds for every event seen so far (also
+    /// those seen before), or `timeout` passes; whether it held. For waits
+    /// whose end the test judges itself (a round tried again).
+    pub fn collect_until(&mut self, timeout: Duration, done: impl Fn(&[Value]) -> bool) -> bool {
+        let end = Instant::now() + timeout;
+        while !done(&self.seen) {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(v) => self.seen.push(v),
+                Err(_) => return done(&self.seen),
+            }
+        }
+        true
     }
 
     /// Every event for `d`.
@@ -129,6 +186,21 @@ impl Watch {
             self.seen.push(v);
         }
         (code, std::mem::take(&mut self.seen))
+    }
+}
+
+/// Polls `probe` (every 20 ms) until it gives a value, within `timeout`;
+/// panics saying `what` was not seen otherwise. For what a test must wait
+/// for without an event to read: a file written, a thread blocked, a loop
+/// ticking in the target's own registry.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < end, "not seen within {timeout:?}: {what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
