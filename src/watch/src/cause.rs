@@ -109,6 +109,10 @@ pub struct LoopCause {
     counted: bool,
     /// Why no counter could be opened, until handed out by [`LoopCause::take_note`].
     note: Option<String>,
+    /// The thread the baseline, the counter and the registers are of: the
+    /// loop's own, or (a loop of a multi-thread runtime) the worker that
+    /// holds it up, which may change while the stall lasts.
+    tid: Option<i32>,
 }
 
 impl LoopCause {
@@ -130,7 +134,11 @@ impl LoopCause {
             self.d_since_ns = None;
             self.stop_counting();
             self.counted = false;
-        } else if self.baseline.is_none() {
+            self.tid = None;
+        } else {
+            self.follow(tid as i32);
+        }
+        if stall_ns > 0 && self.baseline.is_none() {
             if stall_ns < baseline_ns {
                 return Some(baseline_ns - stall_ns);
             }
@@ -138,6 +146,24 @@ impl LoopCause {
             self.start_counting(pid, tid as i32);
         }
         None
+    }
+
+    /// The stall is now judged on thread `tid`: if it is another thread
+    /// than the one sampled so far (a multi-thread runtime's loop held up
+    /// by another worker than the one that last ran its monitor, or by a
+    /// new one), what was sampled of the old one says nothing about it —
+    /// the window, the count and the registers start again on `tid`.
+    fn follow(&mut self, tid: i32) {
+        if self.tid.is_some_and(|t| t != tid) {
+            self.baseline = None;
+            self.previous = None;
+            self.d_since_ns = None;
+            self.first_regs = None;
+            self.moved = false;
+            self.counter = None;
+            self.counted = false;
+        }
+        self.tid = Some(tid);
     }
 
     /// Opens the system-call counter of the stalled thread (once per stall;
@@ -227,6 +253,7 @@ impl LoopCause {
     }
 
     fn compute(&mut self, pid: i32, tid: i32, dump: &Dump, episode: bool) -> Option<Cause> {
+        self.follow(tid);
         let t = dump.threads.iter().find(|t| t.tid == tid)?;
         // The counters the capture sampled right after its detach; a thread
         // it did not sample (not named a loop thread of the dump) now.
@@ -437,8 +464,13 @@ mod tests {
     /// The watcher's counters are bounded: past [`MAX_COUNTERS`] a stall gets
     /// none (and no error), and a place freed is taken again. Real counters
     /// on this test's own thread (the tests run as root, as the watch).
+    /// The tests that open counters take turns: the count of open ones is
+    /// the whole process's.
+    static COUNTERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn at_most_max_counters_are_open_at_once() {
+        let _turn = COUNTERS.lock().unwrap_or_else(|e| e.into_inner());
         let pid = std::process::id() as i32;
         let tid = nix::unistd::gettid().as_raw();
         let mut open = Vec::new();
@@ -461,5 +493,45 @@ mod tests {
         drop(again);
         drop(open);
         assert_eq!(OPEN_COUNTERS.load(Ordering::Relaxed), 0);
+    }
+
+    /// A loop held up first by one thread, then by another (a multi-thread
+    /// runtime's worker taking over): the window, the count and the
+    /// registers start again on the new thread, and a tick forgets it.
+    /// Real threads of this test process, real counters (root).
+    #[test]
+    fn a_stall_judged_on_another_thread_starts_again_on_it() {
+        let _turn = COUNTERS.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = std::process::id() as i32;
+        let me = nix::unistd::gettid().as_raw() as u32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw() as u32)
+                .expect("send tid");
+            let _ = done_rx.recv();
+        });
+        let them = rx.recv().expect("the other thread's tid");
+        let mut c = LoopCause::default();
+        // Overdue by less than the baseline: asked to read again, nothing taken.
+        assert_eq!(c.observe(pid, me, 5_000_000, 10_000_000), Some(5_000_000));
+        assert!(c.baseline.is_none() && c.counter.is_none());
+        assert_eq!(c.observe(pid, me, 20_000_000, 10_000_000), None);
+        let first = c.baseline.clone().expect("a baseline of our thread");
+        assert_eq!(c.counter.as_ref().map(|k| k.0.tid()), Some(me as i32));
+        // The same thread again: kept.
+        c.observe(pid, me, 30_000_000, 10_000_000);
+        assert_eq!(c.baseline.as_ref(), Some(&first));
+        // Another thread holds the loop up now: sampled anew, counted anew.
+        c.observe(pid, them, 40_000_000, 10_000_000);
+        assert_eq!(c.tid, Some(them as i32));
+        let second = c.baseline.clone().expect("a baseline of the other thread");
+        assert!(second.at_ns > first.at_ns, "{first:?} {second:?}");
+        assert_eq!(c.counter.as_ref().map(|k| k.0.tid()), Some(them as i32));
+        // A tick: nothing is kept.
+        c.observe(pid, them, 0, 10_000_000);
+        assert!(c.baseline.is_none() && c.counter.is_none() && c.tid.is_none());
+        let _ = done_tx.send(());
+        other.join().expect("join");
     }
 }

@@ -42,6 +42,21 @@ fn subject(w: &Watched) -> Subject<'_> {
     }
 }
 
+/// The thread a loop's cause is computed on: the first the episode marks
+/// (the worker holding a multi-thread runtime's loop up, which need not be
+/// the one that last ran its monitor), else the loop's own.
+pub(super) fn cause_thread(ctx: &Ctx<'_>, reading: &Reading, w: &Watched) -> u32 {
+    first_marked(
+        &workers::marked_threads(&ctx.view, reading, &w.name, w.tid, w.stuck_poll.is_some()),
+        w,
+    )
+}
+
+/// The first of `marked`, else the loop's own thread.
+fn first_marked(marked: &[u32], w: &Watched) -> u32 {
+    marked.first().copied().unwrap_or(w.tid)
+}
+
 /// Performs one action; `Some(code)` ends the watch.
 pub(super) fn act(
     ctx: &mut Ctx<'_>,
@@ -71,8 +86,9 @@ pub(super) fn act(
             let cause = (ctx.args.dumps > 0)
                 .then(|| {
                     let (tid_loops, _) = thread_notes(reading);
+                    let tid = first_marked(&blocking, w);
                     w.cause
-                        .hang_snapshot(ctx.dumper.as_mut(), ctx.pid, w.tid, &tid_loops)
+                        .hang_snapshot(ctx.dumper.as_mut(), ctx.pid, tid, &tid_loops)
                 })
                 .flatten();
             if let Some(error) = w.cause.take_note() {
@@ -180,11 +196,16 @@ fn dump_now(
             return None;
         }
     };
+    let marked =
+        workers::marked_threads(&ctx.view, reading, &w.name, w.tid, w.stuck_poll.is_some());
     // Once the loop recovered, its thread is doing something else.
     let cause = w
         .recovered_after_ns
         .is_none()
-        .then(|| w.cause.for_snapshot(ctx.pid, w.tid, &dump))
+        .then(|| {
+            w.cause
+                .for_snapshot(ctx.pid, first_marked(&marked, w), &dump)
+        })
         .flatten();
     if index + 1 >= ctx.args.dumps {
         // The episode's last snapshot: its system calls are counted no
@@ -192,8 +213,6 @@ fn dump_now(
         w.cause.stop_counting();
     }
     let cause_line = cause.as_ref().map(|c| c.line());
-    let marked =
-        workers::marked_threads(&ctx.view, reading, &w.name, w.tid, w.stuck_poll.is_some());
     let header = render::Header {
         exe: &ctx.exe,
         loop_name: &w.name,
@@ -212,7 +231,7 @@ fn dump_now(
     w.episode_prev_cpu = dump.threads.iter().map(|t| (t.tid, t.cpu_time)).collect();
     let name = files::dump_file_name(&at, index);
     // Once the loop recovered, its thread is doing something else.
-    let first = marked.first().copied().unwrap_or(w.tid);
+    let first = first_marked(&marked, w);
     let culprit = dump
         .threads
         .iter()

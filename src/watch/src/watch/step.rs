@@ -2,7 +2,7 @@
 //! loop and stuck worker fed to their episode trackers, the actions they
 //! ask for performed, and the time until the next read.
 
-use super::act::act;
+use super::act::{act, cause_thread};
 use super::episode::{Config, Observation};
 use super::event::Event;
 use super::setup::episode_config;
@@ -176,9 +176,17 @@ pub(super) fn watch_step(
                     new_max_lag_ns: new_max,
                     stopped: stopped || covered,
                 };
-                if let Some(ns) = w
-                    .cause
-                    .observe(ctx.pid, w.tid, obs.stall_ns, cfg.baseline_ns())
+                // The cause is of the thread the episode marks first: a
+                // multi-thread runtime's loop is held up by a worker that
+                // need not be the one that last ran its monitor (`w.tid`).
+                let cause_tid = if stall_ns > 0 {
+                    cause_thread(ctx, &reading, w)
+                } else {
+                    w.tid
+                };
+                if let Some(ns) =
+                    w.cause
+                        .observe(ctx.pid, cause_tid, obs.stall_ns, cfg.baseline_ns())
                 {
                     deadline = deadline.min(now.saturating_add(ns));
                 }
