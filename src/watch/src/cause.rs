@@ -30,6 +30,7 @@ use aiodebug_engine::snapshot::Registers;
 use aiodebug_engine::syscount::{SysEnter, SyscallCounter};
 use serde_json::{json, Value};
 
+use crate::watch::episode::Config;
 use crate::watch::render::{culprit, short_frame};
 
 /// Shortest window over which CPU shares are computed: below it the
@@ -74,6 +75,18 @@ impl Drop for Counting {
     fn drop(&mut self) {
         OPEN_COUNTERS.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Closes a counter on a thread of its own. The kernel unregisters the
+/// tracepoint on the last close of its events: an RCU grace period and a
+/// patch of every CPU's syscall entry (IPIs), 10-40 ms measured with
+/// `perf record` of the watcher, which would hold its next looks up (a
+/// `--slow` of 20 ms looks every 5 ms). If no thread can be started, the
+/// counter is closed here (the closure is dropped with it).
+fn close_aside(c: Counting) {
+    let _ = std::thread::Builder::new()
+        .name("aiodebug-close".into())
+        .spawn(move || drop(c));
 }
 
 /// What the cause of one loop's stalls needs to remember.
@@ -128,21 +141,31 @@ impl LoopCause {
     /// files (`schedstat`, `stat`, `cgroup`, our `mountinfo`, the cgroup's
     /// `cpu.stat` and quota); `watch --all` over 100 processes took ~20 of
     /// them a second for loops that then ticked.
-    pub fn observe(&mut self, pid: i32, tid: u32, stall_ns: u64, baseline_ns: u64) -> Option<u64> {
+    ///
+    /// The thread's system calls are counted from a later point, a quarter
+    /// of the interval ([`Config::count_ns`]), whatever `--slow` says.
+    pub fn observe(&mut self, pid: i32, tid: u32, stall_ns: u64, cfg: &Config) -> Option<u64> {
         if stall_ns == 0 {
             self.baseline = None;
             self.d_since_ns = None;
             self.stop_counting();
             self.counted = false;
             self.tid = None;
-        } else {
-            self.follow(tid as i32);
+            return None;
         }
-        if stall_ns > 0 && self.baseline.is_none() {
+        self.follow(tid as i32);
+        let baseline_ns = cfg.baseline_ns();
+        if self.baseline.is_none() {
             if stall_ns < baseline_ns {
                 return Some(baseline_ns - stall_ns);
             }
             self.baseline = Some(Collector::new(Live { pid }).sample(tid as i32));
+        }
+        if self.counter.is_none() && !self.counted {
+            let count_ns = cfg.count_ns();
+            if stall_ns < count_ns {
+                return Some(count_ns - stall_ns);
+            }
             self.start_counting(pid, tid as i32);
         }
         None
@@ -160,7 +183,9 @@ impl LoopCause {
             self.d_since_ns = None;
             self.first_regs = None;
             self.moved = false;
-            self.counter = None;
+            if let Some(c) = self.counter.take() {
+                close_aside(c);
+            }
             self.counted = false;
         }
         self.tid = Some(tid);
@@ -188,8 +213,9 @@ impl LoopCause {
     /// Closes the system-call counter: the episode's last snapshot is taken
     /// (or the loop ticked); this stall is not counted again.
     pub fn stop_counting(&mut self) {
-        if self.counter.take().is_some() {
+        if let Some(c) = self.counter.take() {
             self.counted = true;
+            close_aside(c);
         }
     }
 
@@ -513,23 +539,34 @@ mod tests {
         });
         let them = rx.recv().expect("the other thread's tid");
         let mut c = LoopCause::default();
+        // A 40 ms interval with a 20 ms `--slow`: the counters are sampled
+        // from 5 ms on, the system calls counted from 10 ms.
+        let cfg = Config {
+            interval_ns: 40_000_000,
+            dumps: 3,
+            gap_ns: 1_000_000_000,
+            slow_ns: Some(20_000_000),
+        };
         // Overdue by less than the baseline: asked to read again, nothing taken.
-        assert_eq!(c.observe(pid, me, 5_000_000, 10_000_000), Some(5_000_000));
+        assert_eq!(c.observe(pid, me, 2_000_000, &cfg), Some(3_000_000));
         assert!(c.baseline.is_none() && c.counter.is_none());
-        assert_eq!(c.observe(pid, me, 20_000_000, 10_000_000), None);
+        // Sampled, but not counted yet (a slow tick gets no count).
+        assert_eq!(c.observe(pid, me, 6_000_000, &cfg), Some(4_000_000));
+        assert!(c.baseline.is_some() && c.counter.is_none());
+        assert_eq!(c.observe(pid, me, 20_000_000, &cfg), None);
         let first = c.baseline.clone().expect("a baseline of our thread");
         assert_eq!(c.counter.as_ref().map(|k| k.0.tid()), Some(me as i32));
         // The same thread again: kept.
-        c.observe(pid, me, 30_000_000, 10_000_000);
+        c.observe(pid, me, 30_000_000, &cfg);
         assert_eq!(c.baseline.as_ref(), Some(&first));
         // Another thread holds the loop up now: sampled anew, counted anew.
-        c.observe(pid, them, 40_000_000, 10_000_000);
+        c.observe(pid, them, 40_000_000, &cfg);
         assert_eq!(c.tid, Some(them as i32));
         let second = c.baseline.clone().expect("a baseline of the other thread");
         assert!(second.at_ns > first.at_ns, "{first:?} {second:?}");
         assert_eq!(c.counter.as_ref().map(|k| k.0.tid()), Some(them as i32));
         // A tick: nothing is kept.
-        c.observe(pid, them, 0, 10_000_000);
+        c.observe(pid, them, 0, &cfg);
         assert!(c.baseline.is_none() && c.counter.is_none() && c.tid.is_none());
         let _ = done_tx.send(());
         other.join().expect("join");

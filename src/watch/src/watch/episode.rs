@@ -28,6 +28,16 @@ impl Config {
             .map_or(self.interval_ns, |s| s.min(self.interval_ns))
             / 4
     }
+
+    /// How overdue a loop must be for its thread's system calls to be
+    /// counted (see [`crate::cause::LoopCause::observe`]): a quarter of the
+    /// interval, `--slow` or not. Opening and closing the tracepoint costs
+    /// the watcher 10-40 ms and every CPU of the host an IPI: affordable
+    /// once per hang, not once per slow tick (at `--slow 0.02` on a loop
+    /// ticking every 10 ms it held the looks up enough to miss slow ones).
+    pub fn count_ns(&self) -> u64 {
+        self.interval_ns / 4
+    }
 }
 
 /// One observation of a loop.

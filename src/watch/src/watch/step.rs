@@ -184,10 +184,7 @@ pub(super) fn watch_step(
                 } else {
                     w.tid
                 };
-                if let Some(ns) =
-                    w.cause
-                        .observe(ctx.pid, cause_tid, obs.stall_ns, cfg.baseline_ns())
-                {
+                if let Some(ns) = w.cause.observe(ctx.pid, cause_tid, obs.stall_ns, &cfg) {
                     deadline = deadline.min(now.saturating_add(ns));
                 }
                 for action in w.tracker.observe(obs) {
@@ -332,9 +329,7 @@ fn watch_workers(
             new_max_lag_ns: finished_ns,
             stopped: quiet(w),
         };
-        let sample_in = w
-            .cause
-            .observe(ctx.pid, w.tid, obs.stall_ns, cfg.baseline_ns());
+        let sample_in = w.cause.observe(ctx.pid, w.tid, obs.stall_ns, &cfg);
         for action in w.tracker.observe(obs) {
             if let Some(code) = act(ctx, w, action, reading) {
                 return Err(code);
@@ -362,7 +357,7 @@ fn watch_workers(
             stopped,
         };
         // Its poll ended: the stall is over (closes its system-call counter).
-        w.cause.observe(ctx.pid, w.tid, 0, cfg.baseline_ns());
+        w.cause.observe(ctx.pid, w.tid, 0, &cfg);
         for action in w.tracker.observe(obs) {
             if let Some(code) = act(ctx, w, action, reading) {
                 result = Err(code);

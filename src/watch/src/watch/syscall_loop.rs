@@ -551,7 +551,7 @@ fn run(ctx: &mut Ctx<'_>, tps: &WaitTracepoints, why: &str, stop: &AtomicBool) -
                 new_max_lag_ns: v.iteration_ns,
                 stopped,
             };
-            if let Some(ns) = w.cause.observe(pid, w.tid, obs.stall_ns, cfg.baseline_ns()) {
+            if let Some(ns) = w.cause.observe(pid, w.tid, obs.stall_ns, &cfg) {
                 deadline = deadline.min(now.saturating_add(ns));
             }
             if v.iteration_ended() {
