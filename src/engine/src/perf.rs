@@ -363,8 +363,10 @@ const PERF_SAMPLE_IDENTIFIER: u64 = 1 << 16;
 /// `attr.flags` bits: `disabled` (bit 0), `use_clockid` (bit 25).
 const ATTR_DISABLED: u64 = 1 << 0;
 const ATTR_USE_CLOCKID: u64 = 1 << 25;
-const PERF_RECORD_LOST: u32 = 2;
-const PERF_RECORD_SAMPLE: u32 = 9;
+/// A `PERF_RECORD_LOST` record: samples the kernel dropped.
+pub const PERF_RECORD_LOST: u32 = 2;
+/// A `PERF_RECORD_SAMPLE` record.
+pub const PERF_RECORD_SAMPLE: u32 = 9;
 /// `_IO('$', 0)`, `_IO('$', 1)`, `_IO('$', 5)`, `_IOR('$', 7, u64)`.
 const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
 const PERF_EVENT_IOC_DISABLE: libc::c_ulong = 0x2401;
@@ -409,43 +411,67 @@ pub enum RingRecord {
     Other,
 }
 
-/// Parses the records of a ring buffer's unread bytes (made contiguous by
-/// the reader), written with `PERF_SAMPLE_IDENTIFIER | TID | TIME`: each one
-/// `{u32 type, u16 misc, u16 size}` then, for a sample, `u64 id, u32 pid,
-/// u32 tid, u64 time`; for `PERF_RECORD_LOST` `u64 id, u64 lost`. Stops at a
-/// record whose size is 0 or runs past the end (at most `data.len() / 8`
-/// records: never more than the bytes given).
-pub fn parse_ring(data: &[u8]) -> Vec<RingRecord> {
-    let u32_at = |i: usize| -> Option<u32> {
-        Some(u32::from_ne_bytes(data.get(i..i + 4)?.try_into().ok()?))
-    };
-    let u16_at = |i: usize| -> Option<u16> {
-        Some(u16::from_ne_bytes(data.get(i..i + 2)?.try_into().ok()?))
-    };
-    let u64_at = |i: usize| -> Option<u64> {
-        Some(u64::from_ne_bytes(data.get(i..i + 8)?.try_into().ok()?))
-    };
-    let mut out = Vec::new();
+/// The records of a ring buffer's unread bytes (made contiguous by the
+/// reader), each `(type, the whole record, header included)`: a record is
+/// `{u32 type, u16 misc, u16 size}` then `size - 8` bytes. Stops at a record
+/// whose size is under 8 or runs past the end (so at most `data.len() / 8`
+/// records: never more than the bytes given). Shared by every ring parser
+/// ([`parse_ring`], `syscount::parse_records`).
+pub fn records(data: &[u8]) -> impl Iterator<Item = (u32, &[u8])> + '_ {
     let mut at = 0usize;
-    while let (Some(kind), Some(size)) = (u32_at(at), u16_at(at + 6)) {
-        let size = usize::from(size);
-        if size < 8 || at + size > data.len() {
-            break;
+    std::iter::from_fn(move || {
+        let kind = u32_at(data, at)?;
+        let size = usize::from(u16::from_ne_bytes(
+            data.get(at + 6..at + 8)?.try_into().ok()?,
+        ));
+        if size < 8 {
+            return None;
         }
-        let rec = match kind {
-            PERF_RECORD_SAMPLE if size >= 32 => {
-                match (u64_at(at + 8), u32_at(at + 20), u64_at(at + 24)) {
+        let rec = data.get(at..at.checked_add(size)?)?;
+        at += size;
+        Some((kind, rec))
+    })
+}
+
+/// The native-endian `u32` at byte `i` of `rec`, if it is all there.
+pub fn u32_at(rec: &[u8], i: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(
+        rec.get(i..i.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+/// The native-endian `u64` at byte `i` of `rec`, if it is all there.
+pub fn u64_at(rec: &[u8], i: usize) -> Option<u64> {
+    Some(u64::from_ne_bytes(
+        rec.get(i..i.checked_add(8)?)?.try_into().ok()?,
+    ))
+}
+
+/// Parses the records of a ring written with `PERF_SAMPLE_IDENTIFIER | TID
+/// | TIME` (see [`records`]): for a sample `u64 id, u32 pid, u32 tid, u64
+/// time`; for `PERF_RECORD_LOST` `u64 id, u64 lost`.
+pub fn parse_ring(data: &[u8]) -> Vec<RingRecord> {
+    records(data)
+        .map(|(kind, rec)| match kind {
+            PERF_RECORD_SAMPLE if rec.len() >= 32 => {
+                match (u64_at(rec, 8), u32_at(rec, 20), u64_at(rec, 24)) {
                     (Some(id), Some(tid), Some(time_ns)) => RingRecord::Sample { id, tid, time_ns },
                     _ => RingRecord::Other,
                 }
             }
-            PERF_RECORD_LOST if size >= 24 => RingRecord::Lost(u64_at(at + 16).unwrap_or(0)),
+            PERF_RECORD_LOST => lost(rec),
             _ => RingRecord::Other,
-        };
-        out.push(rec);
-        at += size;
+        })
+        .collect()
+}
+
+/// A `PERF_RECORD_LOST` record's count (`u64 id, u64 lost` after the
+/// header); a record too short to hold it counts as [`RingRecord::Other`].
+fn lost(rec: &[u8]) -> RingRecord {
+    match u64_at(rec, 16) {
+        Some(n) => RingRecord::Lost(n),
+        None => RingRecord::Other,
     }
-    out
 }
 
 /// Busy times from a sequence of edges, in order: an iteration's busy time

@@ -114,32 +114,24 @@ pub enum SysRecord {
     Other,
 }
 
-/// Parses the unread bytes of a ring written with `PERF_SAMPLE_RAW` only:
-/// each record `{u32 type, u16 misc, u16 size}`, for a sample `u32
-/// raw_size` then the raw tracepoint record, whose call number is
-/// `nr_size` bytes at `nr_offset`; for `PERF_RECORD_LOST` `u64 id, u64
-/// lost`. Stops at a record whose size is under 8 or runs past the end.
+/// Parses the unread bytes of a ring written with `PERF_SAMPLE_RAW` only
+/// (records as [`perf::records`] walks them): for a sample `u32 raw_size`
+/// then the raw tracepoint record, whose call number is `nr_size` bytes at
+/// `nr_offset`; for `PERF_RECORD_LOST` `u64 id, u64 lost`.
 pub fn parse_records(data: &[u8], nr_offset: usize, nr_size: usize) -> Vec<SysRecord> {
-    let get = |i: usize, n: usize| data.get(i..i.checked_add(n)?);
-    let u16_at = |i| Some(u16::from_ne_bytes(get(i, 2)?.try_into().ok()?));
-    let u32_at = |i| Some(u32::from_ne_bytes(get(i, 4)?.try_into().ok()?));
-    let u64_at = |i| Some(u64::from_ne_bytes(get(i, 8)?.try_into().ok()?));
-    let mut out = Vec::new();
-    let mut at = 0usize;
-    while let (Some(kind), Some(size)) = (u32_at(at), u16_at(at + 6)) {
-        let size = usize::from(size);
-        if size < 8 || at + size > data.len() {
-            break;
-        }
-        let rec = match kind {
-            9 => {
+    perf::records(data)
+        .map(|(kind, rec)| match kind {
+            perf::PERF_RECORD_SAMPLE => {
                 // The raw record must hold the field, inside this record.
-                let raw_size = u32_at(at + 8).map_or(0, |s| s as usize);
-                let fits = nr_offset + nr_size <= raw_size && 12 + raw_size <= size;
-                let field = at + 12 + nr_offset;
+                let raw_size = perf::u32_at(rec, 8).map_or(0, |s| s as usize);
+                let fits = nr_offset
+                    .checked_add(nr_size)
+                    .is_some_and(|end| end <= raw_size)
+                    && 12 + raw_size <= rec.len();
+                let field = 12 + nr_offset;
                 let nr = match (fits, nr_size) {
-                    (true, 8) => u64_at(field).map(|v| v as i64),
-                    (true, 4) => u32_at(field).map(|v| i64::from(v as i32)),
+                    (true, 8) => perf::u64_at(rec, field).map(|v| v as i64),
+                    (true, 4) => perf::u32_at(rec, field).map(|v| i64::from(v as i32)),
                     _ => None,
                 };
                 match nr {
@@ -147,13 +139,13 @@ pub fn parse_records(data: &[u8], nr_offset: usize, nr_size: usize) -> Vec<SysRe
                     _ => SysRecord::Other,
                 }
             }
-            2 if size >= 24 => SysRecord::Lost(u64_at(at + 16).unwrap_or(0)),
+            perf::PERF_RECORD_LOST => match perf::u64_at(rec, 16) {
+                Some(n) => SysRecord::Lost(n),
+                None => SysRecord::Other,
+            },
             _ => SysRecord::Other,
-        };
-        out.push(rec);
-        at += size;
-    }
-    out
+        })
+        .collect()
 }
 
 /// Sampled calls per number, at most [`MAX_DISTINCT`] numbers.
