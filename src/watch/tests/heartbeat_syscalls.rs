@@ -27,43 +27,12 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 use support::watcher::Watch;
-use support::{watch_bin, workspace_root, Fixture, TempDir};
-
-/// One test at a time: each measures what one blocked worker does, and the
-/// count must not share the machine's two cores with another service.
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// `target/fixtures/tokio-service/release/`, after `cargo build --release
-/// --locked` of the fixture with RUSTFLAGS removed (as tokio_default.rs).
-fn service_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let target = workspace_root().join("target/fixtures/tokio-service");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let out = Command::new(cargo)
-            .current_dir(workspace_root().join("fixtures/tokio-service"))
-            .args(["build", "--release", "--locked", "--target-dir"])
-            .arg(&target)
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("CARGO_BUILD_RUSTFLAGS")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run cargo build for fixtures/tokio-service");
-        assert!(
-            out.status.success(),
-            "building fixtures/tokio-service failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        target.join("release")
-    })
-}
+// One test at a time (`one_at_a_time`): each measures what one blocked
+// worker does, and the count must not share the machine's two cores with
+// another service.
+use support::{one_at_a_time, tokio_service_dir, watch_bin, workspace_root, Fixture, TempDir};
 
 /// The shop with two workers (a deployment setting tokio reads), run
 /// directly or through `setpriv` as nobody (which execs it: same pid).
@@ -73,7 +42,10 @@ fn shop(as_nobody: bool) -> (Fixture, u16) {
 
 /// Shop binary `name` (`shop`, or `shop-current`: a current_thread runtime).
 fn shop_bin(name: &str, as_nobody: bool) -> (Fixture, u16) {
-    let bin = service_dir().join(name).to_string_lossy().into_owned();
+    let bin = tokio_service_dir()
+        .join(name)
+        .to_string_lossy()
+        .into_owned();
     let fx = if as_nobody {
         let mut args: Vec<String> = NOBODY.iter().map(|s| s.to_string()).collect();
         args.extend(["env".into(), "TOKIO_WORKER_THREADS=2".into(), bin]);

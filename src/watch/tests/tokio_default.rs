@@ -22,50 +22,16 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::watcher::Watch;
-use support::{workspace_root, Fixture, TempDir};
-
-/// The tests of this file run one at a time: each measures how a service
-/// behaves, and the load test alone keeps both cores of a small machine
-/// busy.
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+// One test at a time (`one_at_a_time`): each measures how a service
+// behaves, and the load test alone keeps both cores of a small machine busy.
+use support::{one_at_a_time, tokio_service_dir, Fixture, TempDir};
 
 // ---------------------------------------------------------------------------
 // The service, built once per test process.
-
-/// `target/fixtures/tokio-service/release/`, after `cargo build --release
-/// --locked` of the fixture with RUSTFLAGS removed from the environment.
-fn service_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let target = workspace_root().join("target/fixtures/tokio-service");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let out = Command::new(cargo)
-            .current_dir(workspace_root().join("fixtures/tokio-service"))
-            .args(["build", "--release", "--locked", "--target-dir"])
-            .arg(&target)
-            // As a service author builds: no flags from our environment.
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("CARGO_BUILD_RUSTFLAGS")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run cargo build for fixtures/tokio-service");
-        assert!(
-            out.status.success(),
-            "building fixtures/tokio-service failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        target.join("release")
-    })
-}
 
 /// A running shop: the fixture, and the port it serves on.
 struct Shop {
@@ -77,7 +43,7 @@ impl Shop {
     /// Starts `bin` (`shop` or `shop-current`) with `TOKIO_WORKER_THREADS`
     /// set when `workers` is given (a deployment setting, read by tokio).
     fn start(bin: &str, workers: Option<usize>) -> Shop {
-        let path = service_dir().join(bin);
+        let path = tokio_service_dir().join(bin);
         let fx = match workers {
             // `env` execs the service: same pid.
             Some(n) => Fixture::spawn_path(

@@ -35,6 +35,42 @@ pub fn workspace_root() -> PathBuf {
     p.canonicalize().unwrap_or(p)
 }
 
+/// Holds a test binary's tests to one at a time: the guard of one lock per
+/// test binary (a lock poisoned by a failed test is taken anyway).
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `target/fixtures/tokio-service/release/`, after `cargo build --release
+/// --locked` of the fixture (a default `#[tokio::main]` axum service) with
+/// RUSTFLAGS removed from the environment: as a service author builds it.
+/// Built once per test process.
+pub fn tokio_service_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let target = workspace_root().join("target/fixtures/tokio-service");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .current_dir(workspace_root().join("fixtures/tokio-service"))
+            .args(["build", "--release", "--locked", "--target-dir"])
+            .arg(&target)
+            // As a service author builds: no flags from our environment.
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_RUSTFLAGS")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run cargo build for fixtures/tokio-service");
+        assert!(
+            out.status.success(),
+            "building fixtures/tokio-service failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        target.join("release")
+    })
+}
+
 /// The `aiodebug-watch` binary under test.
 pub fn watch_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_aiodebug-watch"))
