@@ -826,6 +826,20 @@ mod tests {
         }
     }
 
+    /// An idle runtime of two workers (threads 10 and 11) as the board
+    /// shows it at `now`: the monitor last ticked on thread 10 at 100 ms and
+    /// sleeps until 300 ms; both workers' counters were sampled at 100 ms.
+    fn two_workers_idle(now: u64) -> Reading {
+        reading(
+            now,
+            lp(10, 100 * MS, Some(300 * MS)),
+            vec![
+                worker(0, Some(10), None, 100 * MS, 100 * MS),
+                worker(1, Some(11), None, 100 * MS, 100 * MS),
+            ],
+        )
+    }
+
     fn reading(now: u64, l: Loop, workers: Vec<Worker>) -> Reading {
         let reg = Registry {
             offset: 0,
@@ -888,14 +902,7 @@ mod tests {
         k.set(11, Syscall::In(232), 3);
         let mut ws = Workers::default();
         // Idle: the monitor sleeps until 300 ms; worker 11 waits in epoll.
-        let idle = reading(
-            110 * MS,
-            lp(10, 100 * MS, Some(300 * MS)),
-            vec![
-                worker(0, Some(10), None, 100 * MS, 100 * MS),
-                worker(1, Some(11), None, 100 * MS, 100 * MS),
-            ],
-        );
+        let idle = two_workers_idle(110 * MS);
         let v = ws.observe(&mut k, &idle);
         assert!(v.frozen.is_empty());
         assert!(v.idle_gap);
@@ -980,16 +987,7 @@ mod tests {
         k.set(10, Syscall::In(232), 5);
         k.set(11, FUTEX, 3);
         let mut ws = Workers::default();
-        let at = |now| {
-            reading(
-                now,
-                lp(10, 100 * MS, Some(300 * MS)),
-                vec![
-                    worker(0, Some(10), None, 100 * MS, 100 * MS),
-                    worker(1, Some(11), None, 100 * MS, 100 * MS),
-                ],
-            )
-        };
+        let at = two_workers_idle;
         ws.observe(&mut k, &at(110 * MS));
         // Both workers take a request each and block.
         k.set(10, NANOSLEEP, 6);
@@ -1011,14 +1009,7 @@ mod tests {
         k.set(10, FUTEX, 5);
         k.set(11, Syscall::In(232), 3);
         let mut ws = Workers::default();
-        let idle = reading(
-            110 * MS,
-            lp(10, 100 * MS, Some(300 * MS)),
-            vec![
-                worker(0, Some(10), None, 100 * MS, 100 * MS),
-                worker(1, Some(11), None, 100 * MS, 100 * MS),
-            ],
-        );
+        let idle = two_workers_idle(110 * MS);
         ws.observe(&mut k, &idle);
         // Everyone waits: the whole sleep.
         let t = std::time::Instant::now();
@@ -1133,16 +1124,7 @@ mod tests {
         k.set(10, Syscall::In(232), 5);
         k.set(11, FUTEX, 3);
         let mut ws = Workers::default();
-        let at = |now| {
-            reading(
-                now,
-                lp(10, 100 * MS, Some(300 * MS)),
-                vec![
-                    worker(0, Some(10), None, 100 * MS, 100 * MS),
-                    worker(1, Some(11), None, 100 * MS, 100 * MS),
-                ],
-            )
-        };
+        let at = two_workers_idle;
         ws.observe(&mut k, &at(110 * MS));
         // Woken at 130 ms (out of epoll_wait, no switch since), runnable.
         k.set(10, Syscall::Running, 6);
